@@ -1,0 +1,45 @@
+"""cloudckpt: fast, crash-safe training checkpoints on any fsspec URL.
+
+Tensors are stored as zarr v3 arrays; a create-only ``manifest.json``
+written last is the commit, so a checkpoint is either whole or invisible on
+S3, GCS, local disk and every other fsspec backend.
+
+Example:
+    >>> import numpy as np, cloudckpt
+    >>> url = cloudckpt.save("memory://doc-pkg/ckpt-1", {"w": np.ones(2)})
+    >>> cloudckpt.load(url)["w"]
+    array([1., 1.])
+"""
+
+from .__about__ import __version__
+from .api import CheckpointInfo, info, load, save
+from .arrays import StoreOptions
+from .errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    FormatVersionError,
+    ObjectNotFoundError,
+    OwnershipLostError,
+    StorageError,
+    StoragePermissionError,
+)
+
+__all__ = [
+    "__version__",
+    "save",
+    "load",
+    "info",
+    "CheckpointInfo",
+    "StoreOptions",
+    "CheckpointError",
+    "CheckpointExistsError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "FormatVersionError",
+    "ObjectNotFoundError",
+    "OwnershipLostError",
+    "StorageError",
+    "StoragePermissionError",
+]

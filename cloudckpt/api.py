@@ -1,0 +1,124 @@
+"""The functional API: ``save``, ``load`` and ``info`` of one checkpoint at a URL.
+
+Example:
+    >>> import numpy as np, cloudckpt
+    >>> url = cloudckpt.save("memory://doc-api/ckpt-1", {"w": np.arange(3), "step": 7})
+    >>> cloudckpt.load(url)
+    {'w': array([0, 1, 2]), 'step': 7}
+    >>> cloudckpt.load(url, keys=["step"])
+    {'step': 7}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .arrays import StoreOptions
+from .checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
+from .storage import open_storage
+
+__all__ = ["save", "load", "info", "CheckpointInfo"]
+
+
+def save(
+    path: str,
+    state: Any,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    options: StoreOptions | None = None,
+) -> str:
+    """Write ``state`` as one checkpoint at ``path`` and return its URL.
+
+    ``path`` is any fsspec URL (``s3://bucket/run/ckpt-1``, ``gs://...``,
+    ``memory://...``) or a local path. ``state`` is a tree of dict / list /
+    tuple with numpy arrays, numpy scalars and JSON scalars as leaves.
+    ``metadata`` is a JSON dict stored in the manifest. An existing committed
+    checkpoint at ``path`` is never overwritten
+    (:class:`~cloudckpt.CheckpointExistsError`); an unsupported leaf raises
+    TypeError naming its path before anything is written.
+
+    Example:
+        >>> import numpy as np, cloudckpt, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> cloudckpt.save(os.path.join(d, "ckpt-1"), {"w": np.zeros(2)}) == os.path.join(d, "ckpt-1")
+        True
+    """
+    storage = open_storage(path, storage_options)
+    return write_checkpoint(storage, state, metadata=metadata, options=options).url
+
+
+def load(
+    path: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    keys: Sequence[str | Sequence[Any]] | str | None = None,
+) -> Any:
+    """Read the checkpoint at ``path`` and return its state.
+
+    ``keys`` restricts the result to subtrees: ``["model/w", "opt"]``
+    (``/``-separated) or tuples of keys (``[("a/b", 0)]``) for keys that
+    contain ``/``; only their bytes are read. Every object read is checked
+    against its crc32c. Raises :class:`~cloudckpt.CheckpointNotFoundError`
+    when there is no committed checkpoint at ``path`` and
+    :class:`~cloudckpt.CorruptCheckpointError` naming the damaged object.
+
+    Example:
+        >>> import numpy as np, cloudckpt
+        >>> url = cloudckpt.save("memory://doc-load/c", {"a": {"x": np.ones(1), "y": 2}})
+        >>> cloudckpt.load(url, keys="a/y")
+        {'a': {'y': 2}}
+    """
+    storage = open_storage(path, storage_options)
+    manifest = read_manifest(storage)
+    return read_state(storage, manifest, keys)
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint holds and where.
+
+    ``data_url`` is the zarr v3 group holding the tensors:
+    ``zarr.open_group(data_url, mode="r")`` reads it without cloudckpt.
+    """
+
+    url: str
+    data_url: str
+    format_version: int
+    created: float
+    checkpoint_number: int | None
+    nbytes: int
+    objects: int
+    stored_bytes: int
+    metadata: dict[str, Any]
+    leaves: list[dict[str, Any]]
+    epoch: int | None = None
+
+
+def info(path: str, *, storage_options: dict[str, Any] | None = None) -> CheckpointInfo:
+    """Describe the checkpoint at ``path`` from its manifest (one request).
+
+    Example:
+        >>> import numpy as np, cloudckpt
+        >>> url = cloudckpt.save("memory://doc-info/c", {"w": np.zeros((2, 3), "f4")})
+        >>> i = cloudckpt.info(url)
+        >>> i.leaves[0]["dtype"], i.leaves[0]["shape"], i.data_url.startswith(url + "/data-")
+        ('<f4', [2, 3], True)
+    """
+    storage = open_storage(path, storage_options)
+    m = read_manifest(storage)
+    return CheckpointInfo(
+        url=storage.url,
+        data_url=storage.url_for(m["data"]),
+        format_version=m["format_version"],
+        created=float(m["created"]),
+        checkpoint_number=m.get("checkpoint_number"),
+        nbytes=int(m["nbytes"]),
+        objects=len(m["objects"]) + 1,
+        stored_bytes=sum(int(o["size"]) for o in m["objects"]),
+        metadata=dict(m["metadata"]),
+        leaves=describe_leaves(m),
+        epoch=m["writer"].get("epoch"),
+    )

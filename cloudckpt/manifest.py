@@ -1,0 +1,302 @@
+"""The manifest: the commit record of a checkpoint.
+
+``manifest.json`` is written last and create-only; a checkpoint exists if and
+only if it exists and parses. It records the format version, the tree
+structure, every array (dtype, shape, where its bytes are, crc32c of packed
+tensors), and every object the checkpoint owns with its size and crc32c, so
+that restore, verify, copy and delete need no listing. Its JSON Schema is
+``manifest.schema.json`` beside this module (and in docs/format.md).
+
+Everything read from a manifest is validated here before any I/O: keys stay
+inside the checkpoint's data prefix, sizes agree with shapes and dtypes,
+indices are in range. A newer format version is refused with both versions
+named.
+
+Example:
+    >>> m = build_manifest(tree={"t": "none"}, arrays=[], pack=None, objects=[],
+    ...                    data="data-0123456789abcdef", attempt="0123456789abcdef")
+    >>> parse_manifest(encode_manifest(m), "memory://x/manifest.json")["format_version"]
+    1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import __about__
+from .dtypes import parse_dtype, storage_dtype, storage_shape
+from .errors import CorruptCheckpointError, FormatVersionError
+from .storage import validate_key
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_KEY",
+    "build_manifest",
+    "encode_manifest",
+    "parse_manifest",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_KEY = "manifest.json"
+_DATA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MAX_NDIM = 64
+_MAX_SIZE = 1 << 56
+_NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar"}
+
+
+def build_manifest(
+    *,
+    tree: dict[str, Any],
+    arrays: list[dict[str, Any]],
+    pack: dict[str, Any] | None,
+    objects: list[dict[str, Any]],
+    data: str,
+    attempt: str,
+    checkpoint_number: int | None = None,
+    epoch: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    created: float | None = None,
+) -> dict[str, Any]:
+    """Assemble a manifest dict (see docs/format.md for every field)."""
+    created = time.time() if created is None else float(created)
+    return {
+        "format": "cloudckpt",
+        "format_version": FORMAT_VERSION,
+        "created": created,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        "writer": {"library": f"cloudckpt {__about__.__version__}", "attempt": attempt, "epoch": epoch},
+        "checkpoint_number": checkpoint_number,
+        "data": data,
+        "nbytes": sum(int(a["nbytes"]) for a in arrays),
+        "metadata": dict(metadata or {}),
+        "tree": tree,
+        "arrays": arrays,
+        "pack": pack,
+        "objects": objects,
+    }
+
+
+def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
+    """Serialize a manifest to UTF-8 JSON (no NaN: floats in the tree are hex strings)."""
+    return json.dumps(manifest, allow_nan=False, separators=(",", ":")).encode()
+
+
+class _Bad(Exception):
+    pass
+
+
+def _req(d: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise _Bad(f"{where}: missing field '{key}'")
+    v = d[key]
+    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _Bad(f"{where}.{key}: expected {types}, got bool")
+    if not isinstance(v, types):
+        raise _Bad(f"{where}.{key}: expected {getattr(types, '__name__', types)}, got {type(v).__name__}")
+    return v
+
+
+def _int(d: Mapping[str, Any], key: str, where: str, lo: int = 0, hi: int = _MAX_SIZE) -> int:
+    v = _req(d, key, int, where)
+    if not lo <= v <= hi:
+        raise _Bad(f"{where}.{key}: {v} out of range [{lo}, {hi}]")
+    return int(v)
+
+
+def _range(d: Mapping[str, Any], where: str, n_objects: int) -> tuple[int, int]:
+    r = _req(d, "objects", list, where)
+    if len(r) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in r):
+        raise _Bad(f"{where}.objects: expected [start, stop]")
+    lo, hi = r
+    if not 0 <= lo <= hi <= n_objects:
+        raise _Bad(f"{where}.objects: range {r} outside the {n_objects} objects")
+    return lo, hi
+
+
+def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0) -> None:
+    if depth > 500:
+        raise _Bad("tree: nested deeper than 500 levels")
+    if not isinstance(node, dict):
+        raise _Bad("tree: node is not an object")
+    t = node.get("t")
+    if t not in _NODE_TYPES:
+        raise _Bad(f"tree: unknown node type {t!r}")
+    if t in ("dict", "list", "tuple"):
+        vs = node.get("v")
+        if not isinstance(vs, list):
+            raise _Bad(f"tree: {t} node without a list 'v'")
+        if t == "dict":
+            ks = node.get("k")
+            if not isinstance(ks, list) or len(ks) != len(vs):
+                raise _Bad("tree: dict node with keys not matching values")
+            seen: set[tuple[str, Any]] = set()
+            for k in ks:
+                if isinstance(k, bool) or not isinstance(k, (str, int)):
+                    raise _Bad(f"tree: dict key {k!r} is not a str or int")
+                mk = (type(k).__name__, k)
+                if mk in seen:
+                    raise _Bad(f"tree: duplicate dict key {k!r}")
+                seen.add(mk)
+        for v in vs:
+            _check_tree(v, n_arrays, used, depth + 1)
+    elif t in ("array", "scalar"):
+        a = node.get("a")
+        if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n_arrays:
+            raise _Bad(f"tree: array reference {a!r} out of range")
+        if a in used:
+            raise _Bad(f"tree: array {a} referenced twice")
+        used.add(a)
+    elif t == "bool":
+        if not isinstance(node.get("v"), bool):
+            raise _Bad("tree: bool node without a bool value")
+    elif t == "int":
+        v = node.get("v")
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise _Bad("tree: int node without an int value")
+        if isinstance(v, str) and (len(v) > 10000 or not re.fullmatch(r"-?[0-9]+", v)):
+            raise _Bad("tree: int node with a malformed value")
+    elif t == "float":
+        v = node.get("v")
+        if not isinstance(v, str) or len(v) > 64:
+            raise _Bad("tree: float node without a hex string value")
+        try:
+            float.fromhex(v)
+        except ValueError:
+            raise _Bad(f"tree: float node with malformed value {v!r}") from None
+    elif t == "str" and not isinstance(node.get("v"), str):
+        raise _Bad("tree: str node without a str value")
+
+
+def _validate(m: Any) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise _Bad("manifest is not a JSON object")
+    if m.get("format") != "cloudckpt":
+        raise _Bad("not a cloudckpt manifest (field 'format' is not 'cloudckpt')")
+    version = _req(m, "format_version", int, "manifest")
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"format version {version} is newer than this cloudckpt {__about__.__version__} reads "
+            f"(up to {FORMAT_VERSION}); upgrade cloudckpt to read it"
+        )
+    if version < 1:
+        raise _Bad(f"format_version {version} is not valid")
+    data = _req(m, "data", str, "manifest")
+    if not _DATA_RE.match(data) or data in (".", ".."):
+        raise _Bad(f"data prefix {data!r} is not a plain directory name")
+    _req(m, "created", (int, float), "manifest")
+    writer = _req(m, "writer", dict, "manifest")
+    epoch = writer.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise _Bad("writer.epoch: expected int or null")
+    number = m.get("checkpoint_number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+        raise _Bad("checkpoint_number: expected int or null")
+    _req(m, "metadata", dict, "manifest")
+
+    objects = _req(m, "objects", list, "manifest")
+    keys: set[str] = set()
+    for n, o in enumerate(objects):
+        where = f"objects[{n}]"
+        if not isinstance(o, dict):
+            raise _Bad(f"{where}: not an object")
+        key = _req(o, "key", str, where)
+        try:
+            validate_key(key)
+        except ValueError as exc:
+            raise _Bad(f"{where}: {exc}") from None
+        if not key.startswith(data + "/"):
+            raise _Bad(f"{where}: key {key!r} lies outside the checkpoint's data prefix {data!r}")
+        if key in keys:
+            raise _Bad(f"{where}: key {key!r} listed twice")
+        keys.add(key)
+        _int(o, "size", where)
+        _int(o, "crc32c", where, 0, 0xFFFFFFFF)
+
+    pack = m.get("pack")
+    if pack is not None:
+        if not isinstance(pack, dict):
+            raise _Bad("pack: expected an object or null")
+        pnb = _int(pack, "nbytes", "pack")
+        csize = _int(pack, "chunk_bytes", "pack", 1)
+        lo, hi = _range(pack, "pack", len(objects))
+        if hi - lo != math.ceil(pnb / csize):
+            raise _Bad(f"pack: {hi - lo} objects for {pnb} bytes in chunks of {csize}")
+        for o in objects[lo:hi]:
+            if o["size"] != csize:
+                raise _Bad(f"pack: object {o['key']} has size {o['size']}, chunks are {csize}")
+        _req(pack, "path", str, "pack")
+
+    arrays = _req(m, "arrays", list, "manifest")
+    for n, a in enumerate(arrays):
+        where = f"arrays[{n}]"
+        if not isinstance(a, dict):
+            raise _Bad(f"{where}: not an object")
+        try:
+            dt = parse_dtype(a.get("dtype"))
+        except (ValueError, TypeError) as exc:
+            raise _Bad(f"{where}.dtype: {exc}") from None
+        shape = _req(a, "shape", list, where)
+        if len(shape) > _MAX_NDIM or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < _MAX_SIZE for x in shape):
+            raise _Bad(f"{where}.shape: {shape!r} is not a list of non-negative ints")
+        nbytes = _int(a, "nbytes", where)
+        if math.prod(shape) * dt.itemsize != nbytes:
+            raise _Bad(f"{where}: nbytes {nbytes} does not match shape {shape} of {dt}")
+        if ("packed" in a) == ("chunked" in a):
+            raise _Bad(f"{where}: needs exactly one of 'packed' and 'chunked'")
+        if "packed" in a:
+            p = _req(a, "packed", dict, where)
+            off = _int(p, "offset", where + ".packed")
+            _int(p, "crc32c", where + ".packed", 0, 0xFFFFFFFF)
+            if pack is None or off + nbytes > pack["nbytes"]:
+                raise _Bad(f"{where}: packed bytes [{off}, {off + nbytes}) lie outside the pack")
+        else:
+            c = _req(a, "chunked", dict, where)
+            path = _req(c, "path", str, where + ".chunked")
+            try:
+                validate_key(path)
+            except ValueError as exc:
+                raise _Bad(f"{where}.chunked.path: {exc}") from None
+            sshape = storage_shape(dt, tuple(shape))
+            chunk = _req(c, "chunk_shape", list, where + ".chunked")
+            if len(chunk) != len(sshape) or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < _MAX_SIZE for x in chunk):
+                raise _Bad(f"{where}.chunked.chunk_shape: {chunk!r} does not fit shape {list(sshape)}")
+            axis = _int(c, "axis", where + ".chunked", 0, max(0, len(sshape) - 1))
+            for ax in range(len(sshape)):
+                if ax < axis and chunk[ax] != 1 or ax > axis and chunk[ax] != sshape[ax]:
+                    raise _Bad(f"{where}.chunked: chunk_shape {chunk} is not a contiguous split along axis {axis}")
+            lo, hi = _range(c, where + ".chunked", len(objects))
+            n_chunks = 1 if not sshape else (math.prod(sshape[:axis]) * math.ceil(sshape[axis] / chunk[axis]) if math.prod(sshape) else 0)
+            if hi - lo != n_chunks:
+                raise _Bad(f"{where}.chunked: {hi - lo} objects for {n_chunks} chunks")
+            want = math.prod(chunk) * storage_dtype(dt).itemsize
+            for o in objects[lo:hi]:
+                if o["size"] != want:
+                    raise _Bad(f"{where}.chunked: object {o['key']} has size {o['size']}, chunks are {want}")
+
+    tree = _req(m, "tree", dict, "manifest")
+    used: set[int] = set()
+    _check_tree(tree, len(arrays), used)
+    return m
+
+
+def parse_manifest(data: bytes, url: str) -> dict[str, Any]:
+    """Parse and validate manifest bytes read from ``url``.
+
+    Raises :class:`CorruptCheckpointError` (naming ``url``) for anything
+    malformed and :class:`FormatVersionError` for a newer format.
+    """
+    try:
+        m = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"manifest {url} is not valid JSON ({exc}); the checkpoint is damaged") from None
+    try:
+        return _validate(m)
+    except _Bad as exc:
+        raise CorruptCheckpointError(f"manifest {url} is invalid: {exc}") from None
+    except FormatVersionError as exc:
+        raise FormatVersionError(f"checkpoint {url.rsplit('/', 1)[0]}: {exc}") from None

@@ -1,0 +1,167 @@
+"""Object-store and other fsspec backends (s3://, gs://, memory://, az://, ...).
+
+Paths here are the backend's own paths without protocol (``bucket/key``).
+The filesystem instance is created by cloudckpt itself with
+``skip_instance_cache=True`` so that no instance bound to another event loop
+is ever shared by surprise (see STACK.md, sharp edge 1).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import fsspec
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _as_bytes(buffers: Sequence[Buffer]) -> bytes:
+    if len(buffers) == 1 and isinstance(buffers[0], bytes):
+        return buffers[0]
+    return b"".join(buffers)
+
+
+def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
+    """Create a fresh fsspec filesystem for ``protocol``.
+
+    Raises ValueError for an unknown protocol and ImportError (with the package
+    to install) when its backend is missing.
+    """
+    options = dict(storage_options)
+    if protocol in ("gs", "gcs") and options.get("endpoint_url"):
+        # An emulator: gcsfs' default class probes a gRPC storage-layout API
+        # that emulators lack and stalls ~60 s per bucket. The plain class
+        # speaks only JSON/HTTP.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        from gcsfs.core import GCSFileSystem  # noqa: PLC0415
+
+        cls: Any = GCSFileSystem
+    else:
+        cls = fsspec.get_filesystem_class(protocol)
+    options.setdefault("skip_instance_cache", True)
+    if protocol == "memory":
+        options.pop("skip_instance_cache")
+    return cls(**options)
+
+
+class FsspecBackend:
+    """Verbs over an fsspec filesystem."""
+
+    def __init__(self, protocol: str, storage_options: dict[str, Any]) -> None:
+        self.protocol = protocol
+        self.name = protocol
+        self.fs = make_filesystem(protocol, storage_options)
+        self._create_lock = threading.Lock()  # memory:// has no atomic create
+
+    def get(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        if start is None and end is None:
+            data = self.fs.cat_file(path)
+        else:
+            data = self.fs.cat_file(path, start=start, end=end)
+        return bytes(data) if not isinstance(data, bytes) else data
+
+    def get_into(self, path: str, out: memoryview, start: int = 0) -> int:
+        if out.nbytes == 0:
+            return 0
+        data = self.get(path, start, start + out.nbytes)
+        n = min(len(data), out.nbytes)
+        out[:n] = data[:n]
+        return len(data)
+
+    def put(self, path: str, buffers: Sequence[Buffer]) -> int:
+        data = _as_bytes(buffers)
+        self.fs.pipe_file(path, data)
+        return len(data)
+
+    def put_atomic(self, path: str, data: Buffer) -> None:
+        # one whole-object PUT is atomic on object stores
+        self.fs.pipe_file(path, bytes(data))
+
+    def put_create(self, path: str, data: Buffer) -> None:
+        payload = bytes(data)
+        if self.protocol == "memory":
+            with self._create_lock:
+                if self.fs.exists(path):
+                    raise FileExistsError(path)
+                self.fs.pipe_file(path, payload)
+            return
+        # s3fs: If-None-Match: *; gcsfs: ifGenerationMatch=0 on a single-request
+        # upload (manifests are far below gcsfs' resumable-upload threshold).
+        self.fs.pipe_file(path, payload, mode="create")
+
+    def size(self, path: str) -> int:
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        if info.get("type") == "directory":
+            raise IsADirectoryError(path)
+        return int(info["size"])
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.size(path)
+            return True
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+
+    def list_dir(self, path: str) -> tuple[dict[str, int], list[str]]:
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return {}, []
+        files: dict[str, int] = {}
+        dirs: list[str] = []
+        base = path.rstrip("/")
+        for e in entries:
+            name = e["name"].rstrip("/")
+            rel = name[len(base) + 1 :] if name.startswith(base + "/") else name.rsplit("/", 1)[-1]
+            if not rel or "/" in rel:
+                continue
+            if e.get("type") == "directory":
+                dirs.append(rel)
+            else:
+                files[rel] = int(e.get("size") or 0)
+        return files, sorted(dirs)
+
+    def find(self, path: str) -> dict[str, int]:
+        self.fs.invalidate_cache(path)
+        try:
+            found = self.fs.find(path, detail=True)
+        except FileNotFoundError:
+            return {}
+        base = path.rstrip("/") + "/"
+        out: dict[str, int] = {}
+        for name, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            if name.startswith(base):
+                out[name[len(base) :]] = int(info.get("size") or 0)
+        return out
+
+    def delete(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        if not paths:
+            return
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:
+            for p in paths:
+                try:
+                    self.fs.rm_file(p)
+                except FileNotFoundError:
+                    pass
+
+    def delete_prefix(self, path: str) -> None:
+        keys = self.find(path)
+        base = path.rstrip("/") + "/"
+        self.delete([base + k for k in keys])
+        try:
+            self.fs.rm(path, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def barrier(self) -> None:
+        """Object stores make every completed PUT durable; nothing to do."""

@@ -1,0 +1,219 @@
+"""Local-disk backend: plain ``os`` calls, made durable with fsync.
+
+fsspec's local filesystem never fsyncs and has no create-only write, so local
+disk gets its own small backend. Every path here is absolute.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _write_all(fd: int, buffers: Sequence[Buffer]) -> int:
+    total = 0
+    for buf in buffers:
+        view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+        while view.nbytes:
+            n = os.write(fd, view)
+            total += n
+            view = view[n:]
+    return total
+
+
+class LocalBackend:
+    """Objects are files; keys are paths below a root directory."""
+
+    name = "local"
+
+    def __init__(self, *, fsync: bool = True) -> None:
+        self.fsync = fsync
+        self._dirty_dirs: set[str] = set()
+        self._known_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- helpers --------------------------------------------------------
+    def _ensure_parent(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if parent in self._known_dirs:
+            return
+        missing = []
+        d = parent
+        while d and not os.path.isdir(d):
+            missing.append(d)
+            d = os.path.dirname(d)
+        os.makedirs(parent, exist_ok=True)
+        with self._lock:
+            self._known_dirs.add(parent)
+            # a new directory's entry lives in its parent: those must be synced too
+            for m in missing:
+                self._dirty_dirs.add(os.path.dirname(m))
+
+    def _mark_dirty(self, directory: str) -> None:
+        with self._lock:
+            self._dirty_dirs.add(directory)
+
+    @staticmethod
+    def _fsync_dir(directory: str) -> None:
+        try:
+            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- verbs ----------------------------------------------------------
+    def get(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        with open(path, "rb", buffering=0) as f:
+            if start:
+                f.seek(start)
+            if end is None:
+                return f.read()
+            return f.read(end - (start or 0))
+
+    def get_into(self, path: str, out: memoryview, start: int = 0) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            done = 0
+            want = out.nbytes
+            while done < want:
+                n = os.preadv(fd, [out[done:]], start + done)
+                if n == 0:
+                    break
+                done += n
+            return done
+        finally:
+            os.close(fd)
+
+    def put(self, path: str, buffers: Sequence[Buffer]) -> int:
+        self._ensure_parent(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            n = _write_all(fd, buffers)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._mark_dirty(os.path.dirname(path))
+        return n
+
+    def _write_temp(self, path: str, data: Buffer) -> str:
+        self._ensure_parent(path)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, [data])
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def put_atomic(self, path: str, data: Buffer) -> None:
+        """Whole-object replace: temp file, fsync, ``os.replace``, fsync the directory."""
+        tmp = self._write_temp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        self._fsync_dir(os.path.dirname(path))
+
+    def put_create(self, path: str, data: Buffer) -> None:
+        """Create-only: the complete, fsynced file appears atomically or not at all.
+
+        Raises FileExistsError if ``path`` exists.
+        """
+        if os.path.lexists(path):
+            raise FileExistsError(path)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic, fails if path exists
+        except FileExistsError:
+            raise
+        except OSError:
+            # filesystems without hard links: exclusive create (content appears
+            # after the name; readers treat an unparsable manifest as damage).
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, [data])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            _unlink_quiet(tmp)
+        self._fsync_dir(os.path.dirname(path))
+
+    def size(self, path: str) -> int:
+        st = os.stat(path)
+        if not os.path.isfile(path):
+            raise IsADirectoryError(path)
+        return st.st_size
+
+    def exists(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def list_dir(self, path: str) -> tuple[dict[str, int], list[str]]:
+        files: dict[str, int] = {}
+        dirs: list[str] = []
+        try:
+            entries = list(os.scandir(path))
+        except FileNotFoundError:
+            return files, dirs
+        except NotADirectoryError:
+            raise
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                dirs.append(e.name)
+            elif e.is_file(follow_symlinks=False):
+                files[e.name] = e.stat(follow_symlinks=False).st_size
+        return files, sorted(dirs)
+
+    def find(self, path: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if not os.path.isdir(path):
+            return out
+        for root, _dirs, names in os.walk(path):
+            for n in names:
+                full = os.path.join(root, n)
+                try:
+                    out[os.path.relpath(full, path).replace(os.sep, "/")] = os.stat(full).st_size
+                except FileNotFoundError:
+                    pass
+        return out
+
+    def delete(self, paths: Iterable[str]) -> None:
+        dirs = set()
+        for p in paths:
+            _unlink_quiet(p)
+            dirs.add(os.path.dirname(p))
+        for d in dirs:
+            self._fsync_dir(d)
+
+    def delete_prefix(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        self._fsync_dir(os.path.dirname(path.rstrip("/")))
+
+    def barrier(self) -> None:
+        """Make every directory entry created since the last barrier durable."""
+        with self._lock:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        if self.fsync:
+            for d in sorted(dirs, key=len, reverse=True):
+                self._fsync_dir(d)
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

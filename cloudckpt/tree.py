@@ -1,0 +1,387 @@
+"""State trees: flattening to JSON structure + array leaves, and back.
+
+A state is a tree of ``dict`` (keys: ``str`` of any content, or ``int``),
+``list`` and ``tuple``, whose leaves are numpy arrays, numpy scalars, or
+JSON scalars (``None``, ``bool``, ``int`` of any size, ``float`` including
+nan/inf/-0.0, ``str``).
+
+The structure is kept as JSON nodes (the ``tree`` of the manifest)::
+
+    {"t": "dict", "k": [key, ...], "v": [node, ...]}   keys: JSON str or int
+    {"t": "list", "v": [...]}    {"t": "tuple", "v": [...]}
+    {"t": "none"}  {"t": "bool", "v": true}  {"t": "str", "v": "..."}
+    {"t": "int", "v": 12}     (as a decimal string beyond 2**53)
+    {"t": "float", "v": "0x1.8p+0"}              (float.hex: bit-exact)
+    {"t": "array", "a": 3}    {"t": "scalar", "a": 4}   (index into arrays)
+
+Numpy scalars (``np.float32(1)``) come back as numpy scalars of the same
+type, stored as 0-d arrays.
+
+A leaf's *path* is the tuple of keys from the root. A *key path* given by a
+user (for partial loads) is a ``/``-separated string (``"model/w"``) or a
+tuple of keys (for keys that themselves contain ``/``).
+
+Example:
+    >>> import numpy as np
+    >>> node, leaves = flatten({"w": np.zeros(2), "step": 3})
+    >>> node["k"], [leaf.path for leaf in leaves]
+    (['w', 'step'], [('w',)])
+    >>> unflatten(node, {0: np.ones(2)})
+    {'w': array([1., 1.]), 'step': 3}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from .dtypes import check_supported
+
+__all__ = [
+    "Leaf",
+    "flatten",
+    "unflatten",
+    "format_path",
+    "parse_key_path",
+    "select",
+    "encode_name",
+    "decode_name",
+    "node_path",
+]
+
+Key = str | int
+Path = tuple[Key, ...]
+_BIG = 2**53
+
+
+@dataclass
+class Leaf:
+    """An array leaf of a state tree: its path, the array, and whether it was a numpy scalar."""
+
+    path: Path
+    array: np.ndarray
+    scalar: bool = False
+
+
+def format_path(path: Sequence[Key]) -> str:
+    """A readable rendering of a leaf path for messages.
+
+    Example:
+        >>> format_path(("model", "w")), format_path(("opt", "state", 0)), format_path(())
+        ("'model/w'", "['opt']['state'][0]", '<root>')
+    """
+    if not path:
+        return "<root>"
+    if all(isinstance(k, str) and k and "/" not in k and "'" not in k for k in path):
+        return repr("/".join(str(k) for k in path))
+    return "".join(f"[{k!r}]" for k in path)
+
+
+def _float_node(x: float) -> dict[str, Any]:
+    return {"t": "float", "v": float.hex(x)}
+
+
+def _int_node(x: int) -> dict[str, Any]:
+    return {"t": "int", "v": x if -_BIG <= x <= _BIG else str(x)}
+
+
+def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], list[Leaf]]:
+    """Split ``state`` into its JSON structure and its array leaves, in tree order.
+
+    Raises TypeError naming the path of the first unsupported leaf or key,
+    and ValueError for a cycle, before anything is written. ``adapt`` maps
+    a foreign leaf (a framework tensor) to a numpy array, or returns None.
+    """
+    leaves: list[Leaf] = []
+    active: set[int] = set()
+
+    def walk(x: Any, path: Path) -> dict[str, Any]:
+        if x is None:
+            return {"t": "none"}
+        if isinstance(x, bool):
+            return {"t": "bool", "v": x}
+        if isinstance(x, int) and not isinstance(x, np.generic):
+            return _int_node(int(x))
+        if isinstance(x, float) and not isinstance(x, np.generic):
+            return _float_node(float(x))
+        if isinstance(x, str):
+            return {"t": "str", "v": str(x)}
+        if isinstance(x, np.ndarray):
+            if type(x) is not np.ndarray:
+                raise TypeError(
+                    f"leaf {format_path(path)} is a {type(x).__name__}, a numpy array subclass whose "
+                    "extra state would be lost; pass np.asarray(value) if that is intended"
+                )
+            reason = check_supported(x.dtype)
+            if reason:
+                raise TypeError(f"leaf {format_path(path)} has dtype {x.dtype}: {reason}")
+            leaves.append(Leaf(path, x))
+            return {"t": "array", "a": len(leaves) - 1}
+        if isinstance(x, np.generic):
+            arr = np.asarray(x)
+            reason = check_supported(arr.dtype)
+            if reason:
+                raise TypeError(f"leaf {format_path(path)} has dtype {arr.dtype}: {reason}")
+            leaves.append(Leaf(path, arr, scalar=True))
+            return {"t": "scalar", "a": len(leaves) - 1}
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in active:
+                raise ValueError(f"the state contains a reference cycle at {format_path(path)}")
+            active.add(id(x))
+            try:
+                if isinstance(x, dict):
+                    keys: list[Key] = []
+                    values = []
+                    for k, v in x.items():
+                        if isinstance(k, bool) or not isinstance(k, (str, int)) or isinstance(k, np.generic):
+                            raise TypeError(
+                                f"dict key {k!r} of type {type(k).__name__} at {format_path(path)}: "
+                                "only str and int keys are supported"
+                            )
+                        k = str(k) if isinstance(k, str) else int(k)
+                        keys.append(k)
+                        values.append(walk(v, (*path, k)))
+                    return {"t": "dict", "k": keys, "v": values}
+                if _is_namedtuple(x):
+                    raise TypeError(
+                        f"leaf {format_path(path)} is a namedtuple {type(x).__name__}; "
+                        "convert it with ._asdict() or tuple(value)"
+                    )
+                kind = "list" if isinstance(x, list) else "tuple"
+                return {"t": kind, "v": [walk(v, (*path, i)) for i, v in enumerate(x)]}
+            finally:
+                active.discard(id(x))
+        if adapt is not None:
+            adapted = adapt(x)
+            if adapted is not None:
+                return walk(adapted, path)
+        raise TypeError(
+            f"leaf {format_path(path)} has unsupported type {type(x).__module__}.{type(x).__qualname__}; "
+            "supported leaves are numpy arrays and scalars, None, bool, int, float and str"
+        )
+
+    node = walk(state, ())
+    return node, leaves
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def unflatten(node: Mapping[str, Any], arrays: Mapping[int, Any]) -> Any:
+    """Rebuild a tree from its JSON structure and the loaded arrays (by index).
+
+    Subtrees whose arrays are absent from ``arrays`` must have been pruned
+    from ``node`` by :func:`select` first.
+    """
+    t = node["t"]
+    if t == "dict":
+        return {k: unflatten(v, arrays) for k, v in zip(node["k"], node["v"], strict=True)}
+    if t == "list":
+        return [unflatten(v, arrays) for v in node["v"]]
+    if t == "tuple":
+        return tuple(unflatten(v, arrays) for v in node["v"])
+    if t == "none":
+        return None
+    if t == "bool":
+        return bool(node["v"])
+    if t == "int":
+        return int(node["v"])
+    if t == "float":
+        return float.fromhex(node["v"])
+    if t == "str":
+        return str(node["v"])
+    if t == "array":
+        return arrays[node["a"]]
+    if t == "scalar":
+        return arrays[node["a"]][()]
+    raise ValueError(f"unknown tree node type {t!r}")
+
+
+def array_ids(node: Mapping[str, Any]) -> list[int]:
+    """The array indices referenced below ``node``, in tree order."""
+    out: list[int] = []
+
+    def walk(n: Mapping[str, Any]) -> None:
+        t = n["t"]
+        if t in ("array", "scalar"):
+            out.append(n["a"])
+        elif t in ("dict", "list", "tuple"):
+            for v in n["v"]:
+                walk(v)
+
+    walk(node)
+    return out
+
+
+def parse_key_path(key: str | Sequence[Key]) -> Path:
+    """A user's key path as a tuple: ``"model/w"`` -> ``("model", "w")``.
+
+    Example:
+        >>> parse_key_path("opt/state/0"), parse_key_path(("a/b", 1))
+        (('opt', 'state', '0'), ('a/b', 1))
+    """
+    if isinstance(key, str):
+        parts = tuple(p for p in key.split("/") if p != "")
+        if not parts:
+            raise ValueError(f"empty key path {key!r}")
+        return parts
+    if isinstance(key, (tuple, list)):
+        for k in key:
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise TypeError(f"key path component {k!r} must be str or int")
+        return tuple(key)
+    raise TypeError(f"key path must be a str or a tuple of keys, got {type(key).__name__}")
+
+
+def _child(node: Mapping[str, Any], k: Key) -> tuple[Key, Mapping[str, Any]] | None:
+    t = node["t"]
+    if t == "dict":
+        keys = node["k"]
+        for i, kk in enumerate(keys):
+            if kk == k and type(kk) is type(k):
+                return kk, node["v"][i]
+        if isinstance(k, str) and _is_int_text(k):
+            for i, kk in enumerate(keys):
+                if isinstance(kk, int) and kk == int(k):
+                    return kk, node["v"][i]
+        return None
+    if t in ("list", "tuple"):
+        idx: int | None = k if isinstance(k, int) else (int(k) if isinstance(k, str) and _is_int_text(k) else None)
+        if idx is not None and 0 <= idx < len(node["v"]):
+            return idx, node["v"][idx]
+    return None
+
+
+def _is_int_text(s: str) -> bool:
+    return s.lstrip("-").isdigit()
+
+
+def select(node: Mapping[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
+    """Prune ``node`` to the subtrees at ``paths`` (kept at their places).
+
+    Lists and tuples keep only the selected items, in order. Raises KeyError
+    naming the first path that is not in the tree.
+
+    Example:
+        >>> node, _ = flatten({"a": {"x": 1, "y": 2}, "b": 3})
+        >>> unflatten(select(node, [("a", "y")]), {})
+        {'a': {'y': 2}}
+    """
+    wanted: dict[str, Any] = {}  # nested marker tree: key -> subtree or True
+    for path in paths:
+        cur: Mapping[str, Any] = node
+        marker = wanted
+        resolved: list[Key] = []
+        for depth, k in enumerate(path):
+            found = _child(cur, k)
+            if found is None:
+                raise KeyError(f"key {format_path(path)} is not in the checkpoint (no {format_path((*resolved, k))})")
+            real, cur = found
+            resolved.append(real)
+            mk = (type(real).__name__, real)
+            if depth == len(path) - 1:
+                marker[mk] = True  # type: ignore[index]
+            else:
+                nxt = marker.get(mk)  # type: ignore[call-overload]
+                if nxt is True:
+                    break
+                if nxt is None:
+                    nxt = {}
+                    marker[mk] = nxt  # type: ignore[index]
+                marker = nxt
+
+    def prune(n: Mapping[str, Any], m: Any) -> dict[str, Any]:
+        if m is True:
+            return dict(n)
+        t = n["t"]
+        if t == "dict":
+            ks, vs = [], []
+            for k, v in zip(n["k"], n["v"], strict=True):
+                mk = (type(k).__name__, k)
+                if mk in m:
+                    ks.append(k)
+                    vs.append(prune(v, m[mk]))
+            return {"t": "dict", "k": ks, "v": vs}
+        vs = []
+        for i, v in enumerate(n["v"]):
+            mk = ("int", i)
+            if mk in m:
+                vs.append(prune(v, m[mk]))
+        return {"t": t, "v": vs}
+
+    if any(len(p) == 0 for p in paths):
+        return dict(node)
+    return prune(node, wanted)
+
+
+# -- zarr node names -------------------------------------------------------
+
+_ALWAYS_QUOTE = {"%", "/", "\\"}
+
+
+def encode_name(key: Key, *, in_list: bool = False) -> str:
+    """The zarr node name of one key: reversible, never empty, never ``__...``.
+
+    str keys are kept readable: only ``%``, ``/``, ``\\``, control characters,
+    a leading ``_`` or ``#``, and all-dot names are percent-encoded; the empty
+    string is ``%``. int dict keys are ``#<n>``; list/tuple indices are
+    ``<n>``. Names starting with ``_`` (after encoding) are cloudckpt's own.
+
+    Example:
+        >>> encode_name("b/x"), encode_name(""), encode_name("__init__"), encode_name(3), encode_name(3, in_list=True)
+        ('b%2Fx', '%', '%5F_init__', '#3', '3')
+    """
+    if in_list:
+        return str(int(key))
+    if isinstance(key, int):
+        return f"#{key}"
+    if key == "":
+        return "%"
+    out = []
+    for i, ch in enumerate(key):
+        if ch in _ALWAYS_QUOTE or ord(ch) < 0x20 or ord(ch) == 0x7F or (i == 0 and ch in "_#"):
+            out.append(quote(ch, safe=""))
+        else:
+            out.append(ch)
+    name = "".join(out)
+    if set(name) == {"."}:
+        name = "%2E" * len(name)
+    return name
+
+
+def decode_name(name: str) -> Key:
+    """Inverse of :func:`encode_name` for dict keys.
+
+    Example:
+        >>> decode_name("b%2Fx"), decode_name("#3"), decode_name("%")
+        ('b/x', 3, '')
+    """
+    if name == "%":
+        return ""
+    if name.startswith("#"):
+        return int(name[1:])
+    return unquote(name)
+
+
+def node_path(node: Mapping[str, Any], path: Path) -> str:
+    """The zarr node path (``/``-joined encoded names) of the leaf at ``path``."""
+    parts = []
+    cur = node
+    for k in path:
+        in_list = cur["t"] in ("list", "tuple")
+        parts.append(encode_name(k, in_list=in_list))
+        found = _child(cur, k)
+        assert found is not None
+        cur = found[1]
+    return "/".join(parts)
+
+
+def check_float(x: float) -> bool:
+    """Whether ``x`` is a finite float (helper for metadata validation)."""
+    return math.isfinite(x)
