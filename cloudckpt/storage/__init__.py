@@ -447,7 +447,12 @@ class Storage:
         On local disk: fsync of the directories that gained entries. On
         object stores: nothing, a completed PUT is durable.
         """
-        self._request("barrier", "", self._s.backend.barrier)
+        try:
+            self._s.backend.barrier()
+        except OSError as exc:
+            raise StorageError(
+                f"sync {self.url} failed on {self._s.backend.name}: {exc}", url=self.url, operation="sync"
+            ) from exc
 
     # -- concurrency ----------------------------------------------------
     def map(self, fn: Callable[[T], R], items: Iterable[T], *, limit: int | None = None) -> list[R]:
