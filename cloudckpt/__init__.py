@@ -14,6 +14,7 @@ Example:
 from .__about__ import __version__
 from .api import CheckpointInfo, info, load, save
 from .arrays import StoreOptions
+from .checkpoint import Checkpoint
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -25,6 +26,7 @@ from .errors import (
     StorageError,
     StoragePermissionError,
 )
+from .manager import CheckpointManager, latest_checkpoint
 
 __all__ = [
     "__version__",
@@ -32,6 +34,9 @@ __all__ = [
     "load",
     "info",
     "CheckpointInfo",
+    "Checkpoint",
+    "CheckpointManager",
+    "latest_checkpoint",
     "StoreOptions",
     "CheckpointError",
     "CheckpointExistsError",

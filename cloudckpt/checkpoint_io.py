@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import adapters
 from .arrays import StoreOptions, read_arrays, write_arrays
 from .errors import (
     CheckpointExistsError,
@@ -78,16 +79,21 @@ def write_checkpoint(
     created: float | None = None,
     flat: tuple[dict[str, Any], list[Any]] | None = None,
     check_exists: bool = True,
+    writer_extra: Mapping[str, Any] | None = None,
 ) -> WriteResult:
     """Write ``state`` as a checkpoint in the directory ``storage`` and commit it.
 
     Raises TypeError (naming the leaf) before anything is written if the
     state holds an unsupported leaf, and :class:`CheckpointExistsError` if a
     committed checkpoint is already there (nothing is changed then).
+    ``flat`` is the result of :func:`~cloudckpt.tree.flatten` when the caller
+    has flattened (and perhaps copied) the state already; ``attempt`` names
+    the data prefix ``data-<attempt>``.
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
-    node, leaves = flat if flat is not None else flatten(state)
+    node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
+    _check_json(node, metadata)
     if check_exists and storage.exists(MANIFEST_KEY):
         raise CheckpointExistsError(
             f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
@@ -113,6 +119,7 @@ def write_checkpoint(
         epoch=epoch,
         metadata=metadata,
         created=created,
+        writer_extra=writer_extra,
     )
     payload = encode_manifest(manifest)
     try:
@@ -150,10 +157,18 @@ def write_checkpoint(
     return WriteResult(storage.url, manifest, written.nbytes, seconds, requests)
 
 
+def _check_json(node: dict[str, Any], metadata: Mapping[str, Any] | None) -> None:
+    """Fail before anything is written if the manifest could not be encoded."""
+    try:
+        encode_manifest({"tree": node, "metadata": dict(metadata or {})})
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"the state or metadata cannot be stored in the manifest as JSON: {exc}") from None
+
+
 def _cleanup(storage: Storage, prefix: str) -> None:
     try:
         storage.delete_prefix(prefix)
-    except Exception as exc:  # noqa: BLE001 - best effort; orphans are collected later
+    except Exception as exc:
         log.debug("could not remove %s after a failed save: %s", storage.url_for(prefix), exc)
 
 
@@ -174,7 +189,7 @@ def read_manifest(storage: Storage) -> dict[str, Any]:
                     f"; {storage.url} looks like a directory of checkpoints: pass one of them "
                     "(cloudckpt.latest_checkpoint(directory) finds the newest)"
                 )
-        except Exception:  # noqa: BLE001 - the hint is optional
+        except Exception:
             pass
         raise CheckpointNotFoundError(
             f"no checkpoint at {storage.url}: {storage.url_for(MANIFEST_KEY)} does not exist{hint}"

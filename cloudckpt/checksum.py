@@ -2,9 +2,9 @@
 
 Example:
     >>> crc32c_of(b"hello")
-    2583214201
+    2591144780
     >>> crc32c_of(b"lo", crc32c_of(b"hel"))
-    2583214201
+    2591144780
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -55,10 +55,10 @@ _NATIVE_SIZES = {"b": {1}, "i": {1, 2, 4, 8}, "u": {1, 2, 4, 8}, "f": {2, 4, 8},
 _UINT_OF_SIZE = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ml_dtypes() -> dict[str, np.dtype]:
     try:
-        import ml_dtypes  # noqa: PLC0415
+        import ml_dtypes
     except ImportError:  # pragma: no cover - ml_dtypes is a dependency
         return {}
     out = {}
@@ -143,8 +143,8 @@ def storage_dtype(dtype: np.dtype) -> np.dtype:
     """The little-endian dtype the bytes of ``dtype`` are stored as in zarr.
 
     Example:
-        >>> storage_dtype(np.dtype(">f4")), storage_dtype(np.dtype("<U3"))
-        (dtype('float32'), dtype('uint8'))
+        >>> storage_dtype(np.dtype(">f4")).str, storage_dtype(np.dtype("<U3")).str
+        ('<f4', '|u1')
     """
     if is_native(dtype):
         return dtype.newbyteorder("<")
@@ -167,8 +167,8 @@ def stored_view(arr: np.ndarray) -> np.ndarray:
     """``arr`` as its stored dtype, C-contiguous and little-endian (a view when possible).
 
     Example:
-        >>> stored_view(np.arange(3, dtype=">i2")).dtype
-        dtype('int16')
+        >>> stored_view(np.arange(3, dtype=">i2")).dtype.str
+        '<i2'
     """
     dt = arr.dtype
     if is_native(dt):

@@ -61,15 +61,22 @@ def build_manifest(
     epoch: int | None = None,
     metadata: Mapping[str, Any] | None = None,
     created: float | None = None,
+    writer_extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a manifest dict (see docs/format.md for every field)."""
+    """Assemble a manifest dict (see docs/format.md for every field).
+
+    ``writer_extra`` adds fields to ``writer`` (the manager records its
+    retention clock there so that it survives the loss of the state file).
+    """
     created = time.time() if created is None else float(created)
+    writer = {"library": f"cloudckpt {__about__.__version__}", "attempt": attempt, "epoch": epoch}
+    writer.update(writer_extra or {})
     return {
         "format": "cloudckpt",
         "format_version": FORMAT_VERSION,
         "created": created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
-        "writer": {"library": f"cloudckpt {__about__.__version__}", "attempt": attempt, "epoch": epoch},
+        "writer": writer,
         "checkpoint_number": checkpoint_number,
         "data": data,
         "nbytes": sum(int(a["nbytes"]) for a in arrays),
@@ -158,7 +165,10 @@ def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0) -> Non
         v = node.get("v")
         if isinstance(v, bool) or not isinstance(v, (int, str)):
             raise _Bad("tree: int node without an int value")
-        if isinstance(v, str) and (len(v) > 10000 or not re.fullmatch(r"-?[0-9]+", v)):
+        # big ints: decimal (within Python's int/str conversion limit) or hex
+        if isinstance(v, str) and not (
+            (len(v) <= 4000 and re.fullmatch(r"-?[0-9]+", v)) or re.fullmatch(r"-?0x[0-9a-f]+", v)
+        ):
             raise _Bad("tree: int node with a malformed value")
     elif t == "float":
         v = node.get("v")
@@ -267,7 +277,7 @@ def _validate(m: Any) -> dict[str, Any]:
                 raise _Bad(f"{where}.chunked.chunk_shape: {chunk!r} does not fit shape {list(sshape)}")
             axis = _int(c, "axis", where + ".chunked", 0, max(0, len(sshape) - 1))
             for ax in range(len(sshape)):
-                if ax < axis and chunk[ax] != 1 or ax > axis and chunk[ax] != sshape[ax]:
+                if (ax < axis and chunk[ax] != 1) or (ax > axis and chunk[ax] != sshape[ax]):
                     raise _Bad(f"{where}.chunked: chunk_shape {chunk} is not a contiguous split along axis {axis}")
             lo, hi = _range(c, where + ".chunked", len(objects))
             n_chunks = 1 if not sshape else (math.prod(sshape[:axis]) * math.ceil(sshape[axis] / chunk[axis]) if math.prod(sshape) else 0)
@@ -292,7 +302,7 @@ def parse_manifest(data: bytes, url: str) -> dict[str, Any]:
     """
     try:
         m = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptCheckpointError(f"manifest {url} is not valid JSON ({exc}); the checkpoint is damaged") from None
     try:
         return _validate(m)

@@ -57,6 +57,8 @@ __all__ = [
 Key = str | int
 Path = tuple[Key, ...]
 _BIG = 2**53
+_DECIMAL_BITS = 4000 * 3  # decimal digits stay far below sys.int_info.default_max_str_digits
+MAX_DEPTH = 200  # containers nested deeper are refused (the manifest is nested JSON)
 
 
 @dataclass
@@ -87,7 +89,18 @@ def _float_node(x: float) -> dict[str, Any]:
 
 
 def _int_node(x: int) -> dict[str, Any]:
-    return {"t": "int", "v": x if -_BIG <= x <= _BIG else str(x)}
+    if -_BIG <= x <= _BIG:
+        return {"t": "int", "v": x}
+    if x.bit_length() <= _DECIMAL_BITS:
+        return {"t": "int", "v": str(x)}
+    # beyond Python's int -> decimal str conversion limit (sys.get_int_max_str_digits): hex
+    return {"t": "int", "v": hex(x)}
+
+
+def _parse_int(v: int | str) -> int:
+    if isinstance(v, int):
+        return v
+    return int(v, 16) if "x" in v else int(v)
 
 
 def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], list[Leaf]]:
@@ -101,6 +114,8 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
     active: set[int] = set()
 
     def walk(x: Any, path: Path) -> dict[str, Any]:
+        if len(path) > MAX_DEPTH:
+            raise ValueError(f"the state is nested deeper than {MAX_DEPTH} levels at {format_path(path[:8])}...")
         if x is None:
             return {"t": "none"}
         if isinstance(x, bool):
@@ -191,7 +206,7 @@ def unflatten(node: Mapping[str, Any], arrays: Mapping[int, Any]) -> Any:
     if t == "bool":
         return bool(node["v"])
     if t == "int":
-        return int(node["v"])
+        return _parse_int(node["v"])
     if t == "float":
         return float.fromhex(node["v"])
     if t == "str":
@@ -323,15 +338,17 @@ def select(node: Mapping[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
 # -- zarr node names -------------------------------------------------------
 
 _ALWAYS_QUOTE = {"%", "/", "\\"}
+_ZARR_JSON = "zarr.json"
+ROOT_NODE = "_root"
 
 
 def encode_name(key: Key, *, in_list: bool = False) -> str:
     """The zarr node name of one key: reversible, never empty, never ``__...``.
 
     str keys are kept readable: only ``%``, ``/``, ``\\``, control characters,
-    a leading ``_`` or ``#``, and all-dot names are percent-encoded; the empty
-    string is ``%``. int dict keys are ``#<n>``; list/tuple indices are
-    ``<n>``. Names starting with ``_`` (after encoding) are cloudckpt's own.
+    a leading ``_`` or ``#``, all-dot names and the name ``zarr.json`` (its
+    ``.``) are percent-encoded; the empty string is ``%``. int dict keys
+    are ``#<n>``; list/tuple indices are ``<n>``. Names starting with ``_`` (after encoding) are cloudckpt's own.
 
     Example:
         >>> encode_name("b/x"), encode_name(""), encode_name("__init__"), encode_name(3), encode_name(3, in_list=True)
@@ -352,6 +369,9 @@ def encode_name(key: Key, *, in_list: bool = False) -> str:
     name = "".join(out)
     if set(name) == {"."}:
         name = "%2E" * len(name)
+    elif name == _ZARR_JSON:
+        # a child named zarr.json would collide with its group's metadata document
+        name = "zarr%2Ejson"
     return name
 
 
@@ -370,7 +390,10 @@ def decode_name(name: str) -> Key:
 
 
 def node_path(node: Mapping[str, Any], path: Path) -> str:
-    """The zarr node path (``/``-joined encoded names) of the leaf at ``path``."""
+    """The zarr node path (``/``-joined encoded names) of the leaf at ``path``.
+
+    An array that is the whole state (the empty path) is the node ``_root``.
+    """
     parts = []
     cur = node
     for k in path:
@@ -379,7 +402,7 @@ def node_path(node: Mapping[str, Any], path: Path) -> str:
         found = _child(cur, k)
         assert found is not None
         cur = found[1]
-    return "/".join(parts)
+    return "/".join(parts) or ROOT_NODE
 
 
 def check_float(x: float) -> bool:

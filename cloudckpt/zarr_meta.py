@@ -28,7 +28,7 @@ __all__ = ["array_doc", "group_doc", "chunk_key", "encode_doc"]
 
 @lru_cache(maxsize=64)
 def _dtype_json(dtype_str: str) -> tuple[Any, Any]:
-    from zarr.core.dtype import get_data_type_from_native_dtype  # noqa: PLC0415
+    from zarr.core.dtype import get_data_type_from_native_dtype
 
     zdt = get_data_type_from_native_dtype(np.dtype(dtype_str))
     fill = zdt.to_json_scalar(zdt.default_scalar(), zarr_format=3)

@@ -584,7 +584,7 @@ def open_storage(
             raise NotADirectoryError(f"{display} exists and is not a directory")
         return Storage(shared, root, display)
     assert protocol is not None
-    from ._fsspec import FsspecBackend  # noqa: PLC0415 - imports fsspec lazily
+    from ._fsspec import FsspecBackend
 
     try:
         backend = FsspecBackend(protocol, options)

@@ -36,7 +36,7 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
         # that emulators lack and stalls ~60 s per bucket. The plain class
         # speaks only JSON/HTTP.
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        from gcsfs.core import GCSFileSystem  # noqa: PLC0415
+        from gcsfs.core import GCSFileSystem
 
         cls: Any = GCSFileSystem
     else:

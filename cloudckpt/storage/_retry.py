@@ -141,7 +141,7 @@ class RetryPolicy:
         while True:
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 if attempt >= self.attempts or not is_transient(exc):
                     raise
                 if on_retry is not None:

@@ -1,0 +1,256 @@
+"""``Checkpoint``: named training objects saved together and restored in place.
+
+A value given to ``Checkpoint(name=value)`` is one of
+
+* a numpy array, or a dict / list / tuple tree holding arrays and scalars —
+  restored *in place*: the same array objects afterwards, values overwritten;
+* an object with ``state_dict()`` / ``load_state_dict()`` (torch modules and
+  optimizers, anything duck-typed) — it receives its whole saved state dict;
+* a JSON scalar or numpy scalar — restored by rebinding the attribute
+  (``ckpt.step`` is the restored value).
+
+``ckpt.save_counter`` counts the saves made through a manager; it is stored
+in the checkpoint and restored with it. A checkpoint written by a
+``Checkpoint`` is an ordinary checkpoint: ``cloudckpt.load(path)`` returns a
+dict with one entry per name plus ``save_counter``.
+
+Restore is strict (like TF's ``assert_consumed``): names or leaves missing on
+either side, or arrays of another shape or dtype, raise one ValueError listing
+all of them before anything is overwritten. ``partial=True`` restores the
+intersection and logs what was left out.
+
+Example:
+    >>> import numpy as np, cloudckpt
+    >>> w = np.zeros(3)
+    >>> ckpt = cloudckpt.Checkpoint(w=w, step=0)
+    >>> w[:] = 1; ckpt.step = 5
+    >>> url = ckpt.write("memory://doc-ckpt/one")
+    >>> w[:] = 7; ckpt.step = 9
+    >>> ckpt.read(url)
+    >>> w, ckpt.step
+    (array([1., 1., 1.]), 5)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from . import adapters
+from .arrays import StoreOptions
+from .checkpoint_io import read_manifest, read_state, write_checkpoint
+from .storage import open_storage
+from .tree import Path, flatten, format_path
+
+__all__ = ["Checkpoint"]
+
+log = logging.getLogger("cloudckpt")
+_RESERVED = {"save_counter"}
+
+def _has_state_dict(x: Any) -> bool:
+    return callable(getattr(x, "state_dict", None)) and callable(getattr(x, "load_state_dict", None))
+
+
+class _Mismatch:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.skipped: list[str] = []
+
+
+def _check(target: Any, saved: Any, path: Path, mm: _Mismatch, partial: bool) -> None:
+    """Compare a live tree with a saved one; record every problem."""
+    where = format_path(path)
+    if isinstance(target, np.ndarray) or _is_inplace_tensor(target):
+        if not isinstance(saved, np.ndarray):
+            mm.problems.append(f"{where}: the checkpoint holds a {type(saved).__name__}, not an array")
+            return
+        t_shape = tuple(target.shape)
+        t_dtype = _dtype_of(target)
+        if t_shape != saved.shape or (t_dtype is not None and t_dtype != saved.dtype):
+            mm.problems.append(
+                f"{where}: shape {t_shape} dtype {t_dtype} here, shape {saved.shape} dtype {saved.dtype} in the checkpoint"
+            )
+        return
+    if isinstance(target, dict):
+        if not isinstance(saved, dict):
+            mm.problems.append(f"{where}: a dict here, a {type(saved).__name__} in the checkpoint")
+            return
+        for k in target:
+            if k not in saved:
+                (mm.skipped if partial else mm.problems).append(f"{format_path((*path, k))}: missing from the checkpoint")
+            else:
+                _check(target[k], saved[k], (*path, k), mm, partial)
+        for k in saved:
+            if k not in target:
+                (mm.skipped if partial else mm.problems).append(f"{format_path((*path, k))}: in the checkpoint but not here")
+        return
+    if isinstance(target, (list, tuple)):
+        if not isinstance(saved, (list, tuple)):
+            mm.problems.append(f"{where}: a {type(target).__name__} here, a {type(saved).__name__} in the checkpoint")
+            return
+        if len(target) != len(saved):
+            mm.problems.append(f"{where}: {len(target)} items here, {len(saved)} in the checkpoint")
+            return
+        for i, (t, s) in enumerate(zip(target, saved, strict=True)):
+            _check(t, s, (*path, i), mm, partial)
+        return
+    if isinstance(saved, (dict, list, tuple)) or (isinstance(saved, np.ndarray) and saved.ndim > 0):
+        mm.problems.append(f"{where}: a {type(target).__name__} here, a {type(saved).__name__} in the checkpoint")
+
+
+def _dtype_of(x: Any) -> np.dtype | None:
+    if isinstance(x, np.ndarray):
+        return x.dtype
+    converted = adapters.to_numpy(x)
+    return converted.dtype if isinstance(converted, np.ndarray) else None
+
+
+def _is_inplace_tensor(x: Any) -> bool:
+    return adapters.inplace_target(x)
+
+
+def _apply(target: Any, saved: Any, partial: bool) -> Any:
+    """Restore ``saved`` into ``target`` in place where possible; return the value for the parent."""
+    if isinstance(target, np.ndarray):
+        if isinstance(saved, np.ndarray) and saved.shape == target.shape:
+            np.copyto(target, saved, casting="no" if saved.dtype == target.dtype else "unsafe")
+            return target
+        return target
+    if adapters.restore_inplace(target, saved):
+        return target
+    if isinstance(target, dict) and isinstance(saved, dict):
+        for k in list(target):
+            if k in saved:
+                target[k] = _apply(target[k], saved[k], partial)
+        return target
+    if isinstance(target, list) and isinstance(saved, (list, tuple)):
+        for i in range(len(target)):
+            target[i] = _apply(target[i], saved[i], partial)
+        return target
+    if isinstance(target, tuple) and isinstance(saved, (list, tuple)):
+        items = [_apply(t, s, partial) for t, s in zip(target, saved, strict=True)]
+        return type(target)(*items) if hasattr(type(target), "_fields") else type(target)(items)
+    return saved
+
+
+class Checkpoint:
+    """A named collection of training objects that are saved and restored together.
+
+    See the module docstring. Attribute access reads and rebinds the named
+    objects: ``ckpt.step``, ``ckpt.step = 3``.
+
+    Example:
+        >>> import numpy as np
+        >>> ckpt = Checkpoint(model={"w": np.ones(2)}, step=0)
+        >>> sorted(ckpt.state())
+        ['model', 'save_counter', 'step']
+    """
+
+    def __init__(self, **objects: Any) -> None:
+        bad = _RESERVED & set(objects)
+        if bad:
+            raise ValueError(f"Checkpoint names {sorted(bad)} are reserved; use other names")
+        object.__setattr__(self, "_objects", dict(objects))
+        object.__setattr__(self, "save_counter", 0)
+
+    def __getattr__(self, name: str) -> Any:
+        objects = self.__dict__.get("_objects", {})
+        if name in objects:
+            return objects[name]
+        raise AttributeError(f"Checkpoint has no object named {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "save_counter":
+            object.__setattr__(self, name, int(value))
+        elif name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self._objects[name] = value
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({', '.join(self._objects)}; save_counter={self.save_counter})"
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the objects, in order."""
+        return list(self._objects)
+
+    def state(self) -> dict[str, Any]:
+        """The state to save: one entry per name (state dicts for objects that have one)
+        plus ``save_counter``."""
+        out: dict[str, Any] = {}
+        for name, obj in self._objects.items():
+            out[name] = obj.state_dict() if _has_state_dict(obj) else obj
+        out["save_counter"] = int(self.save_counter)
+        return out
+
+    def restore_state(self, saved: dict[str, Any], *, partial: bool = False, source: str = "") -> None:
+        """Restore from a loaded state dict (as returned by ``cloudckpt.load``)."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"checkpoint {source} does not hold a Checkpoint's state (a dict of names)")
+        mm = _Mismatch()
+        for name, obj in self._objects.items():
+            if name not in saved:
+                (mm.skipped if partial else mm.problems).append(f"{name!r}: missing from the checkpoint")
+            elif not _has_state_dict(obj):
+                _check(obj, saved[name], (name,), mm, partial)
+        for name in saved:
+            if name not in self._objects and name not in _RESERVED:
+                (mm.skipped if partial else mm.problems).append(f"{name!r}: in the checkpoint but not in this Checkpoint")
+        if mm.problems:
+            listing = "\n  ".join(mm.problems)
+            raise ValueError(
+                f"cannot restore {source or 'the checkpoint'}: it does not match this Checkpoint "
+                f"(nothing was changed):\n  {listing}\nPass partial=True to restore only what matches."
+            )
+        if mm.skipped:
+            log.warning("partial restore of %s left out: %s", source, "; ".join(mm.skipped))
+        for name, obj in list(self._objects.items()):
+            if name not in saved:
+                continue
+            if _has_state_dict(obj):
+                obj.load_state_dict(saved[name])
+            else:
+                self._objects[name] = _apply(obj, saved[name], partial)
+        if "save_counter" in saved:
+            object.__setattr__(self, "save_counter", int(saved["save_counter"]))
+
+    def write(
+        self,
+        path: str,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        options: StoreOptions | None = None,
+    ) -> str:
+        """Write one checkpoint at ``path`` (not managed, ``save_counter`` unchanged); return its URL.
+
+        Example:
+            >>> import numpy as np
+            >>> Checkpoint(w=np.ones(1)).write("memory://doc-write/c")
+            'memory://doc-write/c'
+        """
+        storage = open_storage(path, storage_options)
+        state = self.state()
+        flat = flatten(state, adapt=adapters.to_numpy)
+        return write_checkpoint(storage, state, options=options, flat=flat).url
+
+    def read(
+        self,
+        path: str,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        partial: bool = False,
+    ) -> None:
+        """Restore from the checkpoint at ``path`` (in place; strict unless ``partial``).
+
+        Example:
+            >>> import numpy as np
+            >>> w = np.ones(2); url = Checkpoint(w=w).write("memory://doc-read/c")
+            >>> w2 = np.zeros(2); Checkpoint(w=w2).read(url); w2
+            array([1., 1.])
+        """
+        storage = open_storage(path, storage_options)
+        manifest = read_manifest(storage)
+        self.restore_state(read_state(storage, manifest), partial=partial, source=storage.url)
