@@ -77,7 +77,7 @@ def _worker(directory: str, steps: int, every: int, delay: float) -> int:
         loss = train_step(state, step)
         ckpt.step = step + 1
         if (step + 1) % every == 0:
-            url = manager.save(checkpoint_number=step + 1)
+            url = manager.save(checkpoint_number=step + 1) or ""
             kept = ", ".join(u.rsplit("/", 1)[-1] for u in manager.checkpoints)
             print(f"step {step + 1:3d}  loss {loss:.5f}  saved {url.rsplit('/', 1)[-1]}  kept [{kept}]", flush=True)
         else:

@@ -4,7 +4,7 @@ A :class:`Storage` is a directory on some backend (a local path, ``s3://``,
 ``gs://``, ``memory://`` or any fsspec URL) addressed by relative,
 ``/``-separated keys. It offers the verbs the layers above need — read, read
 a range, read into a buffer, write, write atomically, write-if-absent
-(create-only), size, exists, list one level, list recursively, delete — each
+(create-only), size, exists, list one level, list recursively, delete, and list/abort incomplete multipart uploads — each
 retried with backoff when the failure is transient, counted, and translated
 into :mod:`cloudckpt.errors` exceptions that name the URL and key and never a
 credential. :meth:`Storage.map` runs many requests concurrently with a
@@ -49,6 +49,7 @@ __all__ = [
     "open_storage",
     "RetryPolicy",
     "RequestStats",
+    "IncompleteUpload",
     "validate_key",
     "join_url",
 ]
@@ -126,6 +127,14 @@ class RequestStats:
             elif op.startswith("write"):
                 self.bytes_written += nbytes
 
+    def add_bytes_read(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
+
+    def add_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
     @property
     def requests(self) -> int:
         """Total number of requests made."""
@@ -140,6 +149,25 @@ class RequestStats:
         d["bytes_written"] = self.bytes_written
         d["retries"] = self.retries
         return d
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """An upload that was started and never completed nor aborted.
+
+    On S3 a multipart upload of a killed writer stays until it is aborted:
+    its parts are billed, and a plain listing never shows it. ``key`` is
+    relative to the :class:`Storage` that listed it; ``initiated`` is in
+    seconds since the epoch (None if the backend does not say).
+
+    Example:
+        >>> IncompleteUpload("ckpt-1/data-x/c/0", "id-1", 0.0).key
+        'ckpt-1/data-x/c/0'
+    """
+
+    key: str
+    upload_id: str
+    initiated: float | None = None
 
 
 class _Shared:
@@ -160,18 +188,29 @@ class _Shared:
         self.secrets = secrets
         self.stats = RequestStats()
         self.hooks: list[Hook] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
-        self._pool_pid = os.getpid()
 
     def pool(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(
-                    max_workers=self.max_concurrency, thread_name_prefix="cloudckpt-io"
-                )
-                self._pool_pid = os.getpid()
-            return self._pool
+        return _shared_pool(self.max_concurrency)
+
+
+_POOL: dict[str, Any] = {"pool": None, "size": 0, "pid": None}
+_POOL_LOCK = threading.Lock()
+
+
+def _shared_pool(size: int) -> ThreadPoolExecutor:
+    """One I/O thread pool per process, shared by every Storage (threads are
+    costly to start; each :meth:`Storage.map` bounds its own requests in flight).
+    Grows when a storage asks for more concurrency; rebuilt after fork."""
+    with _POOL_LOCK:
+        pool = _POOL["pool"]
+        if pool is None or _POOL["pid"] != os.getpid() or _POOL["size"] < size:
+            new_size = max(size, _POOL["size"] if _POOL["pid"] == os.getpid() else 0)
+            _POOL["pool"] = ThreadPoolExecutor(max_workers=new_size, thread_name_prefix="cloudckpt-io")
+            _POOL["size"] = new_size
+            _POOL["pid"] = os.getpid()
+            if pool is not None and _POOL["pid"] == os.getpid():
+                pool.shutdown(wait=False)
+        return _POOL["pool"]  # type: ignore[no-any-return]
 
 
 _in_pool = threading.local()
@@ -273,7 +312,7 @@ class Storage:
             return fn()
 
         def on_retry(n: int, exc: BaseException) -> None:
-            self._s.stats.retries += 1
+            self._s.stats.add_retry()
             log.debug("retrying %s %s after %s (attempt %d)", op, url, type(exc).__name__, n)
 
         try:
@@ -319,7 +358,7 @@ class Storage:
             key,
             lambda: self._s.backend.get(path, start, end),
         )
-        self._s.stats.bytes_read += len(data)
+        self._s.stats.add_bytes_read(len(data))
         return data
 
     def read_into(self, key: str, out: memoryview, start: int = 0) -> None:
@@ -336,7 +375,7 @@ class Storage:
         path = self._path(key)
         view = memoryview(out).cast("B") if memoryview(out).format != "B" else memoryview(out)
         n: int = self._request("read", key, lambda: self._s.backend.get_into(path, view, start))
-        self._s.stats.bytes_read += min(n, view.nbytes)
+        self._s.stats.add_bytes_read(min(n, view.nbytes))
         if n < view.nbytes:
             url = self.url_for(key)
             raise StorageError(
@@ -440,6 +479,52 @@ class Storage:
         validate_key(prefix)
         path = self._path(prefix)
         self._request("delete", prefix, lambda: self._s.backend.delete_prefix(path))
+
+    def list_incomplete_uploads(self, prefix: str = "") -> list[IncompleteUpload]:
+        """Uploads under ``prefix`` that were started and never completed (S3
+        multipart uploads of a killed writer). ``[]`` on backends without the
+        concept (local disk, memory, GCS through gcsfs, ...).
+
+        Example:
+            >>> open_storage("memory://doc-uploads").list_incomplete_uploads()
+            []
+        """
+        if prefix:
+            validate_key(prefix)
+        backend = self._s.backend
+        lister = getattr(backend, "list_uploads", None)
+        if lister is None:
+            return []
+        path = self._path(prefix) if prefix else self._root
+        found: list[tuple[str, str, float | None]] = self._request("list_uploads", prefix, lambda: lister(path))
+        base = self._root.rstrip("/") + "/"
+        out = []
+        for full, upload_id, initiated in found:
+            if full.startswith(base):
+                out.append(IncompleteUpload(full[len(base) :], upload_id, initiated))
+        return sorted(out, key=lambda u: (u.key, u.upload_id))
+
+    def abort_uploads(self, uploads: Iterable[IncompleteUpload]) -> int:
+        """Abort incomplete uploads (as listed by :meth:`list_incomplete_uploads`);
+        ones already gone are ignored. Returns how many were asked to abort.
+
+        Example:
+            >>> open_storage("memory://doc-abort").abort_uploads([])
+            0
+        """
+        uploads = list(uploads)
+        for u in uploads:
+            validate_key(u.key)
+        aborter = getattr(self._s.backend, "abort_upload", None)
+        if aborter is None or not uploads:
+            return 0
+
+        def one(u: IncompleteUpload) -> None:
+            path = self._path(u.key)
+            self._request("abort_upload", u.key, lambda: aborter(path, u.upload_id))
+
+        self.map(one, uploads)
+        return len(uploads)
 
     def barrier(self) -> None:
         """Make every write so far durable before the next one (a commit point).
