@@ -11,10 +11,12 @@ Example:
     array([1., 1.])
 """
 
+from . import frameworks  # torch/jax support: registers itself lazily, imports no framework
 from .__about__ import __version__
 from .api import CheckpointInfo, info, load, save
 from .arrays import StoreOptions
 from .checkpoint import Checkpoint
+from .copy import CopyReport, copy
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -27,6 +29,8 @@ from .errors import (
     StoragePermissionError,
 )
 from .manager import CheckpointManager, latest_checkpoint
+from .preemption import PreemptionCheckpointHandler
+from .verify import VerifyReport, verify
 
 __all__ = [
     "__version__",
@@ -34,9 +38,14 @@ __all__ = [
     "load",
     "info",
     "CheckpointInfo",
+    "copy",
+    "CopyReport",
+    "verify",
+    "VerifyReport",
     "Checkpoint",
     "CheckpointManager",
     "latest_checkpoint",
+    "PreemptionCheckpointHandler",
     "StoreOptions",
     "CheckpointError",
     "CheckpointExistsError",
@@ -47,4 +56,5 @@ __all__ = [
     "OwnershipLostError",
     "StorageError",
     "StoragePermissionError",
+    "frameworks",
 ]

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ __all__ = [
     "IncompleteUpload",
     "validate_key",
     "join_url",
+    "add_global_hook",
 ]
 
 log = logging.getLogger("cloudckpt")
@@ -63,6 +65,31 @@ Hook = Callable[[str, str], None]
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "key", "credential", "sas", "signature", "session")
 
 _LOCAL_PROTOCOLS = (None, "", "file", "local")
+
+# Hooks consulted by every Storage of this process, before its own (fault injection
+# in a child process that creates its storages itself: cloudckpt.testing.faults).
+_GLOBAL_HOOKS: list[Hook] = []
+
+
+def add_global_hook(hook: Hook) -> Callable[[], None]:
+    """Call ``hook(operation, url)`` before every request attempt of every
+    :class:`Storage` in this process (also those created later). Returns a
+    function that removes it. Meant for fault injection and tracing
+    (:mod:`cloudckpt.testing.faults`).
+
+    Example:
+        >>> seen = []
+        >>> remove = add_global_hook(lambda op, url: seen.append(url))
+        >>> open_storage("memory://doc-global-hook").write("k", b"x"); remove(); seen
+        ['memory://doc-global-hook/k']
+    """
+    _GLOBAL_HOOKS.append(hook)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            _GLOBAL_HOOKS.remove(hook)
+
+    return remove
 
 
 def validate_key(key: str) -> str:
@@ -180,12 +207,15 @@ class _Shared:
         max_concurrency: int,
         retry: RetryPolicy,
         secrets: list[str],
+        request_timeout: float | None = None,
     ) -> None:
         self.backend = backend
         self.protocol = protocol
         self.max_concurrency = max_concurrency
         self.retry = retry
         self.secrets = secrets
+        self.request_timeout = request_timeout
+        self.deadline: float | None = None  # time.monotonic() after which no request starts
         self.stats = RequestStats()
         self.hooks: list[Hook] = []
 
@@ -253,6 +283,36 @@ class Storage:
         """The most requests :meth:`map` keeps in flight."""
         return self._s.max_concurrency
 
+    @property
+    def request_timeout(self) -> float | None:
+        """Seconds one request attempt may take (None: the backend's own timeouts)."""
+        return self._s.request_timeout
+
+    @contextlib.contextmanager
+    def time_limit(self, seconds: float | None) -> Iterator[None]:
+        """Bound every request made within the block (by any thread, through this
+        storage or its children) to end ``seconds`` from now: each attempt's
+        timeout is cut to the time left, and once it is up no request or retry
+        starts (:class:`StorageError`). Network backends cancel a request at
+        its timeout; local disk only stops starting new requests.
+
+        Example:
+            >>> s = open_storage("memory://doc-limit")
+            >>> with s.time_limit(0):
+            ...     s.write("k", b"x")
+            Traceback (most recent call last):
+            ...
+            cloudckpt.errors.StorageError: write memory://doc-limit/k: not started, the time limit of this operation has passed
+        """
+        previous = self._s.deadline
+        if seconds is not None:
+            at = time.monotonic() + max(0.0, float(seconds))
+            self._s.deadline = at if previous is None else min(previous, at)
+        try:
+            yield
+        finally:
+            self._s.deadline = previous
+
     def child(self, prefix: str) -> Storage:
         """The storage of a sub-directory, sharing backend, pool and counters.
 
@@ -262,6 +322,32 @@ class Storage:
         """
         validate_key(prefix)
         return Storage(self._s, self._path(prefix), join_url(self.url, prefix))
+
+    def parent(self) -> Storage | None:
+        """The storage of the directory holding this one, sharing backend, pool
+        and counters; None at the top (a bucket, or the filesystem root).
+
+        Example:
+            >>> open_storage("memory://doc-parent/run/ckpt-1").parent().url
+            'memory://doc-parent/run'
+            >>> open_storage("memory://doc-parent").parent() is None
+            True
+        """
+        root = self._root.rstrip("/")
+        if self.is_local:
+            up = os.path.dirname(root) if root else ""
+            if not root or up == root:
+                return None
+        else:
+            if "/" not in root.lstrip("/"):
+                return None
+            up = root.rsplit("/", 1)[0]
+        if "/" not in self.url.split("://", 1)[-1].rstrip("/"):
+            return None
+        url = self.url.rstrip("/").rsplit("/", 1)[0] or "/"
+        if url.endswith(":/") or url.endswith("://"):
+            return None  # "file:///x": the root of the filesystem
+        return Storage(self._s, up or "/", url)
 
     def url_for(self, key: str) -> str:
         """The full URL of ``key``.
@@ -306,10 +392,25 @@ class Storage:
         backend = self._s.backend
 
         def attempt() -> T:
-            for hook in list(self._s.hooks):
+            timeout = self._s.request_timeout
+            deadline = self._s.deadline
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageError(
+                        f"{op} {url}: not started, the time limit of this operation has passed",
+                        url=url,
+                        operation=op,
+                    )
+                timeout = left if timeout is None else min(timeout, left)
+            for hook in (*_GLOBAL_HOOKS, *self._s.hooks):
                 hook(op, url)
             self._s.stats.add(op, nbytes)
-            return fn()
+            limit = getattr(backend, "call_timeout", None)
+            if timeout is None or limit is None:
+                return fn()
+            with limit(timeout):
+                return fn()
 
         def on_retry(n: int, exc: BaseException) -> None:
             self._s.stats.add_retry()
@@ -632,6 +733,7 @@ def open_storage(
     max_concurrency: int | None = None,
     retry: RetryPolicy | None = None,
     fsync: bool = True,
+    request_timeout: float | None = None,
 ) -> Storage:
     """Open the directory at ``url`` (any fsspec URL or a plain path).
 
@@ -640,6 +742,9 @@ def open_storage(
     ``max_concurrency`` bounds the requests in flight (default 16 on object
     stores, 8 on local disk; env ``CLOUDCKPT_MAX_CONCURRENCY``). ``fsync``
     (local disk only) makes every write durable before a commit.
+    ``request_timeout`` bounds each request attempt in seconds on network
+    backends (async fsspec filesystems: s3, gs, ...); a timed-out attempt is
+    retried like any transient failure. Default: the backend's own timeouts.
 
     Example:
         >>> import tempfile
@@ -655,6 +760,10 @@ def open_storage(
     if storage_options is not None and not isinstance(storage_options, dict):
         raise TypeError(f"storage_options must be a dict or None, got {type(storage_options).__name__}")
     options = dict(storage_options or {})
+    if request_timeout is not None:
+        if isinstance(request_timeout, bool) or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
+            raise ValueError(f"request_timeout must be a positive number of seconds or None, got {request_timeout!r}")
+        request_timeout = float(request_timeout)
     protocol, rest = _split_url(url)
     env_conc = os.environ.get("CLOUDCKPT_MAX_CONCURRENCY")
     retry = retry or RetryPolicy()
@@ -663,7 +772,7 @@ def open_storage(
         root = os.path.abspath(os.path.expanduser(rest))
         conc = max_concurrency or (int(env_conc) if env_conc else 8)
         backend: Any = LocalBackend(fsync=fsync)
-        shared = _Shared(backend, "local", conc, retry, secrets)
+        shared = _Shared(backend, "local", conc, retry, secrets, request_timeout)
         display = url if protocol else root
         if os.path.exists(root) and not os.path.isdir(root):
             raise NotADirectoryError(f"{display} exists and is not a directory")
@@ -684,13 +793,23 @@ def open_storage(
                 f"unknown URL scheme '{protocol}://' in {protocol}://{rest}: "
                 "use a local path or an fsspec URL such as s3://, gs://, memory://"
             ) from None
-        raise
+        raise ValueError(
+            f"bad storage_options for {protocol}://: {_redact_text(str(exc), secrets)}"
+        ) from None
     except TypeError as exc:
         raise TypeError(
             f"bad storage_options for {protocol}://: {_redact_text(str(exc), secrets)}"
         ) from None
+    except Exception as exc:
+        # never chain: the backend's own message or traceback may carry a credential
+        raise StorageError(
+            f"cannot open {protocol}://{rest}: {type(exc).__name__}: {_redact_text(str(exc), secrets)}; "
+            "check the credentials and endpoint in storage_options or the environment",
+            url=f"{protocol}://{rest}",
+            operation="open",
+        ) from None
     conc = max_concurrency or (int(env_conc) if env_conc else 16)
-    shared = _Shared(backend, protocol, conc, retry, secrets)
+    shared = _Shared(backend, protocol, conc, retry, secrets, request_timeout)
     root = backend.fs._strip_protocol(url)
     if protocol == "memory" and not root.startswith("/"):
         root = "/" + root

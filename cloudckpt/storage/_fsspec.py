@@ -8,12 +8,14 @@ is ever shared by surprise (see STACK.md, sharp edge 1).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem
 
 Buffer = bytes | bytearray | memoryview
 
@@ -55,12 +57,30 @@ class FsspecBackend:
         self.name = protocol
         self.fs = make_filesystem(protocol, storage_options)
         self._create_lock = threading.Lock()  # memory:// has no atomic create
+        # fsspec's sync wrappers of an async filesystem take ``timeout=`` (seconds)
+        # and cancel the request when it passes; sync filesystems have no such knob.
+        self._timeouts = isinstance(self.fs, AsyncFileSystem)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def call_timeout(self, seconds: float) -> Iterator[None]:
+        """Requests made by this thread within the block time out after ``seconds``."""
+        previous = getattr(self._local, "timeout", None)
+        self._local.timeout = seconds
+        try:
+            yield
+        finally:
+            self._local.timeout = previous
+
+    def _kw(self) -> dict[str, Any]:
+        timeout = getattr(self._local, "timeout", None)
+        return {"timeout": timeout} if timeout is not None and self._timeouts else {}
 
     def get(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
         if start is None and end is None:
-            data = self.fs.cat_file(path)
+            data = self.fs.cat_file(path, **self._kw())
         else:
-            data = self.fs.cat_file(path, start=start, end=end)
+            data = self.fs.cat_file(path, start=start, end=end, **self._kw())
         return bytes(data) if not isinstance(data, bytes) else data
 
     def get_into(self, path: str, out: memoryview, start: int = 0) -> int:
@@ -73,12 +93,12 @@ class FsspecBackend:
 
     def put(self, path: str, buffers: Sequence[Buffer]) -> int:
         data = _as_bytes(buffers)
-        self.fs.pipe_file(path, data)
+        self.fs.pipe_file(path, data, **self._kw())
         return len(data)
 
     def put_atomic(self, path: str, data: Buffer) -> None:
         # one whole-object PUT is atomic on object stores
-        self.fs.pipe_file(path, bytes(data))
+        self.fs.pipe_file(path, bytes(data), **self._kw())
 
     def put_create(self, path: str, data: Buffer) -> None:
         payload = bytes(data)
@@ -90,11 +110,11 @@ class FsspecBackend:
             return
         # s3fs: If-None-Match: *; gcsfs: ifGenerationMatch=0 on a single-request
         # upload (manifests are far below gcsfs' resumable-upload threshold).
-        self.fs.pipe_file(path, payload, mode="create")
+        self.fs.pipe_file(path, payload, mode="create", **self._kw())
 
     def size(self, path: str) -> int:
         self.fs.invalidate_cache(path)
-        info = self.fs.info(path)
+        info = self.fs.info(path, **self._kw())
         if info.get("type") == "directory":
             raise IsADirectoryError(path)
         return int(info["size"])
@@ -109,7 +129,7 @@ class FsspecBackend:
     def list_dir(self, path: str) -> tuple[dict[str, int], list[str]]:
         self.fs.invalidate_cache(path)
         try:
-            entries = self.fs.ls(path, detail=True)
+            entries = self.fs.ls(path, detail=True, **self._kw())
         except FileNotFoundError:
             return {}, []
         files: dict[str, int] = {}
@@ -129,7 +149,7 @@ class FsspecBackend:
     def find(self, path: str) -> dict[str, int]:
         self.fs.invalidate_cache(path)
         try:
-            found = self.fs.find(path, detail=True)
+            found = self.fs.find(path, detail=True, **self._kw())
         except FileNotFoundError:
             return {}
         base = path.rstrip("/") + "/"
@@ -146,11 +166,11 @@ class FsspecBackend:
         if not paths:
             return
         try:
-            self.fs.rm(paths)
+            self.fs.rm(paths, **self._kw())
         except FileNotFoundError:
             for p in paths:
                 try:
-                    self.fs.rm_file(p)
+                    self.fs.rm_file(p, **self._kw())
                 except FileNotFoundError:
                     pass
 
@@ -159,9 +179,40 @@ class FsspecBackend:
         base = path.rstrip("/") + "/"
         self.delete([base + k for k in keys])
         try:
-            self.fs.rm(path, recursive=True)
+            self.fs.rm(path, recursive=True, **self._kw())
         except (FileNotFoundError, OSError):
             pass
 
     def barrier(self) -> None:
         """Object stores make every completed PUT durable; nothing to do."""
+
+    # -- incomplete multipart uploads (S3 only) ----------------------------
+    def list_uploads(self, path: str) -> list[tuple[str, str, float | None]]:
+        """``[(bucket/key, upload id, initiated)]`` of multipart uploads below
+        ``path``; ``[]`` where the backend has no listable incomplete uploads
+        (gcsfs' resumable uploads cannot be listed, and expire after a week)."""
+        if self.protocol not in ("s3", "s3a"):
+            return []
+        bucket, key, _ = self.fs.split_path(path)
+        prefix = key.rstrip("/") + "/" if key else ""
+        out: list[tuple[str, str, float | None]] = []
+        markers: dict[str, str] = {}
+        while True:
+            resp = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+            for u in resp.get("Uploads", []) or []:
+                initiated = u.get("Initiated")
+                ts = initiated.timestamp() if hasattr(initiated, "timestamp") else None
+                out.append((f"{bucket}/{u['Key']}", str(u["UploadId"]), ts))
+            if not resp.get("IsTruncated"):
+                return out
+            markers = {"KeyMarker": resp.get("NextKeyMarker", ""), "UploadIdMarker": resp.get("NextUploadIdMarker", "")}
+
+    def abort_upload(self, path: str, upload_id: str) -> None:
+        """Abort one multipart upload; one already gone is not an error."""
+        if self.protocol not in ("s3", "s3a"):
+            return
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        except FileNotFoundError:
+            pass  # NoSuchUpload: completed or aborted meanwhile

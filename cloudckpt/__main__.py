@@ -1,0 +1,6 @@
+"""``python -m cloudckpt``: the ``cloudckpt`` command (see :mod:`cloudckpt.cli`)."""
+
+from .cli import main
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name="cloudckpt")

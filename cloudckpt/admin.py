@@ -1,0 +1,440 @@
+"""Looking after a directory of checkpoints: list, remove, collect garbage.
+
+The operations behind ``cloudckpt ls``, ``rm`` and ``gc``, usable from Python.
+They work on any directory — one a :class:`~cloudckpt.CheckpointManager`
+writes, or one of checkpoints saved with :func:`cloudckpt.save` — through the
+format layer (catalog scan, manifests, ownership records, state file).
+
+States of a ``<name>-<N>`` entry of a directory:
+
+``committed``
+    its manifest parses: a checkpoint.
+``fenced``
+    committed by a manager that had already lost the directory to another
+    one; managers never list or restore it and its owner removes it.
+``partial``
+    no manifest, and its data may belong to a save still running (data of
+    the current owner's epoch, or of an unmanaged writer).
+``orphaned``
+    no manifest, and its data was written under an epoch older than the
+    current owner's: a crashed save, certainly dead.
+``corrupt``
+    its manifest does not parse. ``newer``: written by a newer cloudckpt.
+
+Example:
+    >>> import numpy as np, cloudckpt
+    >>> from cloudckpt.storage import open_storage
+    >>> _ = cloudckpt.save("memory://doc-admin/ckpt-1", {"w": np.ones(2)})
+    >>> listing = list_directory(open_storage("memory://doc-admin"))
+    >>> [(e.name, e.state, e.latest) for e in listing.entries]
+    [('ckpt-1', 'committed', True)]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import catalog, ownership
+from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from .manifest import MANIFEST_KEY
+from .statefile import STATE_KEY, CheckpointState, read_state_file, write_state_file
+from .storage import IncompleteUpload, Storage
+from .verify import fenced_entries
+
+__all__ = [
+    "ListedEntry",
+    "Listing",
+    "list_directory",
+    "Garbage",
+    "find_garbage",
+    "collect_garbage",
+    "remove_checkpoint",
+    "RefusedError",
+]
+
+log = logging.getLogger("cloudckpt")
+
+_TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
+
+
+class RefusedError(CheckpointError):
+    """An operation was refused to protect data (e.g. removing the latest
+    checkpoint of a managed directory without confirmation).
+
+    Example:
+        >>> issubclass(RefusedError, CheckpointError)
+        True
+    """
+
+
+@dataclass
+class ListedEntry:
+    """One ``<name>-<N>`` entry of a directory, as ``cloudckpt ls`` shows it.
+
+    ``size`` is the stored bytes (every object the manifest lists plus the
+    manifest; for an entry without a manifest, what a listing finds).
+    ``orphaned_bytes`` counts data prefixes of failed attempts inside it.
+    """
+
+    name: str
+    number: int
+    url: str
+    state: str
+    latest: bool = False
+    preserved: bool = False
+    created: float | None = None
+    created_utc: str | None = None
+    size: int = 0
+    nbytes: int | None = None
+    objects: int | None = None
+    epoch: int | None = None
+    data: str | None = None
+    orphaned: list[str] = field(default_factory=list)
+    orphaned_bytes: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Listing:
+    """The entries of a directory, its latest checkpoint and its state file."""
+
+    url: str
+    entries: list[ListedEntry]
+    latest: str | None
+    owner_epoch: int
+    state_file: CheckpointState | None
+    has_state_file: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what ``cloudckpt ls --json`` prints).
+
+        Example:
+            >>> Listing("memory://x", [], None, 0, None, False).to_dict()["entries"]
+            []
+        """
+        return {
+            "directory": self.url,
+            "latest": self.latest,
+            "owner_epoch": self.owner_epoch,
+            "state_file": None if self.state_file is None else asdict(self.state_file),
+            "state_file_present": self.has_state_file,
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+
+def _entry_state(e: catalog.Entry, owner_epoch: int, fenced: set[str]) -> str:
+    if e.status == "committed":
+        return "fenced" if e.name in fenced else "committed"
+    if e.status == "partial":
+        if not e.data_prefixes or (
+            owner_epoch > 0 and all(catalog.data_prefix_epoch(p) < owner_epoch for p in e.data_prefixes)
+        ):
+            return "orphaned"
+        return "partial"
+    return e.status
+
+
+def _scan(storage: Storage) -> tuple[list[catalog.Entry], int, set[str]]:
+    entries = catalog.scan(storage)
+    owner_epoch = ownership.current_epoch(storage)
+    return entries, owner_epoch, fenced_entries(storage, entries)
+
+
+def list_directory(storage: Storage) -> Listing:
+    """Every ``<name>-<N>`` entry of the directory ``storage`` with its state and size.
+
+    Costs one listing of the directory, one listing and one manifest read
+    per entry, and one recursive listing per entry without a manifest and
+    per orphaned data prefix. Raises
+    :class:`~cloudckpt.CheckpointNotFoundError` if there is nothing at all.
+    """
+    files, _ = storage.list_dir()
+    entries, owner_epoch, fenced = _scan(storage)
+    if not entries and STATE_KEY not in files:
+        raise CheckpointNotFoundError(
+            f"no checkpoints at {storage.url}: it holds no <name>-<N> entry and no state file"
+        )
+    out: list[ListedEntry] = []
+    for e in entries:
+        row = ListedEntry(
+            e.name, e.number, storage.url_for(e.name), _entry_state(e, owner_epoch, fenced), preserved=e.preserved
+        )
+        row.error = e.error
+        if e.manifest is not None:
+            m = e.manifest
+            row.created = float(m["created"])
+            row.created_utc = m.get("created_utc")
+            row.objects = len(m["objects"]) + 1
+            row.size = sum(int(o["size"]) for o in m["objects"])
+            row.nbytes = int(m["nbytes"])
+            row.epoch = m["writer"].get("epoch")
+            row.data = m["data"]
+            row.orphaned = e.orphans
+            for p in e.orphans:
+                row.orphaned_bytes += sum(storage.list_all(f"{e.name}/{p}").values())
+        else:
+            row.size = sum(storage.list_all(e.name).values())
+        out.append(row)
+    valid = [r for r in out if r.state == "committed"]
+    latest = max(valid, key=lambda r: (r.number, r.created or 0.0)) if valid else None
+    if latest is not None:
+        latest.latest = True
+    state = read_state_file(storage) if STATE_KEY in files else None
+    return Listing(storage.url, out, latest.url if latest else None, owner_epoch, state, STATE_KEY in files)
+
+
+@dataclass
+class Garbage:
+    """One thing ``gc`` can remove.
+
+    ``kind``: ``orphaned-data`` (a failed attempt's data prefix inside a
+    checkpoint directory), ``partial-save`` (a directory without manifest),
+    ``fenced-checkpoint``, ``incomplete-upload`` (S3 multipart) or
+    ``temp-file`` (local disk). ``collect`` says whether ``gc --yes``
+    removes it; the rest (possibly still being written) need ``--all``.
+    """
+
+    kind: str
+    url: str
+    key: str
+    bytes: int | None
+    reason: str
+    collect: bool = True
+    upload: IncompleteUpload | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict.
+
+        Example:
+            >>> Garbage("temp-file", "/d/x.tmp-0", "x.tmp-0", 1, "r").to_dict()["kind"]
+            'temp-file'
+        """
+        d = asdict(self)
+        d.pop("upload")
+        if self.upload is not None:
+            d["upload_id"] = self.upload.upload_id
+            d["initiated"] = self.upload.initiated
+        return d
+
+
+def find_garbage(
+    storage: Storage,
+    *,
+    include_active: bool = False,
+    min_upload_age: float = 3600.0,
+    now: float | None = None,
+) -> list[Garbage]:
+    """What a garbage collection of the directory ``storage`` would remove.
+
+    Data a running save may still be writing is listed with ``collect=False``
+    unless ``include_active``: data of the current owner's epoch (or of an
+    unmanaged writer) in a directory without manifest, and incomplete
+    uploads younger than ``min_upload_age`` seconds. Nothing is deleted.
+    """
+    now = time.time() if now is None else now
+    entries, owner_epoch, fenced = _scan(storage)
+    out: list[Garbage] = []
+    for e in entries:
+        state = _entry_state(e, owner_epoch, fenced)
+        if state in ("corrupt", "newer"):
+            continue  # not ours to judge: `cloudckpt rm` removes a damaged checkpoint
+        if state == "fenced":
+            size = sum(int(o["size"]) for o in e.manifest["objects"]) if e.manifest else None
+            out.append(
+                Garbage(
+                    "fenced-checkpoint",
+                    storage.url_for(e.name),
+                    e.name,
+                    size,
+                    f"committed under epoch {e.epoch} by a manager that had lost the directory",
+                )
+            )
+            continue
+        if state == "committed":
+            for p in e.orphans:
+                key = f"{e.name}/{p}"
+                out.append(
+                    Garbage(
+                        "orphaned-data",
+                        storage.url_for(key),
+                        key,
+                        sum(storage.list_all(key).values()),
+                        "data of a failed save attempt; the checkpoint committed another one",
+                    )
+                )
+            continue
+        size = sum(storage.list_all(e.name).values())
+        if state == "orphaned":
+            reason = (
+                f"no manifest; written under epoch(s) older than the owner's ({owner_epoch}): a crashed save"
+                if e.data_prefixes
+                else "no manifest and no data"
+            )
+            out.append(Garbage("partial-save", storage.url_for(e.name), e.name, size, reason))
+        else:
+            who = f"the current owner (epoch {owner_epoch})" if owner_epoch else "an unmanaged writer"
+            out.append(
+                Garbage(
+                    "partial-save",
+                    storage.url_for(e.name),
+                    e.name,
+                    size,
+                    f"no manifest; may be a save of {who} still running",
+                    collect=include_active,
+                )
+            )
+    for u in storage.list_incomplete_uploads():
+        age = None if u.initiated is None else now - u.initiated
+        old = age is not None and age >= min_upload_age
+        when = "unknown age" if age is None else f"started {age / 3600:.1f} h ago"
+        out.append(
+            Garbage(
+                "incomplete-upload",
+                storage.url_for(u.key),
+                u.key,
+                None,
+                f"multipart upload never completed ({when}); its parts are billed",
+                collect=include_active or old,
+                upload=u,
+            )
+        )
+    if storage.is_local:
+        out.extend(_temp_files(storage, [e.name for e in entries]))
+    return out
+
+
+def _temp_files(storage: Storage, names: list[str]) -> list[Garbage]:
+    out = []
+    for prefix in ["", *names, ownership.OWNER_PREFIX]:
+        files, _ = storage.list_dir(prefix) if prefix else storage.list_dir()
+        for f, size in files.items():
+            if _TEMP_RE.search(f):
+                key = f"{prefix}/{f}" if prefix else f
+                out.append(
+                    Garbage(
+                        "temp-file", storage.url_for(key), key, size, "temporary file of an interrupted atomic write"
+                    )
+                )
+    return out
+
+
+def collect_garbage(storage: Storage, items: list[Garbage]) -> list[Garbage]:
+    """Remove the items with ``collect=True``; returns those removed.
+
+    Fenced checkpoints lose their manifest first, then their data.
+    """
+    removed = []
+    uploads = [g for g in items if g.collect and g.upload is not None]
+    for g in items:
+        if not g.collect or g.upload is not None:
+            continue
+        if g.kind == "fenced-checkpoint":
+            storage.child(g.key).delete([MANIFEST_KEY])
+            storage.delete_prefix(g.key)
+        elif g.kind == "temp-file":
+            storage.delete([g.key])
+        else:
+            storage.delete_prefix(g.key)
+        log.info("gc: removed %s", g.url)
+        removed.append(g)
+    if uploads:
+        storage.abort_uploads([g.upload for g in uploads if g.upload is not None])
+        for g in uploads:
+            log.info("gc: aborted upload %s", g.url)
+        removed.extend(uploads)
+    return removed
+
+
+def _is_managed(parent: Storage) -> bool:
+    files, dirs = parent.list_dir()
+    return STATE_KEY in files or ownership.OWNER_PREFIX in dirs
+
+
+def _latest_name(parent: Storage) -> str | None:
+    entries, _, fenced = _scan(parent)
+    valid = [e for e in entries if e.status == "committed" and e.name not in fenced]
+    if not valid:
+        return None
+    return max(valid, key=lambda e: (e.number, e.created)).name
+
+
+def remove_checkpoint(storage: Storage, parent: Storage | None, *, yes: bool = False) -> dict[str, Any]:
+    """Uncommit then delete the checkpoint at ``storage``: its manifest first
+    (it is invisible from that instant), then every other object under it.
+
+    ``parent`` is the directory holding it (None at a bucket root). The
+    latest checkpoint of a managed directory (one with a state file or
+    ownership records) is removed only with ``yes=True``: a job that
+    restarts would silently go back to an older checkpoint. The directory's
+    state file is updated. A damaged checkpoint (manifest does not parse)
+    can be removed; a directory without manifest cannot (``gc`` collects
+    those). Returns what was done.
+    """
+    try:
+        exists = storage.exists(MANIFEST_KEY)
+    except CheckpointError:
+        raise
+    if not exists:
+        files, dirs = storage.list_dir()
+        hint = ""
+        if any(catalog.parse_name(d) for d in dirs) or STATE_KEY in files:
+            hint = f"; {storage.url} is a directory of checkpoints: rm removes one checkpoint"
+        elif files or dirs:
+            hint = "; it holds data without a manifest (a crashed or running save): `cloudckpt gc` collects those"
+        raise CheckpointNotFoundError(
+            f"no checkpoint at {storage.url}: {storage.url_for(MANIFEST_KEY)} does not exist{hint}"
+        )
+    name = storage.url.rstrip("/").rsplit("/", 1)[-1]
+    status = "committed"
+    from .checkpoint_io import read_manifest
+
+    try:
+        manifest: dict[str, Any] | None = read_manifest(storage)
+    except (CorruptCheckpointError, FormatVersionError) as exc:
+        manifest, status = None, "corrupt"
+        log.info("removing damaged checkpoint %s: %s", storage.url, exc)
+    managed = parent is not None and _is_managed(parent)
+    if managed and status == "committed" and not yes:
+        assert parent is not None
+        if _latest_name(parent) == name:
+            raise RefusedError(
+                f"{storage.url} is the latest checkpoint of {parent.url}: a job restarting from it would silently "
+                "go back to an older checkpoint. Pass --yes (yes=True in Python) to remove it anyway"
+            )
+    storage.delete([MANIFEST_KEY])
+    if parent is not None:
+        parent.delete_prefix(name)
+    else:
+        storage.delete(list(storage.list_all()))
+    objects = len(manifest["objects"]) if manifest else None
+    state_updated = False
+    if managed:
+        assert parent is not None
+        state_updated = _drop_from_state(parent, name)
+    log.info("removed %s", storage.url)
+    return {"url": storage.url, "status": status, "objects": objects, "state_file_updated": state_updated}
+
+
+def _drop_from_state(parent: Storage, name: str) -> bool:
+    state = read_state_file(parent)
+    if state is None:
+        return False
+    base = [p.rstrip("/").rsplit("/", 1)[-1] for p in state.all_model_checkpoint_paths]
+    latest_base = (state.model_checkpoint_path or "").rstrip("/").rsplit("/", 1)[-1]
+    if name not in base and latest_base != name:
+        return False
+    keep = [i for i, b in enumerate(base) if b != name]
+    paths = [state.all_model_checkpoint_paths[i] for i in keep]
+    stamps = [state.all_model_checkpoint_timestamps[i] for i in keep] if state.all_model_checkpoint_timestamps else []
+    latest = state.model_checkpoint_path
+    if latest_base == name:
+        latest = _latest_name(parent)
+    if latest is None:
+        parent.delete([STATE_KEY])
+        return True
+    write_state_file(parent, CheckpointState(latest, paths, stamps, state.last_preserved_timestamp))
+    return True

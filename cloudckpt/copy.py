@@ -1,0 +1,552 @@
+"""Copy a checkpoint, or a whole managed directory of them, between any two backends.
+
+:func:`copy` moves checkpoints across clouds (S3 to GCS, GCS to local disk,
+...) with the same guarantees as a save:
+
+* **Streamed, bounded memory.** Objects are copied one request each, read
+  whole from the source and written whole to the destination (by default
+  an object is a chunk of at most ~32 MiB). At most ``buffer_bytes``
+  (default 128 MiB) of object data are in flight at once over all
+  concurrent requests; a single larger object still goes through, alone.
+  The checkpoint is never held in memory as a whole.
+* **Concurrent.** Up to ``max_concurrency`` requests in flight
+  (:meth:`Storage.map <cloudckpt.storage.Storage.map>`).
+* **Checked on the way.** Every object's size and crc32c are checked
+  against the source manifest before it is written; a mismatch aborts with
+  :class:`~cloudckpt.CorruptCheckpointError` naming the source object, and
+  nothing is committed at the destination.
+* **Same commit protocol.** Data goes under the same data prefix
+  (``data-<attempt>/``) first, then a barrier (fsync on local disk), then
+  ``manifest.json`` create-only, byte for byte the source's. A crash at
+  any point leaves the destination checkpoint invisible, never half there.
+* **Resumable.** A checkpoint already committed at the destination with
+  the same manifest is skipped (a committed checkpoint with a *different*
+  manifest is never overwritten: :class:`~cloudckpt.CheckpointExistsError`).
+  Objects of an interrupted copy that are already at the destination are
+  found with one listing of the data prefix and not copied again: on
+  object stores an object with the right size is trusted (a PUT is atomic,
+  and a key under an attempt-unique data prefix only ever holds one
+  content); on local disk and ``memory://``, where re-reading is cheap and
+  a write interrupted mid-file can leave a file of the right size, it is
+  re-read and its crc32c checked (``verify_existing`` overrides this).
+
+For a managed directory, every committed checkpoint of the source is
+copied (oldest first, with its ``preserved.json`` marker), then the
+``checkpoint`` state file is rebuilt for the destination from the
+manifests. Not copied: partial or crashed saves, orphaned data, damaged
+checkpoints and checkpoints fenced by the source's ownership records
+(listed in ``CopyReport.warnings``), and the ownership records themselves:
+the first manager that opens the destination claims it afresh. A copy
+into a directory that a manager already owns is refused for a checkpoint
+that this manager would consider fenced (and so delete).
+
+Example:
+    >>> import numpy as np, cloudckpt
+    >>> url = cloudckpt.save("memory://doc-copy-src/ckpt-1", {"w": np.arange(3.0)})
+    >>> report = cloudckpt.copy(url, "memory://doc-copy-dst/ckpt-1")
+    >>> report.copied, cloudckpt.load("memory://doc-copy-dst/ckpt-1")["w"]
+    (['memory://doc-copy-dst/ckpt-1'], array([0., 1., 2.]))
+    >>> cloudckpt.copy(url, "memory://doc-copy-dst/ckpt-1").skipped   # already there
+    ['memory://doc-copy-dst/ckpt-1']
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import catalog, ownership
+from .errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ObjectNotFoundError,
+)
+from .manifest import MANIFEST_KEY, parse_manifest
+from .statefile import STATE_KEY, CheckpointState, format_state, parse_state, read_state_file
+from .storage import Storage, open_storage
+from .verify import BUFFER_BYTES, ByteBudget, fenced_entries, read_checked
+
+__all__ = ["copy", "CopyReport"]
+
+log = logging.getLogger("cloudckpt")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class CopyReport:
+    """What :func:`copy` did.
+
+    ``copied``: destination URLs of the checkpoints this call committed;
+    ``skipped``: those already committed at the destination (same manifest);
+    ``vanished``: source checkpoints deleted while they were being copied
+    (by the source's retention, say), so not committed at the destination;
+    ``warnings``: source entries deliberately not copied, and why.
+    ``objects_present``/``bytes_present`` count objects found already at the
+    destination (an earlier, interrupted copy) and not copied again.
+
+    Example:
+        >>> CopyReport("memory://a", "memory://b", "checkpoint").bytes_copied
+        0
+    """
+
+    src: str
+    dst: str
+    kind: str  # "checkpoint" | "directory"
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    objects_copied: int = 0
+    bytes_copied: int = 0
+    objects_present: int = 0
+    bytes_present: int = 0
+    state_file: str | None = None
+    seconds: float = 0.0
+    src_requests: int = 0
+    dst_requests: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what ``cloudckpt cp --json`` prints).
+
+        Example:
+            >>> sorted(CopyReport("memory://a", "memory://b", "checkpoint").to_dict())[:3]
+            ['bytes_copied', 'bytes_present', 'copied']
+        """
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+class _Vanished(Exception):
+    """The source checkpoint was deleted during the copy."""
+
+
+@dataclass
+class _Job:
+    """One checkpoint to copy."""
+
+    src: Storage
+    dst: Storage
+    raw: bytes
+    manifest: dict[str, Any]
+    present: dict[str, int]
+    marker: bytes | None = None  # preserved.json of the source, to copy after the commit
+
+
+def _into_directory(src: Storage, dst: Storage, given: str) -> Storage:
+    """Where one checkpoint goes: ``dst`` itself, or ``dst/<name of src>`` when
+    ``dst`` ends with ``/`` or is a directory of checkpoints (as ``cp file dir/``)."""
+    name = src.url.rstrip("/").rsplit("/", 1)[-1]
+    if not given.endswith("/"):
+        files, dirs = dst.list_dir()
+        if MANIFEST_KEY in files or not (STATE_KEY in files or any(catalog.parse_name(x) for x in dirs)):
+            return dst
+    try:
+        return dst.child(name)
+    except ValueError:
+        return dst
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    if a == b:
+        return True
+    try:
+        return parse_manifest(a, "a") == parse_manifest(b, "b")
+    except CheckpointError:
+        return False
+
+
+def _dst_claims(storage: Storage | None) -> list[ownership.Claim]:
+    if storage is None:
+        return []
+    return ownership.list_claims(storage)
+
+
+def _refuse_if_fenced(
+    dst: Storage, manifest: dict[str, Any], number: int | None, claims: list[ownership.Claim]
+) -> None:
+    epoch = manifest["writer"].get("epoch")
+    if number is None or not claims or epoch is None:  # written without a manager: never fenced
+        return
+    if ownership.is_fenced(int(epoch), number, claims):
+        raise CheckpointExistsError(
+            f"refusing to copy into {dst.url}: the destination directory is owned by a manager "
+            f"(ownership epoch {claims[-1].epoch}) that would treat this checkpoint (number {number}, written "
+            f"under epoch {epoch}) as written by a writer that lost the directory, and delete it. "
+            "Copy into a directory that no manager owns"
+        )
+
+
+def _plan_checkpoint(
+    src: Storage,
+    dst: Storage,
+    *,
+    dst_entry: catalog.Entry | None,
+    dst_known: bool,
+    number: int | None,
+    claims: list[ownership.Claim],
+    preserved: bool,
+    report: CopyReport,
+) -> _Job | None:
+    """Read the source manifest and decide what is left to copy; None if nothing."""
+    murl = src.url_for(MANIFEST_KEY)
+    try:
+        raw = src.read(MANIFEST_KEY)
+    except ObjectNotFoundError:
+        raise CheckpointNotFoundError(f"no checkpoint at {src.url}: {murl} does not exist") from None
+    manifest = parse_manifest(raw, murl)
+    existing: bytes | None
+    if dst_known:
+        existing = None
+        if dst_entry is not None and dst_entry.status in ("committed", "corrupt", "newer"):
+            existing = dst.read(MANIFEST_KEY)
+    else:
+        try:
+            existing = dst.read(MANIFEST_KEY)
+        except ObjectNotFoundError:
+            existing = None
+    marker = src.read(catalog.PRESERVED_KEY) if preserved else None
+    if existing is not None:
+        if not _same(existing, raw):
+            raise CheckpointExistsError(
+                f"a different checkpoint is already committed at {dst.url}; committed checkpoints are never "
+                "overwritten: copy to another path, or remove it first (cloudckpt rm)"
+            )
+        if marker is not None and not (dst_entry is not None and dst_entry.preserved):
+            dst.write_if_absent(catalog.PRESERVED_KEY, marker)
+        report.skipped.append(dst.url)
+        log.info("copy: %s is already committed at %s; skipped", src.url, dst.url)
+        return None
+    _refuse_if_fenced(dst, manifest, number, claims)
+    data = manifest["data"]
+    if dst_known and not (dst_entry is not None and data in dst_entry.data_prefixes):
+        present: dict[str, int] = {}
+    else:
+        present = {f"{data}/{k}": v for k, v in dst.list_all(data).items()}
+    return _Job(src, dst, raw, manifest, present, marker)
+
+
+class _Counter:
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:  # one progress call at a time, in order
+            self.done += n
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+
+def _run_job(
+    job: _Job,
+    report: CopyReport,
+    counter: _Counter,
+    budget: ByteBudget,
+    verify_existing: bool,
+    piece_bytes: int,
+) -> None:
+    src, dst, manifest = job.src, job.dst, job.manifest
+    lock = threading.Lock()
+
+    def one(obj: dict[str, Any]) -> None:
+        key, size = obj["key"], int(obj["size"])
+        if job.present.get(key) == size:
+            if not verify_existing:
+                ok = True
+            else:
+                n = budget.acquire(min(size, piece_bytes))
+                try:
+                    _, problem = read_checked(dst, obj, piece_bytes=piece_bytes, keep=False)
+                finally:
+                    budget.release(n)
+                ok = problem is None
+                if not ok:
+                    log.info("copy: %s at the destination is damaged (%s); copying it again", dst.url_for(key), problem)
+            if ok:
+                with lock:
+                    report.objects_present += 1
+                    report.bytes_present += size
+                counter.add(size)
+                return
+        n = budget.acquire(size)
+        try:
+            data, problem = read_checked(src, obj, piece_bytes=max(piece_bytes, size))
+            if problem == "missing" and not src.exists(MANIFEST_KEY):
+                raise _Vanished(src.url)
+            if problem is not None:
+                raise CorruptCheckpointError(
+                    f"source object {src.url_for(key)} is damaged: {problem}; the copy of {src.url} was aborted "
+                    f"and nothing was committed at {dst.url}"
+                )
+            assert data is not None
+            dst.write(key, data)
+            del data
+        finally:
+            budget.release(n)
+        with lock:
+            report.objects_copied += 1
+            report.bytes_copied += size
+        counter.add(size)
+
+    try:
+        dst.map(one, manifest["objects"])
+        dst.barrier()
+    except (_Vanished, CorruptCheckpointError):
+        _discard(dst, manifest["data"])
+        raise
+    if not dst.write_if_absent(MANIFEST_KEY, job.raw):
+        existing = dst.read(MANIFEST_KEY)
+        if not _same(existing, job.raw):
+            raise CheckpointExistsError(
+                f"another writer committed a different checkpoint at {dst.url} during the copy; it was not changed"
+            )
+    report.objects_copied += 1
+    report.bytes_copied += len(job.raw)
+    counter.add(len(job.raw))
+    if job.marker is not None:
+        dst.write_if_absent(catalog.PRESERVED_KEY, job.marker)
+    report.copied.append(dst.url)
+    log.info("copy: committed %s at %s (%d objects)", src.url, dst.url, len(manifest["objects"]))
+
+
+def _discard(dst: Storage, data: str) -> None:
+    """Remove the uncommitted data of an abandoned copy (only if nothing was committed)."""
+    try:
+        if not dst.exists(MANIFEST_KEY):
+            dst.delete_prefix(data)
+    except CheckpointError as exc:
+        log.debug("could not remove %s: %s", dst.url_for(data), exc)
+
+
+def _state_for(
+    src_state: CheckpointState | None,
+    entries: list[tuple[str, int, float, bool, dict[str, Any]]],
+) -> CheckpointState | None:
+    """The state file of the destination, from the committed checkpoints there.
+
+    ``entries``: (checkpoint name, number, created, preserved, manifest).
+    """
+    if not entries:
+        return None
+    names = [e[0] for e in entries]
+    cname = None
+    if src_state is not None and src_state.model_checkpoint_path:
+        parsed = catalog.parse_name(src_state.model_checkpoint_path.rstrip("/").rsplit("/", 1)[-1])
+        cname = parsed[0] if parsed and parsed[0] in names else None
+    if cname is None:
+        cname = "ckpt" if "ckpt" in names else max(set(names), key=names.count)
+    mine = sorted((e for e in entries if e[0] == cname), key=lambda e: e[1])
+    candidates = []
+    if src_state is not None and src_state.last_preserved_timestamp is not None:
+        candidates.append(src_state.last_preserved_timestamp)
+    for _, _, created, preserved, m in mine:
+        lp = m["writer"].get("last_preserved_timestamp")
+        if isinstance(lp, (int, float)) and not isinstance(lp, bool) and math.isfinite(lp):
+            candidates.append(float(lp))
+        if preserved and m["writer"].get("epoch") is not None:
+            candidates.append(created)
+    # as a manager keeps it: the managed checkpoints that are not preserved for good
+    # (checkpoints written without a manager are restorable but never in the active set)
+    active = [e for e in mine if not e[3] and e[4]["writer"].get("epoch") is not None]
+    return CheckpointState(
+        f"{cname}-{mine[-1][1]}",
+        [f"{cname}-{e[1]}" for e in active],
+        [e[2] for e in active],
+        max(candidates) if candidates else None,
+    )
+
+
+def copy(
+    src: str,
+    dst: str,
+    *,
+    src_storage_options: dict[str, Any] | None = None,
+    dst_storage_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    max_concurrency: int | None = None,
+    buffer_bytes: int = BUFFER_BYTES,
+    verify_existing: bool | None = None,
+    _on_open: Callable[[Storage, Storage], None] | None = None,
+) -> CopyReport:
+    """Copy one checkpoint, or every committed checkpoint of a directory, from ``src`` to ``dst``.
+
+    ``src`` is a checkpoint (it holds ``manifest.json``) or a directory of
+    ``<name>-<N>`` checkpoints; ``dst`` is where the checkpoint, or the
+    directory, goes — a checkpoint goes *into* ``dst`` (as
+    ``dst/<its name>``) when ``dst`` ends with ``/`` or already is a
+    directory of checkpoints, as ``cp file dir/`` does. Both are any fsspec URL or local path, each with its
+    own storage options. See the module docstring for the guarantees:
+    bounded memory (``buffer_bytes``), concurrency (``max_concurrency``),
+    crc32c checked on the way, data first and the manifest create-only
+    last, resumable after an interruption.
+
+    ``progress(bytes_done, bytes_total)`` is called as objects complete
+    (from worker threads, one call at a time); bytes found already at the
+    destination count as done. ``verify_existing``: re-read objects found
+    at the destination and check their crc32c (True), trust their size
+    (False), or decide by backend (None: re-read on local disk and memory).
+
+    Returns a :class:`CopyReport`. Raises
+    :class:`~cloudckpt.CheckpointNotFoundError` when ``src`` holds no
+    committed checkpoint, :class:`~cloudckpt.CorruptCheckpointError` naming
+    the damaged source object, :class:`~cloudckpt.CheckpointExistsError`
+    when ``dst`` holds a different committed checkpoint (nothing is
+    overwritten), and :class:`~cloudckpt.StorageError` for storage failures.
+
+    Example:
+        >>> import numpy as np, cloudckpt
+        >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(2)), "memory://doc-cp-run", 3)
+        >>> _ = m.save(); _ = m.save()
+        >>> r = cloudckpt.copy("memory://doc-cp-run", "memory://doc-cp-copy")
+        >>> [u.rsplit("/", 1)[1] for u in r.copied], cloudckpt.latest_checkpoint("memory://doc-cp-copy")
+        (['ckpt-1', 'ckpt-2'], 'memory://doc-cp-copy/ckpt-2')
+    """
+    t0 = time.perf_counter()
+    s = open_storage(src, src_storage_options, max_concurrency=max_concurrency)
+    d = open_storage(dst, dst_storage_options, max_concurrency=max_concurrency)
+    if _on_open is not None:
+        _on_open(s, d)
+    s0, d0 = s.stats.requests, d.stats.requests
+    if verify_existing is None:
+        verify_existing = d.is_local or d.protocol == "memory"
+    budget = ByteBudget(buffer_bytes)
+    piece = max(1, min(buffer_bytes, 64 << 20))
+
+    if s.exists(MANIFEST_KEY):
+        d = _into_directory(s, d, str(dst))
+        report = CopyReport(s.url, d.url, "checkpoint")
+        number = catalog.parse_name(d.url.rstrip("/").rsplit("/", 1)[-1])
+        claims = _dst_claims(d.parent()) if number else []
+        job = _plan_checkpoint(
+            s,
+            d,
+            dst_entry=None,
+            dst_known=False,
+            number=number[1] if number else None,
+            claims=claims,
+            preserved=False,
+            report=report,
+        )
+        jobs = [job] if job is not None else []
+        src_state = None
+        dst_entries: list[catalog.Entry] = []
+        src_entries: list[catalog.Entry] = []
+    else:
+        report = CopyReport(s.url, d.url, "directory")
+        src_files, _ = s.list_dir()
+        entries = catalog.scan(s)
+        committed = [e for e in entries if e.status == "committed"]
+        if not committed:
+            raise CheckpointNotFoundError(
+                f"nothing to copy at {s.url}: no {MANIFEST_KEY} there and no committed <name>-<N> checkpoint below it"
+            )
+        src_fenced = fenced_entries(s, entries)
+        src_entries = []
+        for e in entries:
+            url = s.url_for(e.name)
+            if e.name in src_fenced:
+                report.warnings.append(
+                    f"not copied: {url} is fenced (committed by a manager that had lost the directory)"
+                )
+            elif e.status == "committed":
+                src_entries.append(e)
+            elif e.status == "partial":
+                report.warnings.append(f"not copied: {url} has no manifest (a save in progress or a crashed one)")
+            else:
+                report.warnings.append(f"not copied: {url} is {e.status}: {e.error}")
+        src_state = read_state_file(s) if STATE_KEY in src_files else None
+        dst_entries = catalog.scan(d)
+        by_name = {e.name: e for e in dst_entries}
+        claims = _dst_claims(d)
+        jobs = []
+        for e in src_entries:
+            try:
+                job = _plan_checkpoint(
+                    s.child(e.name),
+                    d.child(e.name),
+                    dst_entry=by_name.get(e.name),
+                    dst_known=True,
+                    number=e.number,
+                    claims=claims,
+                    preserved=e.preserved,
+                    report=report,
+                )
+            except CheckpointNotFoundError:
+                report.vanished.append(s.url_for(e.name))
+                continue
+            if job is not None:
+                jobs.append(job)
+
+    total = sum(sum(int(o["size"]) for o in j.manifest["objects"]) + len(j.raw) for j in jobs)
+    counter = _Counter(total, progress)
+    if progress is not None:
+        progress(0, total)
+    for job in jobs:
+        try:
+            _run_job(job, report, counter, budget, verify_existing, piece)
+        except _Vanished:
+            if report.kind == "checkpoint":
+                raise CheckpointNotFoundError(
+                    f"{job.src.url} was deleted while it was being copied; nothing was committed at {job.dst.url}"
+                ) from None
+            log.warning("copy: %s was deleted during the copy; not copied", job.src.url)
+            report.vanished.append(job.src.url)
+
+    if report.kind == "directory" and (src_state is not None or STATE_KEY in src_files):
+        vanished = set(report.vanished)
+        done_names = {e.name for e in src_entries if s.url_for(e.name) not in vanished}
+        rows: dict[str, tuple[str, int, float, bool, dict[str, Any]]] = {}
+        dst_fenced = fenced_entries(d, dst_entries)
+        dst_valid = [e for e in dst_entries if e.status == "committed" and e.name not in dst_fenced]
+        for e in dst_valid:
+            assert e.manifest is not None
+            rows[e.name] = (e.checkpoint_name, e.number, e.created, e.preserved, e.manifest)
+        for e in src_entries:
+            if e.name in done_names:
+                assert e.manifest is not None
+                rows[e.name] = (e.checkpoint_name, e.number, e.created, e.preserved, e.manifest)
+        state = _state_for(src_state, list(rows.values()))
+        if state is not None:
+            text = format_state(state).encode()
+            try:
+                current = d.read(STATE_KEY)
+            except ObjectNotFoundError:
+                current = None
+            if current is None or _parse_or_none(current) != state:
+                d.write(STATE_KEY, text, atomic=True)
+            report.state_file = d.url_for(STATE_KEY)
+
+    report.seconds = time.perf_counter() - t0
+    report.src_requests = s.stats.requests - s0
+    report.dst_requests = d.stats.requests - d0
+    log.info(
+        "copied %s to %s: %d checkpoints committed, %d already there, %d objects (%d bytes) copied, "
+        "%d found at the destination, %.3f s",
+        s.url,
+        d.url,
+        len(report.copied),
+        len(report.skipped),
+        report.objects_copied,
+        report.bytes_copied,
+        report.objects_present,
+        report.seconds,
+    )
+    return report
+
+
+def _parse_or_none(data: bytes) -> CheckpointState | None:
+    try:
+        return parse_state(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
