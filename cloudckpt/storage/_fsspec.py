@@ -9,6 +9,7 @@ is ever shared by surprise (see STACK.md, sharp edge 1).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,10 +44,28 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
         cls: Any = GCSFileSystem
     else:
         cls = fsspec.get_filesystem_class(protocol)
-    options.setdefault("skip_instance_cache", True)
     if protocol == "memory":
-        options.pop("skip_instance_cache")
-    return cls(**options)
+        return cls(**options)
+    # Our own instance cache (fsspec's is per thread, and shares instances by
+    # surprise): one synchronous instance per process and option set. A sync
+    # instance runs every request on fsspec's one long-lived IO loop, so it is
+    # safe from any thread; creating one (a botocore client) costs ~0.5 s.
+    try:
+        key = (cls, os.getpid(), json.dumps(options, sort_keys=True))
+    except (TypeError, ValueError):
+        key = None
+    if key is not None:
+        with _FS_CACHE_LOCK:
+            fs = _FS_CACHE.get(key)
+            if fs is None:
+                fs = cls(skip_instance_cache=True, **options)
+                _FS_CACHE[key] = fs
+        return fs
+    return cls(skip_instance_cache=True, **options)
+
+
+_FS_CACHE: dict[Any, Any] = {}
+_FS_CACHE_LOCK = threading.Lock()
 
 
 class FsspecBackend:
