@@ -65,6 +65,15 @@ class Entry:
         return int(e) if e is not None else 0
 
     @property
+    def managed(self) -> bool:
+        """Whether a manager wrote it (its manifest names an ownership epoch).
+
+        Checkpoints written without a manager (``Checkpoint.write``,
+        ``cloudckpt.save``) are restorable but never managed: never fenced,
+        listed in a manager's active set, or deleted by retention."""
+        return bool(self.manifest) and self.manifest["writer"].get("epoch") is not None
+
+    @property
     def orphans(self) -> list[str]:
         """Data prefixes not referenced by the manifest (crashed or superseded attempts)."""
         used = self.manifest["data"] if self.manifest else None

@@ -126,13 +126,16 @@ def write_checkpoint(
         created_it = storage.write_if_absent(MANIFEST_KEY, payload)
     except BaseException:
         # The outcome is unknown (the request may have landed): keep the data
-        # unless we can tell that our manifest is not there.
+        # unless we can tell that our manifest is not there. The error raised
+        # is the commit's (bare raise after the check), not that of the check.
+        known = True
         try:
             ours = storage.read(MANIFEST_KEY) == payload
         except ObjectNotFoundError:
-            _cleanup(storage, prefix)
-            raise
+            ours = False
         except Exception:
+            ours, known = False, False
+        if not known:
             raise
         if not ours:
             _cleanup(storage, prefix)

@@ -30,6 +30,9 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import logging
 import math
 import operator
@@ -47,7 +50,13 @@ from . import adapters, catalog, ownership, retention
 from .arrays import StoreOptions
 from .checkpoint import Checkpoint
 from .checkpoint_io import read_manifest, read_state, write_checkpoint
-from .errors import CheckpointError, CheckpointExistsError, CorruptCheckpointError
+from .errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    OwnershipLostError,
+)
 from .statefile import CheckpointState, read_state_file, write_state_file
 from .storage import Storage, open_storage, validate_key
 from .tree import Leaf, flatten
@@ -86,6 +95,44 @@ def _evaluate_step(step_counter: Any) -> int:
     return _as_int(value, "step_counter")
 
 
+# Async saves in flight, waited for at interpreter exit. The wait must run
+# before concurrent.futures shuts its thread pools down (the upload uses one),
+# so it is registered with threading's pre-join exit hooks, which run in
+# reverse order of registration: registered after concurrent.futures, ours
+# runs first. Plain atexit would run too late.
+_PENDING: set[threading.Thread] = set()
+_PENDING_LOCK = threading.Lock()
+_EXIT_HOOK = False
+
+
+def _wait_for_pending_saves() -> None:
+    while True:
+        with _PENDING_LOCK:
+            threads = list(_PENDING)
+        if not threads:
+            return
+        log.debug("waiting for %d async save(s) before exit", len(threads))
+        for t in threads:
+            t.join()
+            with _PENDING_LOCK:
+                _PENDING.discard(t)
+
+
+def _install_exit_hook() -> None:
+    global _EXIT_HOOK
+    with _PENDING_LOCK:
+        if _EXIT_HOOK:
+            return
+        _EXIT_HOOK = True
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading._register_atexit")
+        register(_wait_for_pending_saves)
+    except RuntimeError:
+        atexit.register(_wait_for_pending_saves)
+
+
 class CheckpointManager:
     """Manages a directory of numbered checkpoints, as ``tf.train.CheckpointManager``.
 
@@ -102,6 +149,9 @@ class CheckpointManager:
             callable.
         checkpoint_interval: minimum steps between two saves (needs ``step_counter``).
         init_fn: called by :meth:`restore_or_initialize` when there is nothing to restore.
+        last_checkpoint_step: the step of the last save, for the first interval
+            check (TF's argument of the same name); default: none, so the
+            first save is never skipped.
         storage_options: passed to the fsspec backend (credentials, endpoint).
         async_save: upload and commit in the background; ``save()`` returns
             after copying the state to host memory.
@@ -110,6 +160,14 @@ class CheckpointManager:
             (given to ``save(metrics=...)``) instead of the newest N.
         best_mode: ``"max"`` or ``"min"``: which metric values are best.
         options: tuning of the tensor store (:class:`~cloudckpt.StoreOptions`).
+        request_timeout: seconds one storage request may take on network
+            backends before it fails (and is retried); default: the backend's
+            own timeouts.
+
+    Checkpoints in the directory that were not written by a manager
+    (``Checkpoint.write``, ``cloudckpt.save``) count for
+    :attr:`latest_checkpoint` and are restored, but are never managed: not
+    listed in :attr:`checkpoints`, never deleted (as in TF).
 
     See the module docstring for an example.
     """
@@ -124,6 +182,7 @@ class CheckpointManager:
         step_counter: Any = None,
         checkpoint_interval: int | None = None,
         init_fn: Callable[[], Any] | None = None,
+        last_checkpoint_step: Any = None,
         *,
         storage_options: dict[str, Any] | None = None,
         async_save: bool = False,
@@ -131,6 +190,7 @@ class CheckpointManager:
         best_metric: str | None = None,
         best_mode: str = "max",
         options: StoreOptions | None = None,
+        request_timeout: float | None = None,
     ) -> None:
         if not (callable(getattr(checkpoint, "state", None)) and callable(getattr(checkpoint, "restore_state", None))):
             raise TypeError(
@@ -163,6 +223,8 @@ class CheckpointManager:
                 raise ValueError(f"checkpoint_interval must be a positive number of steps, got {checkpoint_interval}")
         if step_counter is not None and not callable(step_counter):
             _evaluate_step(step_counter)  # fails now, not at the first save
+        if last_checkpoint_step is not None:
+            last_checkpoint_step = _as_int(last_checkpoint_step, "last_checkpoint_step")
         if init_fn is not None and not callable(init_fn):
             raise TypeError("init_fn must be a zero-argument callable or None")
         if not callable(clock):
@@ -174,13 +236,13 @@ class CheckpointManager:
 
         self._checkpoint = checkpoint
         self._directory = os.fspath(directory)
-        self._storage: Storage = open_storage(self._directory, storage_options)
+        self._storage: Storage = open_storage(self._directory, storage_options, request_timeout=request_timeout)
         self._max_to_keep = max_to_keep
         self._keep_hours = keep_checkpoint_every_n_hours
         self._name = checkpoint_name
         self._step_counter = step_counter
         self._checkpoint_interval = checkpoint_interval
-        self._last_checkpoint_step: int | None = None
+        self._last_checkpoint_step: int | None = last_checkpoint_step
         self._init_fn = init_fn
         self._async = bool(async_save)
         self._clock = clock
@@ -196,10 +258,11 @@ class CheckpointManager:
         self._manifests: dict[int, dict[str, Any]] = {}
         self._latest: int | None = None
         self._last_preserved = 0.0
+        self._recovered: dict[tuple[int, Any], float | None] = {}
         self._failed_attempts: list[tuple[str, str]] = []
         self._pending: threading.Thread | None = None
         self._pending_error: BaseException | None = None
-        self._reconcile()
+        self._reconcile(initial=True)
 
     # -- attributes (TF) ---------------------------------------------------
     @property
@@ -242,21 +305,37 @@ class CheckpointManager:
     def _now(self) -> float:
         return float(self._clock())
 
+    def _time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
+        """Within the block, every storage request of this manager (also of an
+        async save in flight) ends within ``seconds``; none starts after."""
+        return self._storage.time_limit(seconds)
+
     def _scan(self) -> tuple[list[catalog.Entry], list[catalog.Entry], list[catalog.Entry]]:
         """(valid committed, fenced, others) entries of the directory."""
         entries = catalog.scan(self._storage, self._name)
         committed = [e for e in entries if e.status == "committed"]
+        managed = [e for e in committed if e.managed]
         claims: list[ownership.Claim] = []
-        if committed:
-            claims = ownership.list_claims(self._storage, above=min(e.epoch for e in committed))
+        if managed:
+            claims = ownership.list_claims(self._storage, above=min(e.epoch for e in managed))
         valid, fenced = [], []
         for e in committed:
-            (fenced if ownership.is_fenced(e.epoch, e.number, claims) else valid).append(e)
+            (fenced if e.managed and ownership.is_fenced(e.epoch, e.number, claims) else valid).append(e)
         others = [e for e in entries if e.status != "committed"]
         return valid, fenced, others
 
-    def _reconcile(self) -> tuple[list[catalog.Entry], list[catalog.Entry], list[catalog.Entry]]:
-        """Rebuild the in-memory state from the manifests (the truth)."""
+    def _reconcile(
+        self, *, initial: bool = False
+    ) -> tuple[list[catalog.Entry], list[catalog.Entry], list[catalog.Entry]]:
+        """Rebuild the in-memory state from the manifests (the truth).
+
+        As TF on recovery: the last preserved timestamp is the newest one
+        recorded (state file, manifests, preserved markers); a managed
+        checkpoint stays in the active set only if it is newer than that,
+        timestamps are capped at the current clock, and a clock behind the
+        last preservation is warned about and taken as the new preservation
+        time, so that nothing recovered is deleted by mistake.
+        """
         valid, fenced, others = self._scan()
         now = self._now()
         file_state = read_state_file(self._storage)
@@ -268,25 +347,38 @@ class CheckpointManager:
             lp = e.manifest["writer"].get("last_preserved_timestamp")
             if isinstance(lp, (int, float)) and not isinstance(lp, bool) and math.isfinite(lp):
                 candidates.append(float(lp))
-            if e.preserved:
+            if e.preserved and e.managed:
                 candidates.append(e.created)
-        last_preserved = max(candidates) if candidates else now - 1.0
-        if now < last_preserved:
-            log.warning(
-                "clock() returned a value %f seconds behind the last preserved checkpoint timestamp",
-                last_preserved - now,
-            )
-            last_preserved = now
+        candidates = [c for c in candidates if math.isfinite(c)]
+        if initial:
+            last_preserved = max(candidates) if candidates else now - 1.0
+            if now < last_preserved:
+                log.warning(
+                    "clock() returned a value %f seconds behind the last preserved checkpoint timestamp",
+                    last_preserved - now,
+                )
+                last_preserved = now
+        else:
+            last_preserved = max([self._last_preserved, *(c for c in candidates if c <= now)])
+        active: OrderedDict[int, float] = OrderedDict()
+        for e in sorted(valid, key=lambda e: e.number):
+            if not e.managed or e.preserved:
+                continue
+            key = (e.number, e.manifest["writer"].get("attempt") if e.manifest else None)
+            if initial or key not in self._recovered:
+                ts = min(e.created, now)
+                self._recovered[key] = ts if ts > last_preserved else None
+            ts_or_none = self._recovered[key]  # decided when first seen, as TF decides at start
+            if ts_or_none is not None:
+                active[e.number] = ts_or_none
         with self._lock:
             self._last_preserved = last_preserved
-            self._maybe_delete = OrderedDict(
-                (e.number, min(e.created, now)) for e in sorted(valid, key=lambda e: e.number) if not e.preserved
-            )
+            self._maybe_delete = active
             self._manifests = {e.number: e.manifest for e in valid if e.manifest is not None}
             self._metrics = {e.number: self._metric_of(e.manifest) for e in valid}
             self._latest = max((e.number for e in valid), default=None)
         if file_state is not None and not self._state_matches(file_state):
-            log.info("state file of %s is stale; manifests are the truth", self._storage.url)
+            log.debug("state file of %s is stale; rebuilt from the manifests", self._storage.url)
         return valid, fenced, others
 
     def _metric_of(self, manifest: Mapping[str, Any] | None) -> float | None:
@@ -312,6 +404,7 @@ class CheckpointManager:
         return (
             mine.model_checkpoint_path == state.model_checkpoint_path
             and mine.all_model_checkpoint_paths == state.all_model_checkpoint_paths
+            and mine.all_model_checkpoint_timestamps == state.all_model_checkpoint_timestamps
         )
 
     def _write_state(self) -> None:
@@ -323,7 +416,14 @@ class CheckpointManager:
     # -- ownership -----------------------------------------------------------
     @property
     def epoch(self) -> int | None:
-        """This manager's ownership epoch, or None before it has claimed the directory."""
+        """This manager's ownership epoch, or None before it has claimed the directory.
+
+        Example:
+            >>> import numpy as np, cloudckpt, tempfile
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), tempfile.mkdtemp(), 2)
+            >>> m.epoch, m.restore_or_initialize(), m.epoch
+            (None, None, 1)
+        """
         return self._epoch
 
     def _ensure_owner(self) -> None:
@@ -331,9 +431,13 @@ class CheckpointManager:
             ownership.check_owner(self._storage, self._epoch)
             return
         self._reconcile()
-        c = ownership.claim(self._storage, seen_upto=self._latest, writer=self._writer_id, clock=self._clock)
+        # what the claim has seen: the newest checkpoint a manager committed (checkpoints
+        # written without a manager are never fenced, so they do not count)
+        with self._lock:
+            seen = max((n for n, m in self._manifests.items() if m["writer"].get("epoch") is not None), default=None)
+        c = ownership.claim(self._storage, seen_upto=seen, writer=self._writer_id, clock=self._clock)
         self._epoch = c.epoch
-        log.info("claimed %s with epoch %d", self._storage.url, c.epoch)
+        log.debug("claimed %s with epoch %d (seen up to %s)", self._storage.url, c.epoch, c.seen_upto)
         # an older-epoch save may have committed between our scan and our claim: it is fenced now
         self._collect(*self._reconcile())
         self._write_state()
@@ -355,14 +459,18 @@ class CheckpointManager:
             if e.status in ("newer", "corrupt"):
                 continue  # not ours to judge; left alone
             old = [p for p in e.orphans if catalog.data_prefix_epoch(p) < self._epoch]
+            sub = self._storage.child(e.name)
             for prefix in old:
-                self._storage.child(e.name).delete_prefix(prefix)
-                removed.append(self._storage.url_for(f"{e.name}/{prefix}"))
-                log.info("collected orphaned data %s", removed[-1])
-            if e.status == "partial" and len(old) == len(e.data_prefixes) and not e.preserved:
-                self._storage.delete_prefix(e.name)
+                sub.delete_prefix(prefix)
+                removed.append(sub.url_for(prefix))
+                log.info("retention: removed orphaned data %s (a save that never committed)", removed[-1])
+            if e.status == "partial" and old and len(old) == len(e.data_prefixes) and self._storage.is_local:
+                # local disk keeps empty directories; object stores have none
+                files, dirs = sub.list_dir()
+                if not files and not dirs:
+                    self._storage.delete_prefix(e.name)
         removed.extend(self._collect_own_failures())
-        ownership.prune_claims(self._storage, min([self._epoch, *(e.epoch for e in valid)]))
+        ownership.prune_claims(self._storage, min([self._epoch, *(e.epoch for e in valid if e.managed)]))
         return removed
 
     def _collect_own_failures(self) -> list[str]:
@@ -370,9 +478,16 @@ class CheckpointManager:
             failed, self._failed_attempts = self._failed_attempts, []
         removed = []
         for dirname, prefix in failed:
+            sub = self._storage.child(dirname)
             try:
-                self._storage.child(dirname).delete_prefix(prefix)
-                removed.append(self._storage.url_for(f"{dirname}/{prefix}"))
+                try:
+                    if read_manifest(sub).get("data") == prefix:
+                        continue  # the "failed" commit did land: its data is in use
+                except CheckpointNotFoundError:
+                    pass
+                sub.delete_prefix(prefix)
+                removed.append(sub.url_for(prefix))
+                log.info("retention: removed data of a failed save %s", removed[-1])
             except CheckpointError as exc:
                 log.debug("could not collect %s/%s: %s", dirname, prefix, exc)
                 with self._lock:
@@ -382,7 +497,14 @@ class CheckpointManager:
     def gc(self) -> list[str]:
         """Collect orphaned data of crashed saves and fenced checkpoints (owner only).
 
-        Claims the directory if this manager has not yet. Returns the URLs removed.
+        Claims the directory if this manager has not yet (which collects
+        already). Returns the URLs removed.
+
+        Example:
+            >>> import numpy as np, cloudckpt, tempfile
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), tempfile.mkdtemp(), 2)
+            >>> _ = m.save(); m.gc()
+            []
         """
         self.sync()
         self._ensure_owner()
@@ -405,7 +527,27 @@ class CheckpointManager:
             if self._latest == number:
                 self._latest = max(self._manifests, default=None)
 
-    def _sweep(self) -> None:
+    def _remove_if_fenced(self, number: int) -> bool:
+        """If checkpoint ``number`` is fenced, remove it and return True (also if it is gone)."""
+        sub = self._storage.child(self._dirname(number))
+        try:
+            manifest = read_manifest(sub)
+        except CheckpointNotFoundError:
+            return True
+        except CheckpointError:
+            return False
+        epoch = manifest["writer"].get("epoch")
+        assert self._epoch is not None
+        if epoch is None or epoch >= self._epoch:
+            return False
+        if not ownership.is_fenced(epoch, number, ownership.list_claims(self._storage, above=epoch)):
+            return False
+        log.warning("removing %s: committed by epoch %d after a newer claim (fenced)", sub.url, epoch)
+        self._delete_checkpoint(number)
+        return True
+
+    def _sweep(self) -> bool:
+        """Apply retention; return whether anything left the active set."""
         with self._lock:
             active = [retention.Managed(n, ts, self._metrics.get(n)) for n, ts in self._maybe_delete.items()]
         decision = retention.sweep(
@@ -416,20 +558,22 @@ class CheckpointManager:
             best_mode=self._best_mode if self._best_metric else None,
         )
         if not decision.preserve and not decision.delete:
-            return
+            return False
         assert self._epoch is not None
-        ownership.check_owner(self._storage, self._epoch)  # re-check before deleting anything
+        ownership.check_owner(self._storage, self._epoch)  # re-check before changing anything
         for m in decision.preserve:
             sub = self._storage.child(self._dirname(m.number))
-            sub.write_if_absent(catalog.PRESERVED_KEY, f'{{"preserved_at": {self._now()!r}}}'.encode())
+            record = {"preserved_at": self._now(), "timestamp": m.timestamp}
+            sub.write_if_absent(catalog.PRESERVED_KEY, json.dumps(record).encode())
             with self._lock:
                 self._maybe_delete.pop(m.number, None)
-            log.info("preserved %s (keep_checkpoint_every_n_hours)", self._url(m.number))
+            log.info("retention: preserving %s for good (keep_checkpoint_every_n_hours)", self._url(m.number))
         with self._lock:
             self._last_preserved = decision.last_preserved
         for m in decision.delete:
             log.info("retention: deleting %s", self._url(m.number))
             self._delete_checkpoint(m.number)
+        return True
 
     # -- saving --------------------------------------------------------------
     def save(
@@ -452,8 +596,24 @@ class CheckpointManager:
         Raises :class:`~cloudckpt.OwnershipLostError` if another manager has
         claimed the directory, and :class:`~cloudckpt.CheckpointExistsError`
         if that number is committed already (nothing is overwritten).
+
+        Example:
+            >>> import numpy as np, cloudckpt, tempfile
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), tempfile.mkdtemp(), 2)
+            >>> m.save().rsplit("/", 1)[1], m.save(checkpoint_number=10).rsplit("/", 1)[1]
+            ('ckpt-1', 'ckpt-10')
+            >>> m.checkpoint.save_counter
+            2
         """
         self._raise_pending(wait=True)
+        number_arg = None if checkpoint_number is None else _as_int(checkpoint_number, "checkpoint_number")
+        if number_arg is not None and number_arg < 0:
+            raise ValueError(f"checkpoint_number must be >= 0, got {number_arg}")
+        meta: dict[str, Any] = {}
+        if metrics is not None:
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"metrics must be a dict of JSON values, got {type(metrics).__name__}")
+            meta["metrics"] = _json_metrics(metrics)
         if self._checkpoint_interval is not None:
             current_step = _evaluate_step(self._step_counter)
             if self._last_checkpoint_step is not None:
@@ -461,17 +621,15 @@ class CheckpointManager:
                     return None
                 if check_interval and current_step < self._last_checkpoint_step + self._checkpoint_interval:
                     return None
-            self._last_checkpoint_step = current_step
         self._ensure_owner()
+        if self._checkpoint_interval is not None:
+            self._last_checkpoint_step = current_step
         self._checkpoint.save_counter = self._checkpoint.save_counter + 1
-        number = self._checkpoint.save_counter if checkpoint_number is None else _as_int(checkpoint_number, "checkpoint_number")
-        if number < 0:
-            raise ValueError(f"checkpoint_number must be >= 0, got {number}")
-        meta: dict[str, Any] = {}
-        if metrics is not None:
-            if not isinstance(metrics, Mapping):
-                raise TypeError(f"metrics must be a dict of JSON values, got {type(metrics).__name__}")
-            meta["metrics"] = _json_metrics(metrics)
+        number = self._checkpoint.save_counter if number_arg is None else number_arg
+        with self._lock:
+            known = number in self._manifests
+        if known:  # the view of an owner is current: no request is needed to know, nothing is written
+            raise CheckpointExistsError(_exists_message(self._url(number)))
         state = self._checkpoint.state()
         node, leaves = flatten(state, adapt=adapters.to_numpy)
         url = self._url(number)
@@ -484,6 +642,9 @@ class CheckpointManager:
         thread = threading.Thread(
             target=self._background, args=(number, node, copied, meta), name=f"cloudckpt-save-{number}", daemon=False
         )
+        _install_exit_hook()
+        with _PENDING_LOCK:
+            _PENDING.add(thread)
         with self._lock:
             self._pending = thread
         thread.start()
@@ -496,35 +657,47 @@ class CheckpointManager:
             log.error("async save of %s failed: %s", self._url(number), exc)
             with self._lock:
                 self._pending_error = exc
+        finally:
+            with _PENDING_LOCK:
+                _PENDING.discard(threading.current_thread())
 
     def _commit(self, number: int, node: dict[str, Any], leaves: list[Leaf], meta: dict[str, Any]) -> None:
         assert self._epoch is not None
         name = self._dirname(number)
         sub = self._storage.child(name)
-        attempt = f"e{self._epoch}-{uuid.uuid4().hex[:16]}"
+        for first_try in (True, False):
+            attempt = f"e{self._epoch}-{uuid.uuid4().hex[:16]}"
+            try:
+                result = write_checkpoint(
+                    sub,
+                    None,
+                    flat=(node, leaves),
+                    checkpoint_number=number,
+                    epoch=self._epoch,
+                    metadata=meta,
+                    options=self._options,
+                    attempt=attempt,
+                    created=self._now(),
+                    writer_extra={"last_preserved_timestamp": self._last_preserved},
+                    check_exists=False,  # known above; a commit race still fails create-only
+                )
+                break
+            except CheckpointExistsError:
+                ownership.check_owner(self._storage, self._epoch)  # a lost owner learns that, not this
+                if first_try and self._remove_if_fenced(number):
+                    continue
+                raise CheckpointExistsError(_exists_message(sub.url)) from None
+            except BaseException:
+                with self._lock:
+                    self._failed_attempts.append((name, f"data-{attempt}"))
+                raise
         try:
-            result = write_checkpoint(
-                sub,
-                None,
-                flat=(node, leaves),
-                checkpoint_number=number,
-                epoch=self._epoch,
-                metadata=meta,
-                options=self._options,
-                attempt=attempt,
-                created=self._now(),
-                writer_extra={"last_preserved_timestamp": self._last_preserved},
-            )
-        except CheckpointExistsError:
-            raise CheckpointExistsError(
-                f"checkpoint {sub.url} is already committed and is never overwritten. A restarted job "
-                "should call manager.restore_or_initialize() before saving (to continue the numbering), "
-                "or pass checkpoint_number= explicitly. Nothing was changed."
+            ownership.check_owner(self._storage, self._epoch)
+        except OwnershipLostError as exc:
+            raise OwnershipLostError(
+                f"{exc}. The checkpoint {sub.url} committed meanwhile belongs to no owner: it is fenced "
+                "(never listed or restored) and the new owner removes it"
             ) from None
-        except BaseException:
-            with self._lock:
-                self._failed_attempts.append((name, f"data-{attempt}"))
-            raise
         with self._lock:
             if self._latest is not None and number < self._latest:
                 log.warning(
@@ -538,9 +711,9 @@ class CheckpointManager:
             self._manifests[number] = result.manifest
             self._metrics[number] = self._metric_of(result.manifest)
             self._latest = number if self._latest is None else max(self._latest, number)
-        self._write_state()
-        self._sweep()
-        self._write_state()
+        self._write_state()  # before retention, as TF: a crash while deleting still names the new one
+        if self._sweep():
+            self._write_state()
         self._collect_own_failures()
 
     def _raise_pending(self, *, wait: bool) -> None:
@@ -574,6 +747,13 @@ class CheckpointManager:
         ``partial``. A damaged latest checkpoint raises
         :class:`~cloudckpt.CorruptCheckpointError`; with ``fallback=True`` the
         newest checkpoint that restores is used instead (logged as an error).
+
+        Example:
+            >>> import numpy as np, cloudckpt, tempfile
+            >>> d = tempfile.mkdtemp(); w = np.zeros(2)
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=w), d, 2, init_fn=lambda: w.fill(7))
+            >>> m.restore_or_initialize(), w
+            (None, array([7., 7.]))
         """
         self.sync()
         self._ensure_owner()
@@ -598,6 +778,14 @@ class CheckpointManager:
         if self._init_fn is not None:
             self._init_fn()
         return None
+
+
+def _exists_message(url: str) -> str:
+    return (
+        f"checkpoint {url} is already committed and is never overwritten. A restarted job "
+        "should call manager.restore_or_initialize() before saving (to continue the numbering), "
+        "or pass checkpoint_number= explicitly. Nothing was changed."
+    )
 
 
 def _json_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -633,8 +821,9 @@ def latest_checkpoint(directory: str, storage_options: dict[str, Any] | None = N
     entries = [e for e in catalog.scan(storage) if e.status == "committed"]
     if not entries:
         return None
-    claims = ownership.list_claims(storage, above=min(e.epoch for e in entries))
-    valid = [e for e in entries if not ownership.is_fenced(e.epoch, e.number, claims)]
+    managed = [e for e in entries if e.managed]
+    claims = ownership.list_claims(storage, above=min(e.epoch for e in managed)) if managed else []
+    valid = [e for e in entries if not (e.managed and ownership.is_fenced(e.epoch, e.number, claims))]
     if not valid:
         return None
     best = max(valid, key=lambda e: (e.number, e.created))

@@ -48,6 +48,7 @@ class Claim:
     seen_upto: int | None = None
     writer: str = ""
     time: float = 0.0
+    readable: bool = True  # False: the record does not parse; it fences nothing
 
 
 def _key(epoch: int) -> str:
@@ -76,11 +77,14 @@ def _read_claim(storage: Storage, epoch: int) -> Claim | None:
     except ObjectNotFoundError:
         return None
     except ValueError:
-        return Claim(epoch)
-    upto = data.get("seen_upto") if isinstance(data, dict) else None
-    if not isinstance(upto, int) or isinstance(upto, bool):
-        upto = None
-    return Claim(epoch, upto, str(data.get("writer", "")), float(data.get("time", 0.0) or 0.0))
+        data = None
+    upto = data.get("seen_upto", 0) if isinstance(data, dict) else 0
+    if not isinstance(data, dict) or not (upto is None or (isinstance(upto, int) and not isinstance(upto, bool))):
+        # An unreadable claim still counts for ownership (its epoch is its name),
+        # but fences nothing: treating it as "saw nothing" would delete history.
+        return Claim(epoch, None, readable=False)
+    t = data.get("time")
+    return Claim(epoch, upto, str(data.get("writer", "")), float(t) if isinstance(t, (int, float)) else 0.0)
 
 
 def list_claims(storage: Storage, *, above: int = 0) -> list[Claim]:
@@ -130,7 +134,7 @@ def check_owner(storage: Storage, epoch: int) -> None:
 def is_fenced(epoch: int, number: int, claims: Sequence[Claim]) -> bool:
     """Whether checkpoint ``number`` written under ``epoch`` was committed after a later claim."""
     for c in claims:
-        if c.epoch > epoch and (c.seen_upto is None or number > c.seen_upto):
+        if c.readable and c.epoch > epoch and (c.seen_upto is None or number > c.seen_upto):
             return True
     return False
 

@@ -44,9 +44,9 @@ class CheckpointState:
 
 
 def _quote(s: str) -> str:
-    # protobuf text format strings: JSON escaping is a compatible subset for
-    # the names cloudckpt writes (ASCII names, quotes and backslashes escaped)
-    return json.dumps(s)
+    # protobuf text format strings: JSON escaping of quotes and backslashes is
+    # a compatible subset; non-ASCII stays UTF-8 (protobuf has no \u escapes)
+    return json.dumps(s, ensure_ascii=False)
 
 
 def _float(x: float) -> str:
