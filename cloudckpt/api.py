@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import frameworks
 from .arrays import StoreOptions
+from .checkpoint import restore_into
 from .checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
 from .storage import open_storage
 
@@ -55,6 +57,9 @@ def load(
     *,
     storage_options: dict[str, Any] | None = None,
     keys: Sequence[str | Sequence[Any]] | str | None = None,
+    framework: str | None = None,
+    device: Any = None,
+    target: Any = None,
 ) -> Any:
     """Read the checkpoint at ``path`` and return its state.
 
@@ -65,15 +70,32 @@ def load(
     when there is no committed checkpoint at ``path`` and
     :class:`~cloudckpt.CorruptCheckpointError` naming the damaged object.
 
+    Arrays come back as numpy arrays, or with ``framework="torch"`` /
+    ``framework="jax"`` as torch tensors / jax arrays (on ``device``: a torch
+    device, or a ``jax.Device`` or ``jax.sharding.Sharding``); see
+    :func:`cloudckpt.frameworks.convert`. With ``target`` (a live tree of the
+    state's shape) the state is restored into it and the restored tree is
+    returned: numpy arrays and torch tensors overwritten in place, jax arrays
+    replaced by new ones with the target leaf's sharding, NamedTuples rebuilt
+    as their class, dicts and lists updated in place; a mismatch raises one
+    ValueError listing every difference before anything is changed (see
+    :func:`cloudckpt.checkpoint.restore_into`).
+
     Example:
         >>> import numpy as np, cloudckpt
         >>> url = cloudckpt.save("memory://doc-load/c", {"a": {"x": np.ones(1), "y": 2}})
         >>> cloudckpt.load(url, keys="a/y")
         {'a': {'y': 2}}
     """
+    if target is not None and (framework is not None or device is not None):
+        raise ValueError("pass either target= (restore into live objects) or framework=/device=, not both")
+    frameworks.require(framework)  # a bad name or a missing framework fails before any I/O
     storage = open_storage(path, storage_options)
     manifest = read_manifest(storage)
-    return read_state(storage, manifest, keys)
+    state = read_state(storage, manifest, keys)
+    if target is not None:
+        return restore_into(target, state, source=storage.url)
+    return frameworks.convert(state, framework, device=device)
 
 
 @dataclass

@@ -4,6 +4,9 @@ A value given to ``Checkpoint(name=value)`` is one of
 
 * a numpy array, or a dict / list / tuple tree holding arrays and scalars —
   restored *in place*: the same array objects afterwards, values overwritten;
+  torch tensors too (``copy_`` onto their own device); jax arrays, being
+  immutable, are replaced by new arrays with the same sharding (read
+  ``ckpt.params`` after a restore); NamedTuples are rebuilt as their class;
 * an object with ``state_dict()`` / ``load_state_dict()`` (torch modules and
   optimizers, anything duck-typed) — it receives its whole saved state dict;
 * a JSON scalar or numpy scalar — restored by rebinding the attribute
@@ -44,7 +47,7 @@ from .checkpoint_io import read_manifest, read_state, write_checkpoint
 from .storage import open_storage
 from .tree import Path, flatten, format_path
 
-__all__ = ["Checkpoint"]
+__all__ = ["Checkpoint", "restore_into"]
 
 log = logging.getLogger("cloudckpt")
 _RESERVED = {"save_counter"}
@@ -62,7 +65,7 @@ class _Mismatch:
 def _check(target: Any, saved: Any, path: Path, mm: _Mismatch, partial: bool) -> None:
     """Compare a live tree with a saved one; record every problem."""
     where = format_path(path)
-    if isinstance(target, np.ndarray) or _is_inplace_tensor(target):
+    if isinstance(target, np.ndarray) or adapters.is_tensor(target):
         if not isinstance(saved, np.ndarray):
             mm.problems.append(f"{where}: the checkpoint holds a {type(saved).__name__}, not an array")
             return
@@ -103,12 +106,11 @@ def _check(target: Any, saved: Any, path: Path, mm: _Mismatch, partial: bool) ->
 def _dtype_of(x: Any) -> np.dtype | None:
     if isinstance(x, np.ndarray):
         return x.dtype
+    described = adapters.describe(x)  # without copying a GPU tensor to host
+    if described is not None:
+        return described[1]
     converted = adapters.to_numpy(x)
     return converted.dtype if isinstance(converted, np.ndarray) else None
-
-
-def _is_inplace_tensor(x: Any) -> bool:
-    return adapters.inplace_target(x)
 
 
 def _apply(target: Any, saved: Any, partial: bool) -> Any:
@@ -120,6 +122,8 @@ def _apply(target: Any, saved: Any, partial: bool) -> Any:
         return target
     if adapters.restore_inplace(target, saved):
         return target
+    if adapters.is_tensor(target):  # immutable (jax): a new array placed like the target
+        return adapters.rebind(target, saved)
     if isinstance(target, dict) and isinstance(saved, dict):
         for k in list(target):
             if k in saved:
@@ -133,6 +137,35 @@ def _apply(target: Any, saved: Any, partial: bool) -> Any:
         items = [_apply(t, s, partial) for t, s in zip(target, saved, strict=True)]
         return type(target)(*items) if hasattr(type(target), "_fields") else type(target)(items)
     return saved
+
+
+def restore_into(target: Any, saved: Any, *, partial: bool = False, source: str = "") -> Any:
+    """Restore a loaded tree ``saved`` into the live tree ``target`` and return the restored tree.
+
+    numpy arrays and torch tensors of ``target`` are overwritten in place (the
+    same objects); jax arrays are replaced by new arrays with the target's
+    sharding; NamedTuples are rebuilt as the target's class; other leaves take
+    the saved value. Strict unless ``partial``: one ValueError lists every
+    missing or extra key and every shape or dtype mismatch, before anything
+    is changed.
+
+    Example:
+        >>> w = np.zeros(2)
+        >>> out = restore_into({"w": w, "n": 0}, {"w": np.ones(2), "n": 4})
+        >>> out["w"] is w, w, out["n"]
+        (True, array([1., 1.]), 4)
+    """
+    mm = _Mismatch()
+    _check(target, saved, (), mm, partial)
+    if mm.problems:
+        listing = "\n  ".join(mm.problems)
+        raise ValueError(
+            f"cannot restore {source or 'the checkpoint'} into the target: they do not match "
+            f"(nothing was changed):\n  {listing}"
+        )
+    if mm.skipped:
+        log.warning("partial restore of %s left out: %s", source, "; ".join(mm.skipped))
+    return _apply(target, saved, partial)
 
 
 class Checkpoint:
@@ -211,7 +244,7 @@ class Checkpoint:
             if name not in saved:
                 continue
             if _has_state_dict(obj):
-                obj.load_state_dict(saved[name])
+                obj.load_state_dict(adapters.state_for(obj, saved[name]))
             else:
                 self._objects[name] = _apply(obj, saved[name], partial)
         if "save_counter" in saved:

@@ -434,6 +434,8 @@ def _tree_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
             a.pop("name", None)
             a["kind"] = "scalar" if t == "scalar" else "array"
             out.append({"path": list(path), **a})
+        elif t == "alias":
+            out.append({"path": list(path), "kind": "alias", "of": arrays[node["a"]]["path"]})
         else:
             value = unflatten(node, {})
             out.append({"path": list(path), "kind": "json", "type": type(value).__name__, "value": value})
@@ -510,6 +512,9 @@ def inspect_cmd(checkpoint: str, options: tuple[str, ...], as_json: bool) -> Non
         path = "/".join(str(p) for p in r["path"]) or "<root>"
         if r["kind"] == "json":
             table.append([path, r["type"], "-", "-", f"json: {json.dumps(r['value'], default=str)[:60]}"])
+        elif r["kind"] == "alias":
+            of = "/".join(str(p) for p in r["of"]) or "<root>"
+            table.append([path, "-", "-", "-", f"same tensor as {of} (tied)"])
         else:
             where = f"{r['stored_as']} {r['zarr_path']}"
             table.append([path, r["dtype"], str(tuple(r["shape"])), human(r["nbytes"]), where])

@@ -35,18 +35,41 @@ from .storage import validate_key
 
 __all__ = [
     "FORMAT_VERSION",
+    "version_for",
     "MANIFEST_KEY",
     "build_manifest",
     "encode_manifest",
     "parse_manifest",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this library reads; it writes the oldest that holds the tree
 MANIFEST_KEY = "manifest.json"
 _DATA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MAX_NDIM = 64
 _MAX_SIZE = 1 << 56
-_NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar"}
+_NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar", "alias"}
+_V2_NODE_TYPES = {"alias"}  # node types that format version 1 lacks
+
+
+def version_for(tree: Mapping[str, Any]) -> int:
+    """The oldest format version that can hold ``tree``.
+
+    2 if it has ``alias`` nodes (tied tensors) or NamedTuples (tuple nodes
+    with ``namedtuple``), else 1: a state without them stays readable by
+    readers of version 1.
+
+    Example:
+        >>> version_for({"t": "list", "v": [{"t": "array", "a": 0}, {"t": "alias", "a": 0}]})
+        2
+    """
+    stack = [tree]
+    while stack:
+        n = stack.pop()
+        if n.get("t") in _V2_NODE_TYPES or "namedtuple" in n:
+            return 2
+        if n.get("t") in ("dict", "list", "tuple"):
+            stack.extend(n["v"])
+    return 1
 
 
 def build_manifest(
@@ -73,7 +96,7 @@ def build_manifest(
     writer.update(writer_extra or {})
     return {
         "format": "cloudckpt",
-        "format_version": FORMAT_VERSION,
+        "format_version": version_for(tree),
         "created": created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         "writer": writer,
@@ -125,7 +148,7 @@ def _range(d: Mapping[str, Any], where: str, n_objects: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0) -> None:
+def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0, aliases: list[int] | None = None) -> None:
     if depth > 500:
         raise _Bad("tree: nested deeper than 500 levels")
     if not isinstance(node, dict):
@@ -149,8 +172,26 @@ def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0) -> Non
                 if mk in seen:
                     raise _Bad(f"tree: duplicate dict key {k!r}")
                 seen.add(mk)
+        nt = node.get("namedtuple")
+        if nt is not None and not (
+            t == "tuple"
+            and isinstance(nt, dict)
+            and set(nt) == {"name", "fields"}
+            and isinstance(nt["name"], str)
+            and 0 < len(nt["name"]) <= 1024
+            and isinstance(nt["fields"], list)
+            and len(nt["fields"]) == len(vs)
+            and all(isinstance(f, str) and 0 < len(f) <= 1024 for f in nt["fields"])
+        ):
+            raise _Bad("tree: malformed 'namedtuple' (a tuple node's {name, fields}, one field per value)")
         for v in vs:
-            _check_tree(v, n_arrays, used, depth + 1)
+            _check_tree(v, n_arrays, used, depth + 1, aliases)
+    elif t == "alias":
+        a = node.get("a")
+        if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n_arrays:
+            raise _Bad(f"tree: alias of array {a!r} out of range")
+        if aliases is not None:
+            aliases.append(a)
     elif t in ("array", "scalar"):
         a = node.get("a")
         if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n_arrays:
@@ -178,6 +219,9 @@ def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0) -> Non
             float.fromhex(v)
         except ValueError:
             raise _Bad(f"tree: float node with malformed value {v!r}") from None
+        bits = node.get("bits")
+        if bits is not None and not (isinstance(bits, str) and re.fullmatch(r"0x[0-9a-f]{16}", bits) and v == "nan"):
+            raise _Bad(f"tree: float node with malformed bits {bits!r} (only a 'nan' has bits)")
     elif t == "str" and not isinstance(node.get("v"), str):
         raise _Bad("tree: str node without a str value")
 
@@ -276,7 +320,7 @@ def _validate(m: Any) -> dict[str, Any]:
             if len(chunk) != len(sshape) or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < _MAX_SIZE for x in chunk):
                 raise _Bad(f"{where}.chunked.chunk_shape: {chunk!r} does not fit shape {list(sshape)}")
             axis = _int(c, "axis", where + ".chunked", 0, max(0, len(sshape) - 1))
-            for ax in range(len(sshape)):
+            for ax in range(len(sshape) if math.prod(sshape) else 0):  # an empty array has no chunks
                 if (ax < axis and chunk[ax] != 1) or (ax > axis and chunk[ax] != sshape[ax]):
                     raise _Bad(f"{where}.chunked: chunk_shape {chunk} is not a contiguous split along axis {axis}")
             lo, hi = _range(c, where + ".chunked", len(objects))
@@ -290,7 +334,13 @@ def _validate(m: Any) -> dict[str, Any]:
 
     tree = _req(m, "tree", dict, "manifest")
     used: set[int] = set()
-    _check_tree(tree, len(arrays), used)
+    aliases: list[int] = []
+    _check_tree(tree, len(arrays), used, 0, aliases)
+    if version < 2 and version_for(tree) > version:
+        raise _Bad(f"tree: alias nodes and namedtuple fields need format_version 2, the manifest says {version}")
+    for a in aliases:
+        if a not in used:
+            raise _Bad(f"tree: alias of array {a}, which no array node references")
     return m
 
 

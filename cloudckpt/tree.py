@@ -12,7 +12,14 @@ The structure is kept as JSON nodes (the ``tree`` of the manifest)::
     {"t": "none"}  {"t": "bool", "v": true}  {"t": "str", "v": "..."}
     {"t": "int", "v": 12}     (as a decimal string beyond 2**53)
     {"t": "float", "v": "0x1.8p+0"}              (float.hex: bit-exact)
+    {"t": "float", "v": "nan", "bits": "0xfff8000000000000"}   (a NaN other than float("nan"))
     {"t": "array", "a": 3}    {"t": "scalar", "a": 4}   (index into arrays)
+    {"t": "alias", "a": 3}    (format 2: the same tensor as array 3 again: tied weights, stored once)
+    {"t": "tuple", "v": [...], "namedtuple": {"name": "optax.ScaleByAdamState", "fields": ["count", ...]}}
+
+A NamedTuple is stored as a tuple that records its class and field names
+for information; it loads as a plain tuple (loading never creates classes)
+unless restored into a live target of that class.
 
 Numpy scalars (``np.float32(1)``) come back as numpy scalars of the same
 type, stored as 0-d arrays.
@@ -33,10 +40,11 @@ Example:
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -57,6 +65,7 @@ __all__ = [
 Key = str | int
 Path = tuple[Key, ...]
 _BIG = 2**53
+_NAN_BITS = 0x7FF8000000000000  # float("nan")
 _DECIMAL_BITS = 4000 * 3  # decimal digits stay far below sys.int_info.default_max_str_digits
 MAX_DEPTH = 200  # containers nested deeper are refused (the manifest is nested JSON)
 
@@ -85,7 +94,19 @@ def format_path(path: Sequence[Key]) -> str:
 
 
 def _float_node(x: float) -> dict[str, Any]:
-    return {"t": "float", "v": float.hex(x)}
+    node: dict[str, Any] = {"t": "float", "v": float.hex(x)}
+    if math.isnan(x):
+        bits = struct.unpack("<Q", struct.pack("<d", x))[0]
+        if bits != _NAN_BITS:  # float.hex drops a NaN's sign and payload (inf - inf is -nan)
+            node["bits"] = f"0x{bits:016x}"
+    return node
+
+
+def _parse_float(node: Mapping[str, Any]) -> float:
+    if "bits" in node:
+        value: float = struct.unpack("<d", struct.pack("<Q", int(node["bits"], 16)))[0]
+        return value
+    return float.fromhex(node["v"])
 
 
 def _int_node(x: int) -> dict[str, Any]:
@@ -109,9 +130,14 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
     Raises TypeError naming the path of the first unsupported leaf or key,
     and ValueError for a cycle, before anything is written. ``adapt`` maps
     a foreign leaf (a framework tensor) to a numpy array, or returns None.
+    If ``adapt`` has an attribute ``alias_key`` (a function giving a hashable
+    identity of a foreign leaf's memory, or None), foreign leaves with equal
+    keys (tied weights) are stored once: later ones become ``alias`` nodes.
     """
     leaves: list[Leaf] = []
     active: set[int] = set()
+    alias_key = getattr(adapt, "alias_key", None)
+    aliased: dict[Any, int] = {}
 
     def walk(x: Any, path: Path) -> dict[str, Any]:
         if len(path) > MAX_DEPTH:
@@ -124,7 +150,7 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
             return _int_node(int(x))
         if isinstance(x, float) and not isinstance(x, np.generic):
             return _float_node(float(x))
-        if isinstance(x, str):
+        if isinstance(x, str) and not isinstance(x, np.generic):
             return {"t": "str", "v": str(x)}
         if isinstance(x, np.ndarray):
             if type(x) is not np.ndarray:
@@ -162,19 +188,27 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
                         keys.append(k)
                         values.append(walk(v, (*path, k)))
                     return {"t": "dict", "k": keys, "v": values}
-                if _is_namedtuple(x):
-                    raise TypeError(
-                        f"leaf {format_path(path)} is a namedtuple {type(x).__name__}; "
-                        "convert it with ._asdict() or tuple(value)"
-                    )
                 kind = "list" if isinstance(x, list) else "tuple"
-                return {"t": kind, "v": [walk(v, (*path, i)) for i, v in enumerate(x)]}
+                out: dict[str, Any] = {"t": kind, "v": [walk(v, (*path, i)) for i, v in enumerate(x)]}
+                if _is_namedtuple(x):
+                    cls: Any = type(x)
+                    out["namedtuple"] = {"name": f"{cls.__module__}.{cls.__qualname__}", "fields": list(cls._fields)}
+                return out
             finally:
                 active.discard(id(x))
         if adapt is not None:
-            adapted = adapt(x)
+            try:
+                key = alias_key(x) if alias_key is not None else None
+                if key is not None and key in aliased:
+                    return {"t": "alias", "a": aliased[key]}
+                adapted = adapt(x)
+            except TypeError as exc:
+                raise TypeError(f"leaf {format_path(path)}: {exc}") from None
             if adapted is not None:
-                return walk(adapted, path)
+                node = walk(adapted, path)
+                if key is not None and node["t"] == "array":
+                    aliased[key] = node["a"]
+                return node
         raise TypeError(
             f"leaf {format_path(path)} has unsupported type {type(x).__module__}.{type(x).__qualname__}; "
             "supported leaves are numpy arrays and scalars, None, bool, int, float and str"
@@ -208,29 +242,39 @@ def unflatten(node: Mapping[str, Any], arrays: Mapping[int, Any]) -> Any:
     if t == "int":
         return _parse_int(node["v"])
     if t == "float":
-        return float.fromhex(node["v"])
+        return _parse_float(node)
     if t == "str":
         return str(node["v"])
     if t == "array":
         return arrays[node["a"]]
     if t == "scalar":
         return arrays[node["a"]][()]
+    if t == "alias":
+        return arrays[node["a"]]
     raise ValueError(f"unknown tree node type {t!r}")
 
 
 def array_ids(node: Mapping[str, Any]) -> list[int]:
-    """The array indices referenced below ``node``, in tree order."""
+    """The array indices referenced below ``node``, in tree order (each once)."""
     out: list[int] = []
+    aliases: list[int] = []  # arrays reached only through an alias (its first use was pruned)
 
     def walk(n: Mapping[str, Any]) -> None:
         t = n["t"]
         if t in ("array", "scalar"):
             out.append(n["a"])
+        elif t == "alias":
+            aliases.append(n["a"])
         elif t in ("dict", "list", "tuple"):
             for v in n["v"]:
                 walk(v)
 
     walk(node)
+    seen = set(out)
+    for a in aliases:
+        if a not in seen:
+            seen.add(a)
+            out.append(a)
     return out
 
 
@@ -363,7 +407,7 @@ def encode_name(key: Key, *, in_list: bool = False) -> str:
     out = []
     for i, ch in enumerate(key):
         if ch in _ALWAYS_QUOTE or ord(ch) < 0x20 or ord(ch) == 0x7F or (i == 0 and ch in "_#"):
-            out.append(quote(ch, safe=""))
+            out.append(_percent(ch))
         else:
             out.append(ch)
     name = "".join(out)
@@ -373,6 +417,11 @@ def encode_name(key: Key, *, in_list: bool = False) -> str:
         # a child named zarr.json would collide with its group's metadata document
         name = "zarr%2Ejson"
     return name
+
+
+def _percent(ch: str) -> str:
+    # not urllib's quote(): it leaves "_" (unreserved) as is, and "__x" is no zarr name
+    return "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
 
 
 def decode_name(name: str) -> Key:

@@ -421,3 +421,19 @@ def test_credentials_never_in_output(s3loc):
     outputs.append(r.output)
     for out in outputs:
         assert secret not in out
+
+
+def test_inspect_shows_tied_tensors(tmp_path):
+    torch = pytest.importorskip("torch", reason="tied tensors come from torch")
+    from click.testing import CliRunner
+
+    from cloudckpt.cli import main as cli_main
+
+    lin = torch.nn.Linear(3, 3)
+    url = cloudckpt.save(str(tmp_path / "c"), {"a": lin.weight, "b": lin.weight})
+    result = CliRunner().invoke(cli_main, ["inspect", url])
+    assert result.exit_code == 0, result.output
+    assert "same tensor as a (tied)" in result.output
+    result = CliRunner().invoke(cli_main, ["inspect", "--json", url])
+    assert result.exit_code == 0, result.output
+    assert '"alias"' in result.output

@@ -1,0 +1,43 @@
+"""Doctests of the framework modules skip, with a reason, when their framework is not installed.
+
+``cloudckpt/frameworks/torch.py`` imports torch and ``jax.py`` imports jax;
+collecting their doctests would fail to import them, so without the
+framework they are reported as skipped instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_NEEDS = {"torch.py": "torch", "jax.py": "jax"}
+
+
+def _missing(file_path: Path) -> str | None:
+    if file_path.parent.name == "frameworks" and file_path.name in _NEEDS:
+        name = _NEEDS[file_path.name]
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+class _Skipped(pytest.File):
+    framework = ""
+
+    def collect(self) -> Any:
+        pytest.skip(f"{self.framework} is not installed: its doctests are not run")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Generator[None, Any, Any]:
+    result = yield
+    name = _missing(file_path)
+    if name is None:
+        return result
+    item = _Skipped.from_parent(parent, path=file_path)
+    item.framework = name
+    return [item]
