@@ -448,11 +448,6 @@ def test_documented_key_encoding(key: Any, in_list: bool, name: str) -> None:
         assert decode_name(name) == key
 
 
-@pytest.mark.xfail(
-    reason="core bug: chunk_layout gives chunk (3, 1) for stored shape (3, 0) but the manifest "
-    "validator requires whole trailing axes, so the committed checkpoint cannot be read",
-    strict=False,
-)
 def test_chunked_empty_array_with_empty_trailing_axis(tmp_path: Path) -> None:
     url = cloudckpt.save(str(tmp_path / "c"), {"e": np.zeros((3, 0))}, options=ALL_CHUNKED)
     assert cloudckpt.load(url)["e"].shape == (3, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,8 +45,17 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
         cls: Any = GCSFileSystem
     else:
         cls = fsspec.get_filesystem_class(protocol)
+    if protocol in ("gs", "gcs"):
+        cls = _single_try_gcs(cls)
     if protocol == "memory":
         return cls(**options)
+    if protocol in ("s3", "s3a"):
+        # cloudckpt retries transient failures itself (storage.RetryPolicy);
+        # s3fs (5 tries) and botocore (5 tries) retrying underneath multiply
+        # into ~40 s before an unreachable endpoint is reported.
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        options["config_kwargs"] = config
     # Our own instance cache (fsspec's is per thread, and shares instances by
     # surprise): one synchronous instance per process and option set. A sync
     # instance runs every request on fsspec's one long-lived IO loop, so it is
@@ -58,10 +68,47 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
         with _FS_CACHE_LOCK:
             fs = _FS_CACHE.get(key)
             if fs is None:
-                fs = cls(skip_instance_cache=True, **options)
+                fs = _single_try(cls(skip_instance_cache=True, **options))
                 _FS_CACHE[key] = fs
         return fs
-    return cls(skip_instance_cache=True, **options)
+    return _single_try(cls(skip_instance_cache=True, **options))
+
+
+def _single_try(fs: Any) -> Any:
+    """Leave retrying to cloudckpt's RetryPolicy (one layer of retries, one backoff)."""
+    if hasattr(fs, "retries") and type(fs).__module__.startswith("s3fs"):
+        fs.retries = 1
+    return fs
+
+
+_GCS_CLASSES: dict[Any, Any] = {}
+
+
+def _single_try_gcs(cls: Any) -> Any:
+    """gcsfs retries every request 6 times with up to ~30 s of backoff, under
+    cloudckpt's own retries (170 s for an unreachable endpoint): a subclass
+    whose requests are tried once, so that only RetryPolicy retries."""
+    sub = _GCS_CLASSES.get(cls)
+    if sub is not None:
+        return sub
+    try:
+        from gcsfs.retry import retry_request
+    except ImportError:  # pragma: no cover - layout of another gcsfs version
+        return cls
+    inner = getattr(cls._request, "__wrapped__", None)
+    if inner is None:  # pragma: no cover
+        return cls
+
+    async def _request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return await inner(self, *args, **kwargs)
+
+    sub = type(cls.__name__, (cls,), {"_request": retry_request(retries=1)(_request)})
+    # gcsfs logs every failed attempt with a traceback; without a handler of
+    # its own that reaches stderr through logging's last resort. Applications
+    # that configure logging still receive these records (propagation).
+    logging.getLogger("gcsfs").addHandler(logging.NullHandler())
+    _GCS_CLASSES[cls] = sub
+    return sub
 
 
 _FS_CACHE: dict[Any, Any] = {}
