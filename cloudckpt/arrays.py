@@ -162,7 +162,7 @@ class WrittenArrays:
 def _flat_bytes(arr: np.ndarray) -> memoryview:
     """The stored bytes of ``arr`` as a flat memoryview (a view when possible)."""
     sv = stored_view(arr)
-    return memoryview(sv.reshape(-1).view(np.uint8))
+    return memoryview(sv.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def write_arrays(
@@ -271,7 +271,8 @@ def write_arrays(
                 piece = arr
             else:
                 k = len(c.index)
-                piece = arr[c.index + (slice(*c.rows),)] if k < arr.ndim else arr[c.index]
+                index: tuple[Any, ...] = (*c.index, slice(*c.rows)) if k < arr.ndim else c.index
+                piece = arr[index]
             view = _flat_bytes(piece)
             assert view.nbytes == c.valid, (view.nbytes, c.valid)
             buffers: list[Any] = [view]
@@ -348,7 +349,7 @@ def write_arrays(
 
 
 def _dest_bytes(dest: np.ndarray) -> memoryview:
-    return memoryview(dest.reshape(-1).view(np.uint8))
+    return memoryview(dest.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def _corrupt(storage: Storage, key: str, what: str) -> CorruptCheckpointError:

@@ -71,7 +71,7 @@ class Entry:
         Checkpoints written without a manager (``Checkpoint.write``,
         ``cloudckpt.save``) are restorable but never managed: never fenced,
         listed in a manager's active set, or deleted by retention."""
-        return bool(self.manifest) and self.manifest["writer"].get("epoch") is not None
+        return self.manifest is not None and self.manifest["writer"].get("epoch") is not None
 
     @property
     def orphans(self) -> list[str]:

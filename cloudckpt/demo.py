@@ -65,7 +65,7 @@ def train_step(state: dict[str, np.ndarray], step: int, lr: float = 0.05, beta: 
 
 
 def _worker(directory: str, steps: int, every: int, delay: float) -> int:
-    import cloudckpt  # noqa: PLC0415
+    import cloudckpt
 
     state = initial_state()
     ckpt = cloudckpt.Checkpoint(model=state, step=0)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING)
         return _worker(args.dir, args.steps, args.every, args.delay)
 
-    import cloudckpt  # noqa: PLC0415
+    import cloudckpt
 
     directory = args.dir or os.path.join(tempfile.mkdtemp(prefix="cloudckpt-demo-"), "run")
     print(f"cloudckpt {cloudckpt.__version__} demo — checkpoints in {directory}\n")
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _committed(directory: str) -> list[str]:
-    from .catalog import scan  # noqa: PLC0415
-    from .storage import open_storage  # noqa: PLC0415
+    from .catalog import scan
+    from .storage import open_storage
 
     storage = open_storage(directory)
     return [storage.url_for(e.name) for e in scan(storage) if e.status == "committed"]

@@ -52,7 +52,7 @@ _ML_DTYPE_NAMES = (
 _NUMPY_NAME = re.compile(r"^[<>|=]?(?:[biufc][0-9]{1,2}|[mM]8(?:\[[0-9]*[a-zA-Z]{1,2}\])?|[SU][0-9]{1,9})$")
 _NATIVE_KINDS = {"b", "i", "u", "f", "c"}
 _NATIVE_SIZES = {"b": {1}, "i": {1, 2, 4, 8}, "u": {1, 2, 4, 8}, "f": {2, 4, 8}, "c": {8, 16}}
-_UINT_OF_SIZE = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_UINT_OF_SIZE: dict[int, np.dtype] = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
 @cache
@@ -148,7 +148,7 @@ def storage_dtype(dtype: np.dtype) -> np.dtype:
     """
     if is_native(dtype):
         return dtype.newbyteorder("<")
-    return _UINT_OF_SIZE.get(dtype.itemsize, np.dtype("u1"))
+    return _UINT_OF_SIZE.get(dtype.itemsize) or np.dtype("u1")
 
 
 def storage_shape(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[int, ...]:

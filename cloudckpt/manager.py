@@ -318,7 +318,8 @@ class CheckpointManager:
         claims: list[ownership.Claim] = []
         if managed:
             claims = ownership.list_claims(self._storage, above=min(e.epoch for e in managed))
-        valid, fenced = [], []
+        valid: list[catalog.Entry] = []
+        fenced: list[catalog.Entry] = []
         for e in committed:
             (fenced if e.managed and ownership.is_fenced(e.epoch, e.number, claims) else valid).append(e)
         others = [e for e in entries if e.status != "committed"]

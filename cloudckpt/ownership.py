@@ -113,8 +113,9 @@ def claim(
             "pid": os.getpid(),
             "time": clock(),
         }
+        now = float(record["time"])  # type: ignore[arg-type]
         if storage.write_if_absent(_key(epoch), json.dumps(record).encode()):
-            return Claim(epoch, seen_upto, writer, float(record["time"]))
+            return Claim(epoch, seen_upto, writer, now)
     raise OwnershipLostError(
         f"could not claim {storage.url}: {attempts} other managers claimed it first; "
         "only one manager should write a directory"

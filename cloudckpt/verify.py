@@ -236,7 +236,7 @@ def read_checked(
 
 def _is_managed(e: catalog.Entry) -> bool:
     """Written by a manager (its manifest names an ownership epoch)."""
-    return bool(e.manifest) and e.manifest["writer"].get("epoch") is not None
+    return e.manifest is not None and e.manifest["writer"].get("epoch") is not None
 
 
 def fenced_entries(storage: Storage, entries: list[catalog.Entry]) -> set[str]:

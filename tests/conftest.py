@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 # These env vars MUST be set before anything imports gcsfs / botocore.
 # gcsfs decides at *import time* whether GCSFileSystem is the ExtendedGcsFileSystem,
 # which against an emulator stalls ~60 s per write (STACK.md §5).
@@ -25,10 +24,10 @@ import pytest
 
 if "gcsfs" in sys.modules:  # pragma: no cover - only if a plugin imported it first
     warnings.warn("gcsfs was imported before tests/conftest.py set "
-                  "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT; gcsfs writes may stall 60 s")
+                  "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT; gcsfs writes may stall 60 s", stacklevel=1)
 
 sys.path.insert(0, str(Path(__file__).parent))
-import servers  # noqa: E402  (tests/servers.py)
+import servers
 
 ALL_BACKENDS = servers.ALL_BACKENDS
 OBJECT_BACKENDS = ("s3", "gcs")

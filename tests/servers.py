@@ -54,7 +54,7 @@ HOST = "127.0.0.1"
 # Never go through an HTTP proxy for the local emulators.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-_live: set["ServerProcess"] = set()
+_live: set[ServerProcess] = set()
 
 
 class ServerStartError(RuntimeError):
@@ -181,7 +181,7 @@ class ServerProcess:
         if os.environ.get("CLOUDCKPT_KEEP_SERVER_LOGS") != "1":
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,7 +4,6 @@ import os
 import time
 
 import pytest
-
 import servers
 
 needs_s3 = pytest.mark.skipif("s3" not in servers.selected_backends(),
@@ -124,6 +123,6 @@ def test_gcs_reset_and_stop():
 
 
 def test_start_error_includes_log_tail():
-    with pytest.raises(servers.ServerStartError, match="exited with code 3(.|\n)*boom-marker"):
+    with pytest.raises(servers.ServerStartError, match=r"exited with code 3(.|\n)*boom-marker"):
         servers._start("bogus", lambda p: ["sh", "-c", "echo boom-marker >&2; exit 3"],
                        "/", timeout=5, attempts=1)

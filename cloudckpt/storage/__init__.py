@@ -423,8 +423,10 @@ class Storage:
         except FileExistsError:
             raise
         except FileNotFoundError as exc:
+            # a write never needs the object to exist: what is missing is where it goes
+            missing = "no bucket or directory to write into" if op.startswith("write") else "no such object"
             raise ObjectNotFoundError(
-                f"{op} {url}: no such object on {backend.name}", url=url, operation=op
+                f"{op} {url}: {missing} on {backend.name}", url=url, operation=op
             ) from _scrubbed(exc, self)
         except PermissionError as exc:
             raise StoragePermissionError(
