@@ -310,9 +310,10 @@ def write_arrays(
                 pos += 1
             if filled < size:
                 buffers.append(bytes(size - filled))
+            buffers = [b"".join(buffers)] if join else _coalesce(buffers)
             crc = crc32c_many(buffers)
             key = f"{prefix}/{PACK_NODE}/c/{j}"
-            storage.write(key, b"".join(buffers) if join else buffers)
+            storage.write(key, buffers)
             return {"key": key, "size": size, "crc32c": crc}, tensor_crcs
 
         return run
@@ -343,6 +344,25 @@ def write_arrays(
             rec["chunked"]["objects"] = [pos, pos + n]
             pos += n
     return WrittenArrays(records, pack_meta, objects, total, storage.stats.snapshot())
+
+
+def _coalesce(buffers: list[Any], small: int = 256 * 1024) -> list[Any]:
+    """Join runs of small buffers (one copy of small tensors, bounded by a
+    chunk) so that a pack of thousands of tiny tensors is a few large writes,
+    while large tensors are still written straight from their memory."""
+    out: list[Any] = []
+    run: list[Any] = []
+    for b in buffers:
+        if memoryview(b).nbytes < small:
+            run.append(b)
+            continue
+        if run:
+            out.append(b"".join(run) if len(run) > 1 else run[0])
+            run = []
+        out.append(b)
+    if run:
+        out.append(b"".join(run) if len(run) > 1 else run[0])
+    return out
 
 
 # -- reading ----------------------------------------------------------------

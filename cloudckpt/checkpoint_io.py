@@ -39,7 +39,7 @@ from .errors import (
 )
 from .manifest import MANIFEST_KEY, build_manifest, encode_manifest, parse_manifest
 from .storage import Storage
-from .tree import array_ids, flatten, format_path, node_path, parse_key_path, select, unflatten
+from .tree import array_ids, flatten, format_path, node_paths, parse_key_path, select, unflatten
 
 __all__ = ["WriteResult", "write_checkpoint", "read_manifest", "read_state", "new_attempt_id"]
 
@@ -101,9 +101,10 @@ def write_checkpoint(
         )
     attempt = attempt or new_attempt_id()
     prefix = f"data-{attempt}"
-    node_paths = [node_path(node, leaf.path) for leaf in leaves]
+    paths_by_index = node_paths(node)
+    paths = [paths_by_index[i] for i in range(len(leaves))]
     try:
-        written = write_arrays(storage, prefix, leaves, "", options, node_paths=node_paths)
+        written = write_arrays(storage, prefix, leaves, "", options, node_paths=paths)
         storage.barrier()
     except BaseException:
         _cleanup(storage, prefix)

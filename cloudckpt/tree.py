@@ -60,6 +60,7 @@ __all__ = [
     "encode_name",
     "decode_name",
     "node_path",
+    "node_paths",
 ]
 
 Key = str | int
@@ -452,6 +453,33 @@ def node_path(node: Mapping[str, Any], path: Path) -> str:
         assert found is not None
         cur = found[1]
     return "/".join(parts) or ROOT_NODE
+
+
+def node_paths(node: Mapping[str, Any]) -> dict[int, str]:
+    """The zarr node path of every array of a tree, by array index, in one walk.
+
+    Example:
+        >>> import numpy as np
+        >>> tree, _ = flatten({"a": [np.zeros(1)], "b/c": np.ones(1)})
+        >>> node_paths(tree)
+        {0: 'a/0', 1: 'b%2Fc'}
+    """
+    out: dict[int, str] = {}
+
+    def walk(n: Mapping[str, Any], prefix: str) -> None:
+        t = n["t"]
+        if t in ("array", "scalar"):
+            out[n["a"]] = prefix or ROOT_NODE
+        elif t == "dict":
+            for k, v in zip(n["k"], n["v"], strict=True):
+                name = encode_name(k)
+                walk(v, f"{prefix}/{name}" if prefix else name)
+        elif t in ("list", "tuple"):
+            for i, v in enumerate(n["v"]):
+                walk(v, f"{prefix}/{i}" if prefix else str(i))
+
+    walk(node, "")
+    return out
 
 
 def check_float(x: float) -> bool:
