@@ -100,10 +100,24 @@ def load(
 
 @dataclass
 class CheckpointInfo:
-    """What a checkpoint holds and where.
+    """What a checkpoint holds and where (returned by :func:`info`).
 
     ``data_url`` is the zarr v3 group holding the tensors:
     ``zarr.open_group(data_url, mode="r")`` reads it without cloudckpt.
+    ``nbytes`` is the bytes of the tensors, ``stored_bytes`` the bytes of
+    every object the manifest lists, ``objects`` their number with the
+    manifest; ``leaves`` has one dict per array (path, dtype, shape, bytes,
+    where it is stored); ``epoch`` is the ownership epoch of the manager that
+    wrote it (None without a manager).
+
+    Example:
+        >>> import numpy as np, cloudckpt, zarr
+        >>> url = cloudckpt.save("memory://doc-checkpointinfo/ckpt-3", {"w": np.ones(4, "f4")}, metadata={"lr": 0.1})
+        >>> i = cloudckpt.info(url)
+        >>> i.nbytes, i.metadata, i.epoch, [leaf["path"] for leaf in i.leaves]
+        (16, {'lr': 0.1}, None, [['w']])
+        >>> zarr.open_group(i.data_url, mode="r")["_pack"].dtype   # small tensors are packed
+        dtype('uint8')
     """
 
     url: str

@@ -85,6 +85,14 @@ class StoreOptions:
             raise ValueError(f"pack_threshold must be >= 0, got {self.pack_threshold}")
 
 
+def _options(options: StoreOptions | None) -> StoreOptions:
+    if options is None:
+        return StoreOptions()
+    if not isinstance(options, StoreOptions):
+        raise TypeError(f"options must be a cloudckpt.StoreOptions or None, got {type(options).__name__}")
+    return options
+
+
 def chunk_layout(shape: Sequence[int], itemsize: int, target: int) -> tuple[tuple[int, ...], int]:
     """Chunk shape for an array, and the axis ``k`` it is split along.
 
@@ -111,11 +119,30 @@ def chunk_layout(shape: Sequence[int], itemsize: int, target: int) -> tuple[tupl
         suffix[i] = suffix[i + 1] * shape[i]
     for k in range(n):
         if suffix[k + 1] <= target or k == n - 1:
-            pieces = max(1, math.ceil(suffix[k] / target))
-            rows = math.ceil(shape[k] / pieces)
+            rows = _balanced_rows(shape[k], max(1, math.ceil(suffix[k] / target)))
             chunk = tuple([1] * k + [rows] + list(shape[k + 1 :]))
             return chunk, k
     raise AssertionError("unreachable")
+
+
+def _balanced_rows(n: int, pieces: int) -> int:
+    """Rows per chunk for ``n`` rows in about ``pieces`` chunks, padding the
+    edge chunk by at most 1% of the array (allowing up to 4x more, smaller
+    chunks), else by as little as possible.
+
+    Example:
+        >>> _balanced_rows(5, 2), _balanced_rows(1000, 3)
+        (1, 334)
+    """
+    best_rows, best_pad = n, n
+    for p in range(pieces, min(n, 4 * pieces) + 1):
+        rows = math.ceil(n / p)
+        pad = math.ceil(n / rows) * rows - n
+        if pad * 100 <= n:
+            return rows
+        if pad < best_pad:
+            best_rows, best_pad = rows, pad
+    return best_rows if pieces > 1 else n
 
 
 @dataclass
@@ -181,7 +208,7 @@ def write_arrays(
     are concurrent (bounded by the storage's limit and, on object stores, by
     ``buffer_bytes``); the caller commits afterwards.
     """
-    opts = options or StoreOptions()
+    opts = _options(options)
     if node_paths is None:
         node_paths = [f"a{i}" for i in range(len(leaves))]
     records: list[dict[str, Any]] = []
@@ -394,7 +421,7 @@ def read_arrays(
     :class:`CorruptCheckpointError` naming the object when one is missing,
     short, or fails its checksum.
     """
-    opts = options or StoreOptions()
+    opts = _options(options)
     dests: dict[int, np.ndarray] = {}
     tasks: list[Callable[[], None]] = []
     packed_wanted: list[tuple[int, int, int]] = []  # (index, offset, nbytes)

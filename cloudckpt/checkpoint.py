@@ -207,12 +207,27 @@ class Checkpoint:
 
     @property
     def names(self) -> list[str]:
-        """The names of the objects, in order."""
+        """The names of the objects, in order.
+
+        Example:
+            >>> import numpy as np
+            >>> Checkpoint(model={"w": np.ones(2)}, step=0).names
+            ['model', 'step']
+        """
         return list(self._objects)
 
     def state(self) -> dict[str, Any]:
         """The state to save: one entry per name (state dicts for objects that have one)
-        plus ``save_counter``."""
+        plus ``save_counter``.
+
+        Example:
+            >>> import numpy as np
+            >>> class Model:
+            ...     def state_dict(self): return {"w": np.zeros(2)}
+            ...     def load_state_dict(self, state): pass
+            >>> Checkpoint(model=Model(), step=3).state()
+            {'model': {'w': array([0., 0.])}, 'step': 3, 'save_counter': 0}
+        """
         out: dict[str, Any] = {}
         for name, obj in self._objects.items():
             out[name] = obj.state_dict() if _has_state_dict(obj) else obj
@@ -220,7 +235,24 @@ class Checkpoint:
         return out
 
     def restore_state(self, saved: dict[str, Any], *, partial: bool = False, source: str = "") -> None:
-        """Restore from a loaded state dict (as returned by ``cloudckpt.load``)."""
+        """Restore from a loaded state dict (as returned by ``cloudckpt.load``).
+
+        In place, strict unless ``partial`` (see the module docstring);
+        ``source`` names the checkpoint in error messages.
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> w = np.zeros(2); ckpt = Checkpoint(w=w, step=0)
+            >>> ckpt.restore_state({"w": np.ones(2), "step": 4, "save_counter": 2})
+            >>> w, ckpt.step, ckpt.save_counter
+            (array([1., 1.]), 4, 2)
+            >>> ckpt.restore_state({"w": np.ones(3), "step": 4})
+            Traceback (most recent call last):
+            ...
+            ValueError: cannot restore the checkpoint: it does not match this Checkpoint (nothing was changed):
+              'w': shape (2,) dtype float64 here, shape (3,) dtype float64 in the checkpoint
+            Pass partial=True to restore only what matches.
+        """
         if not isinstance(saved, dict):
             raise ValueError(f"checkpoint {source} does not hold a Checkpoint's state (a dict of names)")
         mm = _Mismatch()

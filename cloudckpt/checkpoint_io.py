@@ -35,6 +35,7 @@ from .arrays import StoreOptions, read_arrays, write_arrays
 from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
+    CorruptCheckpointError,
     ObjectNotFoundError,
 )
 from .manifest import MANIFEST_KEY, build_manifest, encode_manifest, parse_manifest
@@ -163,6 +164,8 @@ def write_checkpoint(
 
 def _check_json(node: dict[str, Any], metadata: Mapping[str, Any] | None) -> None:
     """Fail before anything is written if the manifest could not be encoded."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a dict of JSON values or None, got {type(metadata).__name__}")
     try:
         encode_manifest({"tree": node, "metadata": dict(metadata or {})})
     except (TypeError, ValueError, RecursionError) as exc:
@@ -234,6 +237,10 @@ def read_state(
     requests0 = storage.stats.requests
     node = manifest["tree"]
     if keys is not None:
+        if not isinstance(keys, (str, tuple, list)):
+            raise TypeError(
+                f"keys must be a key path ('model/w' or a tuple of keys) or a list of them, got {type(keys).__name__}"
+            )
         if isinstance(keys, (str, tuple)):
             keys = [keys]
         paths = [parse_key_path(k) for k in keys]
@@ -243,16 +250,25 @@ def read_state(
             raise KeyError(f"{exc.args[0]} at {storage.url}") from None
     wanted = array_ids(node)
     leaf_paths = _leaf_paths(manifest["tree"], len(manifest["arrays"]))
-    arrays = read_arrays(
-        storage,
-        manifest["data"],
-        manifest["arrays"],
-        manifest.get("pack"),
-        manifest["objects"],
-        wanted,
-        options,
-        paths=leaf_paths,
-    )
+    try:
+        arrays = read_arrays(
+            storage,
+            manifest["data"],
+            manifest["arrays"],
+            manifest.get("pack"),
+            manifest["objects"],
+            wanted,
+            options,
+            paths=leaf_paths,
+        )
+    except CorruptCheckpointError:
+        if _manifest_gone(storage, manifest):
+            # not damage: a manager retired (deleted) the checkpoint while we read it
+            raise CheckpointNotFoundError(
+                f"checkpoint {storage.url} was deleted while it was being read (retired by its manager); "
+                "nothing was restored: read the latest checkpoint again"
+            ) from None
+        raise
     state = unflatten(node, arrays)
     nbytes = sum(int(manifest["arrays"][i]["nbytes"]) for i in wanted)
     log.info(
@@ -264,6 +280,18 @@ def read_state(
         storage.stats.requests - requests0,
     )
     return state
+
+
+def _manifest_gone(storage: Storage, manifest: Mapping[str, Any]) -> bool:
+    """Whether the checkpoint whose manifest was ``manifest`` is no longer there
+    (its manifest deleted, or replaced by another save's)."""
+    try:
+        now = parse_manifest(storage.read(MANIFEST_KEY), storage.url_for(MANIFEST_KEY))
+    except ObjectNotFoundError:
+        return True
+    except Exception:
+        return False
+    return bool(now.get("writer", {}).get("attempt") != manifest.get("writer", {}).get("attempt"))
 
 
 def describe_leaves(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:

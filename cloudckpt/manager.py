@@ -169,7 +169,26 @@ class CheckpointManager:
     :attr:`latest_checkpoint` and are restored, but are never managed: not
     listed in :attr:`checkpoints`, never deleted (as in TF).
 
-    See the module docstring for an example.
+    Example:
+        >>> import numpy as np, cloudckpt, tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> params, step = {"w": np.zeros(2)}, np.array(0)
+        >>> ckpt = cloudckpt.Checkpoint(params=params, step=step)
+        >>> manager = cloudckpt.CheckpointManager(ckpt, run, max_to_keep=2, step_counter=step, checkpoint_interval=5)
+        >>> manager.restore_or_initialize() is None     # a fresh run: nothing to restore
+        True
+        >>> for _ in range(12):
+        ...     params["w"] += 1; step += 1
+        ...     _ = manager.save(checkpoint_number=step)   # skipped unless 5 steps have passed
+        >>> [url.rsplit("/", 1)[1] for url in manager.checkpoints]
+        ['ckpt-6', 'ckpt-11']
+
+        A restarted job resumes from the latest checkpoint:
+
+        >>> params2, step2 = {"w": np.zeros(2)}, np.array(0)
+        >>> again = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(params=params2, step=step2), run, max_to_keep=2)
+        >>> again.restore_or_initialize().endswith("ckpt-11"), params2["w"], int(step2)
+        (True, array([11., 11.]), 11)
     """
 
     def __init__(
@@ -267,17 +286,39 @@ class CheckpointManager:
     # -- attributes (TF) ---------------------------------------------------
     @property
     def directory(self) -> str:
-        """The directory URL or path, as given."""
+        """The directory URL or path, as given.
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), "memory://doc-dir/run", 2).directory
+            'memory://doc-dir/run'
+        """
         return self._directory
 
     @property
     def checkpoint(self) -> Checkpoint:
-        """The managed :class:`~cloudckpt.Checkpoint`."""
+        """The managed :class:`~cloudckpt.Checkpoint`.
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> ckpt = cloudckpt.Checkpoint(w=np.ones(1))
+            >>> cloudckpt.CheckpointManager(ckpt, "memory://doc-ckpt-attr", 2).checkpoint is ckpt
+            True
+        """
         return self._checkpoint
 
     @property
     def checkpoint_interval(self) -> int | None:
-        """Minimum steps between saves, or None."""
+        """Minimum steps between saves, or None.
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> step = np.array(0)
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(step=step), "memory://doc-interval", 2,
+            ...                                 step_counter=step, checkpoint_interval=100)
+            >>> m.checkpoint_interval
+            100
+        """
         return self._checkpoint_interval
 
     @property
@@ -285,13 +326,31 @@ class CheckpointManager:
         """Committed checkpoints in the active set, oldest first, as full URLs.
 
         Checkpoints preserved by ``keep_checkpoint_every_n_hours`` are not
-        listed (as in TF)."""
+        listed (as in TF).
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), "memory://doc-checkpoints", 2)
+            >>> for _ in range(3):
+            ...     _ = m.save()
+            >>> m.checkpoints
+            ['memory://doc-checkpoints/ckpt-2', 'memory://doc-checkpoints/ckpt-3']
+        """
         with self._lock:
             return [self._url(n) for n in self._maybe_delete]
 
     @property
     def latest_checkpoint(self) -> str | None:
-        """URL of the newest committed checkpoint, or None. Moves only when a save commits."""
+        """URL of the newest committed checkpoint, or None. Moves only when a save commits.
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), "memory://doc-latest-attr", 2)
+            >>> m.latest_checkpoint is None
+            True
+            >>> m.save(checkpoint_number=7) == m.latest_checkpoint == "memory://doc-latest-attr/ckpt-7"
+            True
+        """
         with self._lock:
             return None if self._latest is None else self._url(self._latest)
 

@@ -76,7 +76,7 @@ def _read_claim(storage: Storage, epoch: int) -> Claim | None:
         data = json.loads(storage.read(_key(epoch)))
     except ObjectNotFoundError:
         return None
-    except ValueError:
+    except (ValueError, RecursionError):  # unparsable, however hostile
         data = None
     upto = data.get("seen_upto", 0) if isinstance(data, dict) else 0
     if not isinstance(data, dict) or not (upto is None or (isinstance(upto, int) and not isinstance(upto, bool))):

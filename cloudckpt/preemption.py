@@ -85,7 +85,24 @@ class PreemptionCheckpointHandler:
 
     Call it once per training step: ``handler()`` or ``handler.check(step)``.
     Use it as a context manager, or call :meth:`close`, to restore the
-    previous signal handlers. See the module docstring for an example.
+    previous signal handlers.
+
+    Example:
+        >>> import os, signal, tempfile, numpy as np, cloudckpt
+        >>> w, step = np.zeros(2), np.array(0)
+        >>> manager = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=w, step=step), tempfile.mkdtemp(), 2)
+        >>> try:
+        ...     with cloudckpt.PreemptionCheckpointHandler(manager, grace_period=30.0) as handler:
+        ...         for _ in range(100):
+        ...             w += 1; step += 1                          # a training step
+        ...             if step == 3:
+        ...                 os.kill(os.getpid(), signal.SIGTERM)   # the platform preempts us
+        ...             handler.check(step)                        # saves ckpt-3, then exits
+        ... except SystemExit as e:
+        ...     print("exit status", e.code)
+        exit status 143
+        >>> manager.latest_checkpoint.endswith("ckpt-3"), cloudckpt.load(manager.latest_checkpoint)["w"]
+        (True, array([3., 3.]))
     """
 
     def __init__(
@@ -177,7 +194,16 @@ class PreemptionCheckpointHandler:
 
     # -- the training loop's call -------------------------------------------
     def __call__(self, step: Any = None) -> None:
-        """Same as :meth:`check` (see the module docstring for an example)."""
+        """Same as :meth:`check`: ``handler()`` once per step.
+
+        Example:
+            >>> import tempfile, numpy as np, cloudckpt
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), tempfile.mkdtemp(), 1)
+            >>> with cloudckpt.PreemptionCheckpointHandler(m) as handler:
+            ...     handler()        # no signal has arrived: returns at once
+            ...     handler.received
+            False
+        """
         self.check(step)
 
     def check(self, step: Any = None) -> None:

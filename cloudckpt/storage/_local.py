@@ -172,10 +172,13 @@ class LocalBackend:
         except NotADirectoryError:
             raise
         for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                dirs.append(e.name)
-            elif e.is_file(follow_symlinks=False):
-                files[e.name] = e.stat(follow_symlinks=False).st_size
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    dirs.append(e.name)
+                elif e.is_file(follow_symlinks=False):
+                    files[e.name] = e.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # removed since the directory was read (a temp file renamed, a retired checkpoint)
         return files, sorted(dirs)
 
     def find(self, path: str) -> dict[str, int]:
