@@ -266,9 +266,14 @@ class Checkpoint:
                 (mm.skipped if partial else mm.problems).append(f"{name!r}: in the checkpoint but not in this Checkpoint")
         if mm.problems:
             listing = "\n  ".join(mm.problems)
+            hint = (
+                "Shapes, dtypes and container types must match even with partial=True."
+                if partial
+                else "Pass partial=True to restore only what matches."
+            )
             raise ValueError(
                 f"cannot restore {source or 'the checkpoint'}: it does not match this Checkpoint "
-                f"(nothing was changed):\n  {listing}\nPass partial=True to restore only what matches."
+                f"(nothing was changed):\n  {listing}\n{hint}"
             )
         if mm.skipped:
             log.warning("partial restore of %s left out: %s", source, "; ".join(mm.skipped))
