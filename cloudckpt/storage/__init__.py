@@ -65,6 +65,8 @@ Hook = Callable[[str, str], None]
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "key", "credential", "sas", "signature", "session")
 
 _LOCAL_PROTOCOLS = (None, "", "file", "local")
+# what the SDKs raise when they find no credentials at all (botocore, google-auth)
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 
 # Hooks consulted by every Storage of this process, before its own (fault injection
 # in a child process that creates its storages itself: cloudckpt.testing.faults).
@@ -436,6 +438,13 @@ class Storage:
                 operation=op,
             ) from _scrubbed(exc, self)
         except Exception as exc:
+            if type(exc).__name__ in _NO_CREDENTIALS:
+                raise StoragePermissionError(
+                    f"{op} {url}: no usable credentials for {backend.name} ({type(exc).__name__}: "
+                    f"{self._redact(str(exc))}); pass them in storage_options or set them in the environment",
+                    url=url,
+                    operation=op,
+                ) from _scrubbed(exc, self)
             transient = is_transient(exc)
             what = "failed after retries" if transient else "failed"
             raise StorageError(
