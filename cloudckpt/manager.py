@@ -397,6 +397,12 @@ class CheckpointManager:
         time, so that nothing recovered is deleted by mistake.
         """
         valid, fenced, others = self._scan()
+        # numbers that can never be saved again: a manifest is there, whether it
+        # parses or not (damaged, or written by a newer cloudckpt)
+        self._taken = max(
+            [e.number for e in valid] + [e.number for e in others if e.status in ("corrupt", "newer")],
+            default=0,
+        )
         now = self._now()
         file_state = read_state_file(self._storage)
         candidates = []
@@ -830,6 +836,17 @@ class CheckpointManager:
                 log.error("cannot restore %s (%s); falling back to the previous checkpoint", sub.url, exc)
                 continue
             self._checkpoint.restore_state(state, partial=partial, source=sub.url)
+            taken = getattr(self, "_taken", 0)
+            if self._checkpoint.save_counter < taken:
+                # a newer checkpoint is damaged (skipped): number the next save past it,
+                # or every save would collide with it
+                log.warning(
+                    "restored %s, but %s exists and does not restore: the next save is numbered %d",
+                    sub.url,
+                    self._url(taken),
+                    taken + 1,
+                )
+                self._checkpoint.save_counter = taken
             if self._checkpoint_interval is not None:
                 self._last_checkpoint_step = _evaluate_step(self._step_counter)
             return sub.url

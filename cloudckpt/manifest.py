@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import __about__
+from .checksum import crc32c_of
 from .dtypes import parse_dtype, storage_dtype, storage_shape
 from .errors import CorruptCheckpointError, FormatVersionError
 from .storage import validate_key
@@ -111,9 +112,39 @@ def build_manifest(
     }
 
 
+_SELF_CRC = re.compile(rb',"crc32c":([0-9]{1,10})\}\s*$')
+
+
 def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
-    """Serialize a manifest to UTF-8 JSON (no NaN: floats in the tree are hex strings)."""
-    return json.dumps(manifest, allow_nan=False, separators=(",", ":")).encode()
+    """Serialize a manifest to UTF-8 JSON (no NaN: floats in the tree are hex strings).
+
+    The last field, ``crc32c``, is the crc32c of the bytes before it plus the
+    closing brace — the manifest with that field removed — so that a flipped
+    bit anywhere in the manifest is detected even where the JSON still parses.
+
+    Example:
+        >>> encode_manifest({"a": 1})
+        b'{"a":1,"crc32c":3489125738}'
+    """
+    body = {k: v for k, v in manifest.items() if k != "crc32c"}
+    data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+    if not data.endswith(b"}") or data == b"{}":
+        return data
+    return data[:-1] + b',"crc32c":' + str(crc32c_of(data)).encode() + b"}"
+
+
+def _check_self_crc(data: bytes, m: Mapping[str, Any]) -> None:
+    """Verify the manifest's own crc32c (manifests written before it existed have none)."""
+    if "crc32c" not in m:
+        return
+    match = _SELF_CRC.search(data)
+    if match is None:
+        raise _Bad("its crc32c field is not where the writer puts it (the last field)")
+    body = data[: match.start()] + b"}"
+    want = int(match.group(1))
+    got = crc32c_of(body)
+    if got != want or m["crc32c"] != want:
+        raise _Bad(f"crc32c mismatch (recorded {want}, computed {got}): the manifest is damaged")
 
 
 class _Bad(Exception):
@@ -355,6 +386,11 @@ def parse_manifest(data: bytes, url: str) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptCheckpointError(f"manifest {url} is not valid JSON ({exc}); the checkpoint is damaged") from None
     try:
+        if isinstance(m, dict):
+            version = m.get("format_version")
+            if m.get("format") == "cloudckpt" and isinstance(version, int) and version > FORMAT_VERSION:
+                _validate(m)  # raises FormatVersionError naming both versions
+            _check_self_crc(data if isinstance(data, bytes) else bytes(data), m)
         return _validate(m)
     except _Bad as exc:
         raise CorruptCheckpointError(f"manifest {url} is invalid: {exc}") from None

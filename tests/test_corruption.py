@@ -160,12 +160,6 @@ def test_every_damaged_checkpoint_falls_back_until_none_restores(backend):
 
 
 @pytest.mark.parametrize("backend", ["local", "memory"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after restore_or_initialize(fallback=True) restores ckpt-2 (ckpt-3 damaged), save_counter is 2, "
-    "so the next save is numbered 3, collides with the damaged ckpt-3 and raises CheckpointExistsError "
-    "forever (with a hint to call restore_or_initialize, which the job did): the loop cannot go on",
-)
 def test_training_goes_on_after_a_fallback(backend):
     s = _three_checkpoints(backend)
     _damage(s, _key_of(s, "tensor-chunk"), "flip")
@@ -179,11 +173,6 @@ def test_training_goes_on_after_a_fallback(backend):
 
 
 @pytest.mark.parametrize("backend", ["local", "memory"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a newest checkpoint whose manifest does not parse is skipped (ckpt-2 restored) but its number is "
-    "not: the next save is numbered 3, finds ckpt-3/manifest.json and raises CheckpointExistsError forever",
-)
 def test_training_goes_on_after_a_damaged_manifest(backend):
     s = _three_checkpoints(backend)
     _damage(s, "ckpt-3/manifest.json", "truncate")
@@ -235,12 +224,6 @@ def test_manifest_bit_flips_in_arrays_and_objects_are_always_detected(backend):
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the manifest has no checksum of its own: a single flipped bit in a tree key "
-    "('model' -> 'lodel') or an int leaf ('step': 3 -> 2) parses, validates and loads a different state "
-    "without error (about 40 of 1700 single-bit flips)",
-)
 def test_every_manifest_bit_flip_is_detected_or_harmless(backend):
     _n, outcome = _flip_sweep(backend)
     assert outcome["silent"] == []

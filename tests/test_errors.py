@@ -14,7 +14,7 @@ import servers
 
 import cloudckpt
 from cloudckpt import checkpoint_io
-from cloudckpt.manifest import FORMAT_VERSION
+from cloudckpt.manifest import FORMAT_VERSION, encode_manifest
 from cloudckpt.storage import RetryPolicy, open_storage
 
 SECRET = "SECRET-abc123"
@@ -261,7 +261,7 @@ def _rewrite_manifest(backend, url, mutate) -> None:
     path = object_path(backend, url, "manifest.json")
     m = json.loads(fs.cat_file(path))
     mutate(m)
-    fs.pipe_file(path, json.dumps(m).encode())
+    fs.pipe_file(path, encode_manifest(m))  # with a valid crc32c: validation itself must refuse
 
 
 def test_newer_format_version_names_both_versions(backend):

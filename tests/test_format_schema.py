@@ -25,7 +25,7 @@ import pytest
 
 import cloudckpt
 from cloudckpt.checksum import crc32c_of
-from cloudckpt.manifest import FORMAT_VERSION, MANIFEST_KEY, parse_manifest
+from cloudckpt.manifest import FORMAT_VERSION, MANIFEST_KEY, encode_manifest, parse_manifest
 from cloudckpt.storage import open_storage
 from cloudckpt.tree import decode_name, encode_name
 
@@ -289,7 +289,7 @@ def test_forward_compatible_fields_are_allowed(validator: Any, tmp_path: Path, w
     m["writer"]["retention_clock"] = 1234.5
     assert _errors(validator, m) == []
     # and the reader ignores them too
-    assert parse_manifest(json.dumps(m).encode(), "memory://x/manifest.json")["a_future_field"]
+    assert parse_manifest(encode_manifest(m), "memory://x/manifest.json")["a_future_field"]
 
 
 # -- broken manifests -----------------------------------------------------------
@@ -467,7 +467,7 @@ def test_user_key_named_like_the_pack(tmp_path: Path) -> None:
 def _with_version(version: Any) -> tuple[str, bytes]:
     url, m = _save(f"memory://fmtver-{uuid.uuid4().hex}/ckpt", {"w": np.ones(2), "n": 1})
     m["format_version"] = version
-    return url, json.dumps(m).encode()
+    return url, encode_manifest(m)
 
 
 def _standalone(number: int, text: str) -> bool:

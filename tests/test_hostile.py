@@ -33,6 +33,7 @@ import pytest
 import servers
 
 import cloudckpt
+from cloudckpt.manifest import encode_manifest
 from cloudckpt.storage import add_global_hook, open_storage
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
@@ -383,7 +384,8 @@ def _hostile_dir(backend, name):
     else:
         doc = json.loads(raw)
         HOSTILE[name](doc)
-        hostile = json.dumps(doc).encode()
+        # a hostile writer recomputes the manifest's own crc32c: validation must still refuse it
+        hostile = encode_manifest(doc) if isinstance(doc, dict) else json.dumps(doc).encode()
     s.write("ckpt-2/manifest.json", hostile)
     return s, victim
 
