@@ -1,0 +1,287 @@
+"""Run the benchmark suite: ``python -m benchmarks.run --help``.
+
+Examples:
+    python -m benchmarks.run --workload small-many --target local --reps 3
+    python -m benchmarks.run --workload all --target local,s3 --scale 0.25 --reps 3 \\
+        --peers all --out benchmarks/results.json --markdown docs/benchmarks.md
+    python -m benchmarks.run --scaling --target local,memory --reps 3     # 10..10,000 tensors
+    python -m benchmarks.run --workload huge --target local --peers none  # 16 GiB state
+    python -m benchmarks.run --smoke                                      # CI: tiny, < 60 s
+
+Every measurement is a fresh subprocess (``benchmarks.child``). Repetitions are
+interleaved: rep 1 of every library, then rep 2 (with the library order
+rotated), and so on; reported numbers are medians over reps. MB/s is tensor
+payload (1 MB = 10^6 bytes) over wall time of the save (made durable) or load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from .libs import ALL_LIBS, BASELINES, LIBS
+from .targets import ROOT, TARGETS, Target, make_target, moto_available
+from .workloads import WORKLOADS, spec_nbytes, workload_spec
+
+SCALING_WORKLOADS = ("count-10", "count-100", "count-1000", "count-10000")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.update(spec.get("env") or {})
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.child", json.dumps(spec)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout)[-1500:]
+    return {"error": f"child exited {proc.returncode} without a result: {tail}"}
+
+
+def _diff(a: Counter[str] | None, b: Counter[str] | None) -> dict[str, int] | None:
+    if a is None or b is None:
+        return None
+    d = {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
+    d["total"] = sum(d.values())
+    return d
+
+
+def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One save + load (+ async) cycle of one library; returns the records."""
+    lib = LIBS[lib_name]
+    key = f"{lib_name.replace('.', '_')}-{workload}-r{rep}-{int(time.time() * 1000) % 10**8}"
+    url = target.url(key)
+    wspec = workload_spec(workload, scale)
+    base = {"lib": lib_name, "workload": workload, "target": target.name, "scale": scale, "rep": rep,
+            "nbytes": spec_nbytes(wspec), "ntensors": len(wspec)}
+    common = {"lib": lib_name, "workload": workload, "scale": scale, "target": target.name,
+              "storage_options": target.storage_options, "env": target.child_env}
+    records: list[dict[str, Any]] = []
+    prof = args.profile_dir if (args.profile_dir and lib_name == "cloudckpt") else None
+
+    def profile_path(phase: str) -> str | None:
+        if not prof:
+            return None
+        os.makedirs(prof, exist_ok=True)
+        return os.path.join(prof, f"{lib_name}-{workload}-{target.name}-{phase}-r{rep}.prof")
+
+    try:
+        if target.in_process:
+            r = run_child({**common, "url": url, "phase": "saveload", "profile": profile_path("save")}, args.timeout)
+            rec = {**base, "phase": "saveload", **r}
+            if "digest" in r and "load_digest" in r and r["digest"] != r["load_digest"]:
+                rec["error"] = f"loaded state differs from saved state ({r['load_digest']} != {r['digest']})"
+            records.append(rec)
+        else:
+            c0 = target.counter()
+            r = run_child({**common, "url": url, "phase": "save", "profile": profile_path("save")}, args.timeout)
+            c1 = target.counter()
+            rec = {**base, "phase": "save", **r, "requests": _diff(c0, c1)}
+            if "error" not in r:
+                obj = target.objects(url)
+                if obj:
+                    rec["objects"], rec["stored_bytes"] = obj
+            records.append(rec)
+            if "error" not in r:
+                if getattr(target, "cold", False):
+                    target.drop_cache(url)  # type: ignore[attr-defined]
+                c0 = target.counter()
+                r2 = run_child({**common, "url": url, "phase": "load", "profile": profile_path("load")}, args.timeout)
+                c1 = target.counter()
+                rec2 = {**base, "phase": "load", **r2, "requests": _diff(c0, c1)}
+                if "error" not in r2 and r2.get("load_digest") != r.get("digest"):
+                    rec2["error"] = f"loaded state differs from saved state ({r2.get('load_digest')} != {r.get('digest')})"
+                records.append(rec2)
+            target.cleanup(url)
+        if args.async_save and lib.has_async and not (args.smoke and target.name != "local"):
+            aurl = target.url(key + "-async")
+            c0 = target.counter()
+            r3 = run_child({**common, "url": aurl, "phase": "async", "profile": profile_path("async")}, args.timeout)
+            c1 = target.counter()
+            records.append({**base, "phase": "async", **r3, "requests": _diff(c0, c1)})
+            target.cleanup(aurl)
+    except Exception as exc:  # a target failure must not lose the other results
+        records.append({**base, "phase": "save", "error": f"harness: {type(exc).__name__}: {exc}"})
+    return records
+
+
+def _fmt_rec(rec: dict[str, Any]) -> str:
+    if rec.get("error"):
+        return f"ERROR {rec['error'][:200]}"
+    mb = rec["nbytes"] / 1e6
+    parts = []
+    for ph in ("save", "load", "async"):
+        s = rec.get(f"{ph}_s")
+        if s:
+            parts.append(f"{ph} {mb / s:8.1f} MB/s ({s:.3f} s)")
+    if rec.get("block_s") is not None:
+        parts.append(f"blocks {rec['block_s']:.3f} s (copy {rec['copy_s']:.3f} s)")
+    if rec.get("requests"):
+        parts.append(f"req {rec['requests'].get('total')}")
+    if rec.get("objects") is not None:
+        parts.append(f"objects {rec['objects']}")
+    return "  ".join(parts)
+
+
+def select_libs(peers: str, target: str, workload: str) -> tuple[list[str], list[str]]:
+    """(library names to run, notes on those skipped)."""
+    wanted = ["cloudckpt", *BASELINES]
+    if peers == "all":
+        wanted += [lib.name for lib in ALL_LIBS if lib.name not in wanted]
+    elif peers not in ("none", ""):
+        for name in peers.split(","):
+            name = name.strip()
+            if name not in LIBS:
+                raise SystemExit(f"unknown peer {name!r}: choose from {', '.join(LIBS)}")
+            if name not in wanted:
+                wanted.append(name)
+    run, notes = [], []
+    for name in wanted:
+        lib = LIBS[name]
+        why = lib.available()
+        if why:
+            notes.append(f"{name}: skipped, {why}")
+        elif target not in lib.targets:
+            notes.append(f"{name}: skipped on {target} (no support for this target)")
+        else:
+            run.append(name)
+    return run, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", default="small-many",
+                   help=f"comma list of {', '.join(WORKLOADS)}, count-N, huge; or 'all' (default small-many)")
+    p.add_argument("--target", default="local", help=f"comma list of {', '.join(TARGETS)}; or 'all' (default local)")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the bytes of every workload (tensor count fixed)")
+    p.add_argument("--peers", default="all", help="'all', 'none' (cloudckpt + raw baselines only) or a comma list")
+    p.add_argument("--no-async", dest="async_save", action="store_false", help="skip the async-save measurements")
+    p.add_argument("--scaling", action="store_true",
+                   help=f"tensor-count scaling: workloads {', '.join(SCALING_WORKLOADS)} (256 MiB x scale), peers none")
+    p.add_argument("--huge", action="store_true", help="the 16 GiB state (workload 'huge'), cloudckpt + raw only")
+    p.add_argument("--cold", action="store_true", help="local: evict the checkpoint from the page cache before each load")
+    p.add_argument("--latency-ms", default="20,50", help="s3-lat: per-request latency range (default 20,50)")
+    p.add_argument("--bandwidth-mbs", type=float, default=25.0, help="s3-lat: MB/s cap per connection (default 25)")
+    p.add_argument("--workdir", default=None, help="local target directory (default: a new temp dir)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per child process")
+    p.add_argument("--out", default=None, help="merge the records into this JSON file")
+    p.add_argument("--markdown", default=None, help="regenerate this markdown report from --out (or this run)")
+    p.add_argument("--profile-dir", default=None, help="cProfile every cloudckpt measurement into this directory")
+    p.add_argument("--smoke", action="store_true", help="CI smoke run: every workload, tiny scale, 1 rep; asserts it ran")
+    args = p.parse_args(argv)
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    if args.smoke:
+        args.workload = ",".join(WORKLOADS)
+        targets = ["local", "memory"] + (["s3"] if moto_available() else [])
+        args.target = ",".join(targets)
+        args.reps = 1
+        args.scale = 0.005
+        args.peers = "none"
+        args.libs_override = ["cloudckpt", "raw-threads"]
+    else:
+        args.libs_override = None
+    if args.scaling:
+        args.workload = ",".join(SCALING_WORKLOADS)
+        args.peers = "none"
+    if args.huge:
+        args.workload = "huge"
+        args.peers = "none"
+
+    workloads = list(WORKLOADS) if args.workload == "all" else [w.strip() for w in args.workload.split(",") if w.strip()]
+    for w in workloads:
+        workload_spec(w, args.scale)  # validates
+    targets = list(TARGETS) if args.target == "all" else [t.strip() for t in args.target.split(",") if t.strip()]
+
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    started = time.time()
+    for tname in targets:
+        target = make_target(tname, workdir=args.workdir, cold=args.cold, latency_ms=args.latency_ms,
+                             bandwidth_mbs=args.bandwidth_mbs)
+        try:
+            target.start()
+        except Exception as exc:
+            notes.append(f"target {tname}: could not start ({type(exc).__name__}: {exc})")
+            _log(f"!! target {tname} unavailable: {exc}")
+            continue
+        _log(f"== target {tname}: {target.describe()}")
+        try:
+            for workload in workloads:
+                libs, skipped = select_libs(args.peers, tname, workload)
+                if args.libs_override:
+                    libs = [n for n in args.libs_override if n in libs]
+                    if args.smoke and target.object_store and workload != "large-few":
+                        # one object per tensor costs ~10 ms per request on moto: keep the smoke short
+                        libs = [n for n in libs if n == "cloudckpt"]
+                for n in skipped:
+                    if n not in notes:
+                        notes.append(n)
+                nbytes = spec_nbytes(workload_spec(workload, args.scale))
+                _log(f"-- {workload} x{args.scale:g} ({nbytes / 1e6:.1f} MB) on {tname}: {', '.join(libs)}")
+                for rep in range(args.reps):
+                    order = libs[rep % len(libs):] + libs[: rep % len(libs)] if libs else []
+                    for lib_name in order:
+                        for rec in measure(lib_name, workload, args.scale, target, rep, args):
+                            rec["command"] = command
+                            rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                            records.append(rec)
+                            _log(f"   rep {rep} {lib_name:13s} {rec['phase']:8s} {_fmt_rec(rec)}")
+        finally:
+            target.stop()
+
+    elapsed = time.time() - started
+    from .report import aggregate, print_table, render_markdown, update_results
+
+    rows = aggregate(records)
+    print_table(rows)
+    for n in notes:
+        print(f"note: {n}")
+    meta = {"command": command, "elapsed_s": elapsed, "targets": targets, "workloads": workloads, "scale": args.scale,
+            "reps": args.reps, "notes": notes,
+            "target_descriptions": {t: make_target(t, latency_ms=args.latency_ms, bandwidth_mbs=args.bandwidth_mbs).describe()
+                                    for t in targets if t != "local"}}
+    all_records = records
+    all_meta = [meta]
+    if args.out:
+        all_records, all_meta = update_results(args.out, records, meta)
+    if args.markdown:
+        render_markdown(args.markdown, all_records, all_meta)
+        _log(f"wrote {args.markdown}")
+    print(f"ran {len(records)} measurements in {elapsed:.1f} s")
+
+    if args.smoke:
+        errors = [r for r in records if r.get("error")]
+        phases = Counter((r["lib"], r["target"], r["workload"]) for r in records)
+        expected = {(lib, t, w) for lib in args.libs_override for t in targets for w in workloads
+                    if lib == "cloudckpt" or t != "s3" or w == "large-few"}
+        missing = expected - set(phases)
+        if errors or missing:
+            for r in errors:
+                print(f"SMOKE ERROR {r['lib']} {r['target']} {r['workload']} {r['phase']}: {r['error']}")
+            for m in sorted(missing):
+                print(f"SMOKE MISSING {m}")
+            return 1
+        print("smoke ok")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
