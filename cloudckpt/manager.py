@@ -536,6 +536,12 @@ class CheckpointManager:
                 if not files and not dirs:
                     self._storage.delete_prefix(e.name)
         removed.extend(self._collect_own_failures())
+        if self._storage.is_local:
+            # a SIGKILL between a temp write and its rename (state file, manifest)
+            for prefix in ["", *(e.name for e in [*valid, *others])]:
+                for url in self._storage.collect_temporaries(prefix):
+                    removed.append(url)
+                    log.info("retention: removed the temp file of a killed write %s", url)
         ownership.prune_claims(self._storage, min([self._epoch, *(e.epoch for e in valid if e.managed)]))
         return removed
 

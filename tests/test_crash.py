@@ -317,11 +317,6 @@ def test_injected_crash_at_every_request_in_process(mode):
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on local disk a SIGKILL inside a write-temp-then-rename (the state file's put_atomic, a manifest's "
-    "put_create) leaves '<name>.tmp-<hex>'; neither gc() nor the next save removes it (found by the random-kill run)",
-)
 def test_crash_leftover_temp_files_are_collected(backend):
     """What a SIGKILL between the temp write and the rename leaves, made directly."""
     import crashlib

@@ -638,6 +638,23 @@ class Storage:
         self.map(one, uploads)
         return len(uploads)
 
+    def collect_temporaries(self, prefix: str = "") -> list[str]:
+        """Remove what a killed write left in the directory ``prefix`` (local disk:
+        the temp file of a write-then-rename; object stores: nothing). Returns
+        the URLs removed. Call it only where no write of a live writer may be
+        in flight (the manager does, as the directory's owner).
+
+        Example:
+            >>> open_storage("memory://doc-temps").collect_temporaries()
+            []
+        """
+        if prefix:
+            validate_key(prefix)
+        path = self._path(prefix) if prefix else self._root
+        removed: list[str] = self._request("delete", prefix, lambda: self._s.backend.clean_temps(path))
+        base = self._path("")
+        return [self.url_for(p[len(base) + 1 :]) if p.startswith(base + "/") else p for p in removed]
+
     def barrier(self) -> None:
         """Make every write so far durable before the next one (a commit point).
 

@@ -249,6 +249,10 @@ class FsspecBackend:
         except (FileNotFoundError, OSError):
             pass
 
+    def clean_temps(self, path: str) -> list[str]:
+        """Object stores write whole objects: no temp files to leave behind."""
+        return []
+
     def barrier(self) -> None:
         """Object stores make every completed PUT durable; nothing to do."""
 

@@ -7,6 +7,7 @@ disk gets its own small backend. Every path here is absolute.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -206,6 +207,19 @@ class LocalBackend:
         shutil.rmtree(path, ignore_errors=True)
         self._fsync_dir(os.path.dirname(path.rstrip("/")))
 
+    def clean_temps(self, path: str) -> list[str]:
+        """Remove the temp files a killed write-temp-then-rename left in ``path``."""
+        removed: list[str] = []
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return removed
+        for e in entries:
+            if _TEMP_RE.search(e.name) and e.is_file(follow_symlinks=False):
+                _unlink_quiet(e.path)
+                removed.append(e.path)
+        return removed
+
     def barrier(self) -> None:
         """Make every directory entry created since the last barrier durable."""
         with self._lock:
@@ -213,6 +227,9 @@ class LocalBackend:
         if self.fsync:
             for d in sorted(dirs, key=len, reverse=True):
                 self._fsync_dir(d)
+
+
+_TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
 
 
 def _unlink_quiet(path: str) -> None:
