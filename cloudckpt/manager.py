@@ -763,6 +763,7 @@ class CheckpointManager:
                 with self._lock:
                     self._failed_attempts.append((name, f"data-{attempt}"))
                 raise
+        unconfirmed: CheckpointError | None = None
         try:
             ownership.check_owner(self._storage, self._epoch)
         except OwnershipLostError as exc:
@@ -770,6 +771,10 @@ class CheckpointManager:
                 f"{exc}. The checkpoint {sub.url} committed meanwhile belongs to no owner: it is fenced "
                 "(never listed or restored) and the new owner removes it"
             ) from None
+        except CheckpointError as exc:
+            # committed, but ownership could not be re-checked (storage trouble):
+            # record the commit so that latest_checkpoint and retention know it, then raise
+            unconfirmed = exc
         with self._lock:
             if self._latest is not None and number < self._latest:
                 log.warning(
@@ -783,6 +788,8 @@ class CheckpointManager:
             self._manifests[number] = result.manifest
             self._metrics[number] = self._metric_of(result.manifest)
             self._latest = number if self._latest is None else max(self._latest, number)
+        if unconfirmed is not None:
+            raise unconfirmed
         self._write_state()  # before retention, as TF: a crash while deleting still names the new one
         if self._sweep():
             self._write_state()

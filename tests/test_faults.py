@@ -226,12 +226,6 @@ class _FailOwnerChecksAfterCommit:
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a save that fails after its manifest is written (here: the owner re-check after the commit "
-    "runs out of retries) leaves the checkpoint committed but unknown to its manager: latest_checkpoint "
-    "does not name it and retention never deletes it (it outlives max_to_keep while the manager lives)",
-)
 def test_a_save_that_fails_after_its_commit_is_known_to_its_manager(backend):
     so = backend.storage_options
     m, ckpt, live = new_manager(backend)
