@@ -26,8 +26,42 @@ import numpy as np
 __all__ = ["array_doc", "group_doc", "chunk_key", "encode_doc"]
 
 
+# The zarr v3 name and default fill value of every dtype cloudckpt stores
+# natively. Importing zarr costs ~1.5 s, which the first save of a training
+# job would otherwise pay; tests/test_zarr_meta.py checks this table against
+# zarr's own dtype classes.
+STATIC_DTYPES: dict[str, tuple[Any, Any]] = {
+    "|b1": ("bool", False),
+    "|i1": ("int8", 0),
+    "<i2": ("int16", 0),
+    "<i4": ("int32", 0),
+    "<i8": ("int64", 0),
+    "|u1": ("uint8", 0),
+    "<u2": ("uint16", 0),
+    "<u4": ("uint32", 0),
+    "<u8": ("uint64", 0),
+    "<f2": ("float16", 0.0),
+    "<f4": ("float32", 0.0),
+    "<f8": ("float64", 0.0),
+    "<c8": ("complex64", [0.0, 0.0]),
+    "<c16": ("complex128", [0.0, 0.0]),
+}
+
+
 @lru_cache(maxsize=64)
 def _dtype_json(dtype_str: str) -> tuple[Any, Any]:
+    if dtype_str in STATIC_DTYPES:
+        return STATIC_DTYPES[dtype_str]
+    return zarr_dtype_json(dtype_str)
+
+
+def zarr_dtype_json(dtype_str: str) -> tuple[Any, Any]:
+    """zarr's own JSON name and default fill value for a numpy dtype string.
+
+    Example:
+        >>> zarr_dtype_json("<f4")
+        ('float32', 0.0)
+    """
     from zarr.core.dtype import get_data_type_from_native_dtype
 
     zdt = get_data_type_from_native_dtype(np.dtype(dtype_str))

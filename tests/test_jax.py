@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import cloudckpt
+from cloudckpt.manifest import encode_manifest
 from cloudckpt.storage import open_storage
 
 try:
@@ -105,7 +106,7 @@ def test_malformed_namedtuple_fields_are_corrupt(namedtuple: typing.Any) -> None
     m = json.loads(s.read("manifest.json"))
     m["tree"]["v"][0]["namedtuple"] = namedtuple
     s.delete(["manifest.json"])
-    s.write("manifest.json", json.dumps(m).encode())
+    s.write("manifest.json", encode_manifest(m))
     with pytest.raises(cloudckpt.CorruptCheckpointError, match="namedtuple"):
         cloudckpt.load(url)
 
@@ -116,7 +117,7 @@ def test_a_version_1_manifest_with_version_2_nodes_is_corrupt() -> None:
     m = json.loads(s.read("manifest.json"))
     m["format_version"] = 1
     s.delete(["manifest.json"])
-    s.write("manifest.json", json.dumps(m).encode())
+    s.write("manifest.json", encode_manifest(m))
     with pytest.raises(cloudckpt.CorruptCheckpointError, match="format_version 2"):
         cloudckpt.load(url)
 

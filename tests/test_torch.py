@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 import cloudckpt  # noqa: E402
 from cloudckpt.frameworks import torch as ttorch  # noqa: E402
+from cloudckpt.manifest import encode_manifest  # noqa: E402
 from cloudckpt.storage import open_storage  # noqa: E402
 
 EXOTIC = [
@@ -415,6 +416,6 @@ def test_version_2_manifests_validate_against_the_published_schema() -> None:
     manifest["tree"]["v"][1]["a"] = len(manifest["arrays"]) - 1 + 1
     s = open_storage(url)
     s.delete(["manifest.json"])
-    s.write("manifest.json", json.dumps(manifest).encode())
+    s.write("manifest.json", encode_manifest(manifest))
     with pytest.raises(cloudckpt.CorruptCheckpointError, match="alias"):
         cloudckpt.load(url)

@@ -9,6 +9,7 @@ is ever shared by surprise (see STACK.md, sharp edge 1).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
     # instance runs every request on fsspec's one long-lived IO loop, so it is
     # safe from any thread; creating one (a botocore client) costs ~0.5 s.
     try:
-        key = (cls, os.getpid(), json.dumps(options, sort_keys=True))
+        key = (cls, os.getpid(), json.dumps(options, sort_keys=True), _credential_env())
     except (TypeError, ValueError):
         key = None
     if key is not None:
@@ -72,6 +73,17 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
                 _FS_CACHE[key] = fs
         return fs
     return _single_try(cls(skip_instance_cache=True, **options))
+
+
+_CREDENTIAL_ENV = ("AWS_", "BOTO", "GOOGLE_", "GCLOUD", "CLOUDSDK", "GCS", "STORAGE_EMULATOR", "AZURE")
+
+
+def _credential_env() -> str:
+    """A digest of the environment a backend reads credentials and endpoints
+    from: a cached filesystem is reused only while that environment is the
+    same (the digest keeps no secret in memory)."""
+    items = sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(_CREDENTIAL_ENV))
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def _single_try(fs: Any) -> Any:
