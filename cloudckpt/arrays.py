@@ -23,7 +23,7 @@ Example:
     >>> from cloudckpt.tree import flatten
     >>> s = open_storage("memory://doc-arrays")
     >>> _, leaves = flatten({"w": np.arange(6.0).reshape(2, 3)})
-    >>> written = write_arrays(s, "data-1", leaves, "w")
+    >>> written = write_arrays(s, "data-1", leaves)
     >>> out = read_arrays(s, "data-1", written.records, written.pack, written.objects, [0])
     >>> out[0]
     array([[0., 1., 2.],
@@ -196,7 +196,6 @@ def write_arrays(
     storage: Storage,
     prefix: str,
     leaves: Sequence[Leaf],
-    tree_paths: Sequence[str] | str,
     options: StoreOptions | None = None,
     *,
     node_paths: Sequence[str] | None = None,
@@ -489,9 +488,22 @@ def _read_whole(storage: Storage, obj: dict[str, Any]) -> bytes:
     except ObjectNotFoundError:
         raise _corrupt(storage, key, "object is missing") from None
     _check_size(storage, key, len(data), obj["size"])
-    if crc32c_of(data) != obj["crc32c"]:
-        raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {crc32c_of(data)})")
+    got = crc32c_of(data)
+    if got != obj["crc32c"]:
+        raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
     return data
+
+
+def _read_into(storage: Storage, key: str, out: memoryview, start: int) -> None:
+    """``storage.read_into`` with a missing or short object reported as damage."""
+    try:
+        storage.read_into(key, out, start)
+    except ObjectNotFoundError:
+        raise _corrupt(storage, key, "object is missing") from None
+    except StorageError as exc:
+        if "truncated" in str(exc):
+            raise _corrupt(storage, key, "object is truncated") from None
+        raise
 
 
 def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: int) -> Callable[[], None]:
@@ -500,14 +512,7 @@ def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: in
     def run() -> None:
         _check_size_declared(storage, obj, size)
         if out.nbytes == size:
-            try:
-                storage.read_into(key, out, 0)
-            except ObjectNotFoundError:
-                raise _corrupt(storage, key, "object is missing") from None
-            except StorageError as exc:
-                if "truncated" in str(exc):
-                    raise _corrupt(storage, key, "object is truncated") from None
-                raise
+            _read_into(storage, key, out, 0)
             got = crc32c_of(out)
             if got != obj["crc32c"]:
                 raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
@@ -574,14 +579,6 @@ def _pack_range_task(storage: Storage, obj: dict[str, Any], piece: tuple[int, in
     key = obj["key"]
 
     def run() -> None:
-        out = _dest_bytes(dests[i])[toff : toff + n]
-        try:
-            storage.read_into(key, out, coff)
-        except ObjectNotFoundError:
-            raise _corrupt(storage, key, "object is missing") from None
-        except StorageError as exc:
-            if "truncated" in str(exc):
-                raise _corrupt(storage, key, "object is truncated") from None
-            raise
+        _read_into(storage, key, _dest_bytes(dests[i])[toff : toff + n], coff)
 
     return run

@@ -105,7 +105,7 @@ def write_checkpoint(
     paths_by_index = node_paths(node)
     paths = [paths_by_index[i] for i in range(len(leaves))]
     try:
-        written = write_arrays(storage, prefix, leaves, "", options, node_paths=paths)
+        written = write_arrays(storage, prefix, leaves, options, node_paths=paths)
         storage.barrier()
     except BaseException:
         _cleanup(storage, prefix)

@@ -59,7 +59,6 @@ __all__ = [
     "select",
     "encode_name",
     "decode_name",
-    "node_path",
     "node_paths",
 ]
 
@@ -439,22 +438,6 @@ def decode_name(name: str) -> Key:
     return unquote(name)
 
 
-def node_path(node: Mapping[str, Any], path: Path) -> str:
-    """The zarr node path (``/``-joined encoded names) of the leaf at ``path``.
-
-    An array that is the whole state (the empty path) is the node ``_root``.
-    """
-    parts = []
-    cur = node
-    for k in path:
-        in_list = cur["t"] in ("list", "tuple")
-        parts.append(encode_name(k, in_list=in_list))
-        found = _child(cur, k)
-        assert found is not None
-        cur = found[1]
-    return "/".join(parts) or ROOT_NODE
-
-
 def node_paths(node: Mapping[str, Any]) -> dict[int, str]:
     """The zarr node path of every array of a tree, by array index, in one walk.
 
@@ -480,8 +463,3 @@ def node_paths(node: Mapping[str, Any]) -> dict[int, str]:
 
     walk(node, "")
     return out
-
-
-def check_float(x: float) -> bool:
-    """Whether ``x`` is a finite float (helper for metadata validation)."""
-    return math.isfinite(x)

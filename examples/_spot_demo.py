@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
@@ -200,3 +201,26 @@ def demo(script: str, args: argparse.Namespace, extra: list[str], reference: Cal
         print("reference run: uninterrupted, in this process")
         print("loss curves identical:" if ok else "loss curves DIFFER:", ok)
     return 0 if ok else 1
+
+
+def reference(train: Callable[..., None], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """An uninterrupted run of ``train`` in this process (checkpoints in memory):
+    the curve a resumed run must match."""
+    events: list[dict[str, Any]] = []
+    ref = argparse.Namespace(**{**vars(args), "dir": f"memory://reference-{time.time_ns()}", "bucket": None, "sleep": 0.0})
+    train(ref, emit=lambda **e: events.append(e))
+    return events
+
+
+def main(script: str, description: str, train: Callable[..., None]) -> int:
+    """The command line shared by the spot-training examples: ``--dir``/``--bucket``
+    trains there; no location (or ``--demo``) runs the self-preempting demo."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    add_location_args(parser)
+    parser.add_argument("--save-every", type=int, default=5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.demo or not (args.dir or args.bucket):
+        return demo(script, args, ["--save-every", str(args.save_every)], lambda: reference(train, args))
+    train(args)
+    return 0

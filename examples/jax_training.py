@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import sys
 import time
 import typing
@@ -154,23 +153,12 @@ def train(args: argparse.Namespace, emit=_spot_demo.emit) -> None:
 
 
 def reference(args: argparse.Namespace) -> list[dict]:
-    """An uninterrupted run in this process (checkpoints in memory): the curve a resumed run must match."""
-    events: list[dict] = []
-    ref = argparse.Namespace(**{**vars(args), "dir": f"memory://reference-{time.time_ns()}", "bucket": None, "sleep": 0.0})
-    train(ref, emit=lambda **e: events.append(e))
-    return events
+    """An uninterrupted run in this process: the curve a resumed run must match."""
+    return _spot_demo.reference(train, args)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _spot_demo.add_location_args(parser)
-    parser.add_argument("--save-every", type=int, default=5)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.demo or not (args.dir or args.bucket):
-        return _spot_demo.demo(__file__, args, ["--save-every", str(args.save_every)], lambda: reference(args))
-    train(args)
-    return 0
+    return _spot_demo.main(__file__, __doc__ or "", train)
 
 
 if __name__ == "__main__":

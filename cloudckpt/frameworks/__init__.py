@@ -23,12 +23,45 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FRAMEWORKS", "convert", "require"]
+import numpy as np
+
+__all__ = ["FRAMEWORKS", "convert", "map_arrays", "require"]
 
 FRAMEWORKS = ("numpy", "torch", "jax")
 _INSTALL = {"torch": "pip install 'cloudckpt[torch]' (or torch itself)", "jax": "pip install 'cloudckpt[jax]'"}
+
+
+def map_arrays(state: Any, fn: Callable[[np.ndarray], Any]) -> Any:
+    """``state`` with every numpy array ``a`` replaced by ``fn(a)`` (kept
+    when that is None), in dict/list/tuple trees. An array object that appears
+    twice is converted once, so tied entries stay one object.
+
+    Example:
+        >>> a = np.zeros(1)
+        >>> out = map_arrays({"x": a, "y": [a, "s"]}, lambda v: v + 1)
+        >>> out["x"] is out["y"][0], out["y"][1]
+        (True, 's')
+    """
+    memo: dict[int, Any] = {}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            if id(x) not in memo:
+                converted = fn(x)
+                memo[id(x)] = x if converted is None else converted
+            return memo[id(x)]
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, tuple):
+            return tuple(walk(v) for v in x)
+        return x
+
+    return walk(state)
 
 
 def _module(framework: str) -> Any:

@@ -58,6 +58,7 @@ import jax
 import numpy as np
 
 from .. import adapters
+from . import map_arrays
 
 __all__ = ["to_numpy", "from_numpy", "from_numpy_tree"]
 
@@ -138,23 +139,7 @@ def from_numpy_tree(state: Any, *, device: Any = None) -> Any:
         >>> from_numpy_tree({"w": np.zeros(2, np.float32), "n": np.zeros(1, np.int64)})["n"].dtype
         dtype('int64')
     """
-    memo: dict[int, Any] = {}
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, np.ndarray):
-            if id(x) not in memo:
-                a = from_numpy(x, device)
-                memo[id(x)] = x if a is None else a
-            return memo[id(x)]
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        if isinstance(x, tuple):
-            return tuple(walk(v) for v in x)
-        return x
-
-    return walk(state)
+    return map_arrays(state, lambda x: from_numpy(x, device))
 
 
 def _rebind(target: Any, value: Any) -> Any:

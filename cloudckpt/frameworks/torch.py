@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from .. import adapters
+from . import map_arrays
 
 __all__ = ["to_numpy", "from_numpy", "from_numpy_tree", "numpy_dtype", "torch_dtype"]
 
@@ -229,23 +230,7 @@ def from_numpy_tree(state: Any, *, device: Any = None) -> Any:
         >>> from_numpy_tree({"w": np.zeros(2, np.float32), "tag": "x", "s": (np.int64(3),)})
         {'w': tensor([0., 0.]), 'tag': 'x', 's': (np.int64(3),)}
     """
-    memo: dict[int, Any] = {}
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, np.ndarray):
-            if id(x) not in memo:
-                t = from_numpy(x, device)
-                memo[id(x)] = x if t is None else t
-            return memo[id(x)]
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        if isinstance(x, tuple):
-            return tuple(walk(v) for v in x)
-        return x
-
-    return walk(state)
+    return map_arrays(state, lambda x: from_numpy(x, device))
 
 
 def _restore(target: torch.Tensor, value: Any) -> None:
