@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -118,6 +118,13 @@ def parse_dtype(name: object) -> np.dtype:
     """
     if not isinstance(name, str) or len(name) > 32:
         raise ValueError(f"invalid dtype name {name!r}")
+    return _parse_dtype_name(name)
+
+
+@lru_cache(maxsize=256)
+def _parse_dtype_name(name: str) -> np.dtype:
+    """parse_dtype for a str: cached, as a manifest names the same few dtypes for
+    thousands of arrays and a load parses each name more than once."""
     ml = _ml_dtypes()
     if name in ml:
         return ml[name]
