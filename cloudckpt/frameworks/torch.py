@@ -80,7 +80,7 @@ for _name, _int in (
     if hasattr(torch, _name) and hasattr(ml_dtypes, _name):
         _ML[getattr(torch, _name)] = (_int, np.dtype(getattr(ml_dtypes, _name)))
 _FROM_ML = {np_dt: (t_dt, int_dt) for t_dt, (int_dt, np_dt) in _ML.items()}
-_INT_NP = {torch.uint16: np.dtype(np.uint16), torch.uint8: np.dtype(np.uint8)}
+_INT_NP: dict[torch.dtype, np.dtype] = {torch.uint16: np.dtype(np.uint16), torch.uint8: np.dtype(np.uint8)}
 
 _NATIVE: dict[torch.dtype, np.dtype] = {
     torch.bool: np.dtype(bool),
