@@ -3,7 +3,7 @@
 A :class:`Storage` is a directory on some backend (a local path, ``s3://``,
 ``gs://``, ``memory://`` or any fsspec URL) addressed by relative,
 ``/``-separated keys. It offers the verbs the layers above need — read, read
-a range, read into a buffer, write, write atomically, write-if-absent
+a range, read into a buffer, scatter-read into many buffers, write, write atomically, write-if-absent
 (create-only), size, exists, list one level, list recursively, delete, and list/abort incomplete multipart uploads — each
 retried with backoff when the failure is transient, counted, and translated
 into :mod:`cloudckpt.errors` exceptions that name the URL and key and never a
@@ -276,6 +276,19 @@ class Storage:
         return self._s.protocol == "local"
 
     @property
+    def write_copies(self) -> bool:
+        """Whether a write holds a copy of its data while it is in flight (the
+        caller bounds such bytes in flight). False on local disk (``write``
+        from the buffers) and S3 (the body is read from the buffers as it is
+        sent); True elsewhere (gcsfs, memory://, ... take one ``bytes``).
+
+        Example:
+            >>> open_storage("memory://doc-copies").write_copies
+            True
+        """
+        return bool(getattr(self._s.backend, "write_copies", True))
+
+    @property
     def stats(self) -> RequestStats:
         """Request counters shared by this storage and its children."""
         return self._s.stats
@@ -485,7 +498,7 @@ class Storage:
         """
         validate_key(key)
         path = self._path(key)
-        view = memoryview(out).cast("B") if memoryview(out).format != "B" else memoryview(out)
+        view = _byte_view(out)
         n: int = self._request("read", key, lambda: self._s.backend.get_into(path, view, start))
         self._s.stats.add_bytes_read(min(n, view.nbytes))
         if n < view.nbytes:
@@ -495,6 +508,50 @@ class Storage:
                 url=url,
                 operation="read",
             )
+
+    def read_into_many(self, key: str, pieces: Sequence[tuple[memoryview, int]]) -> None:
+        """Scatter-read: fill each ``out`` of ``pieces`` (``(out, offset)``) with
+        ``out.nbytes`` bytes of ``key`` from ``offset``, straight into ``out``.
+
+        Pieces that lie back to back in the object are read by one request (on
+        local disk one ``preadv`` into all of them); pieces with gaps between
+        them cost one request per run. Raises :class:`StorageError` if the
+        object is shorter than a piece needs.
+
+        Example:
+            >>> s = open_storage("memory://doc-into-many"); s.write("k", b"abcdefgh")
+            >>> a, b = bytearray(2), bytearray(3)
+            >>> s.read_into_many("k", [(memoryview(a), 1), (memoryview(b), 3)]); bytes(a), bytes(b)
+            (b'bc', b'def')
+        """
+        validate_key(key)
+        path = self._path(key)
+        backend = self._s.backend
+        runs: list[tuple[int, list[memoryview]]] = []
+        end = -1
+        for out, offset in sorted(((_byte_view(o), int(off)) for o, off in pieces), key=lambda p: p[1]):
+            if offset < 0:
+                raise ValueError(f"read_into_many {self.url_for(key)}: negative offset {offset}")
+            if out.nbytes == 0:
+                continue
+            if runs and offset == end:
+                runs[-1][1].append(out)
+            else:
+                runs.append((offset, [out]))
+            end = offset + out.nbytes
+        for start, views in runs:
+            want = sum(v.nbytes for v in views)
+            n: int = self._request(
+                "read", key, lambda start=start, views=views: backend.get_into_many(path, views, start)  # type: ignore[misc]
+            )
+            self._s.stats.add_bytes_read(min(n, want))
+            if n < want:
+                url = self.url_for(key)
+                raise StorageError(
+                    f"read {url}: object is truncated: wanted {want} bytes from offset {start}, got {n}",
+                    url=url,
+                    operation="read",
+                )
 
     def write(self, key: str, data: Buffer | Sequence[Buffer], *, atomic: bool = False) -> None:
         """Write an object (overwriting). ``data`` may be a list of buffers.
@@ -720,6 +777,14 @@ class Storage:
         if error is not None:
             raise error
         return [results[i] for i in range(index)]
+
+
+def _byte_view(out: Any) -> memoryview:
+    """``out`` as a flat, writable memoryview of bytes."""
+    view = memoryview(out)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
 
 
 def _scrubbed(exc: BaseException, storage: Storage) -> BaseException | None:

@@ -10,17 +10,113 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import threading
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 from fsspec.asyn import AsyncFileSystem
 
 Buffer = bytes | bytearray | memoryview
+
+
+# Temporary bytes per request of the generic ranged read (backends that cannot stream into a buffer).
+_TEMP_BYTES = 8 << 20
+# the backends whose write takes a memoryview body as it is
+_VIEW_BODIES = ("s3", "s3a", "gs", "gcs", "memory")
+# the most bytes asked of an HTTP body per read while streaming into views
+_STREAM_PIECE = 1 << 20
+
+
+class _ViewReader(io.RawIOBase):
+    """A seekable, read-only file over buffers that lie back to back: an
+    upload body that botocore accepts (it takes bytes, bytearray or a file,
+    not a memoryview) and that aiohttp sends in small reads. So the bytes of
+    a chunk, or of the many tensors of a pack chunk, are never joined into
+    one ``bytes`` nor copied whole into the socket transport's buffer.
+    ``len`` and slicing are what s3fs' ``pipe_file`` asks of its data
+    (slicing: the parts of a multipart upload)."""
+
+    def __init__(self, views: Sequence[memoryview]) -> None:
+        super().__init__()
+        self._views = [v for v in views if v.nbytes]
+        self._starts: list[int] = []
+        at = 0
+        for v in self._views:
+            self._starts.append(at)
+            at += v.nbytes
+        self._size = at
+        self._pos = 0
+        self._k = 0  # index of the view holding _pos (a hint)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: slice) -> _ViewReader:
+        start, stop, step = index.indices(self._size)
+        if step != 1:
+            raise ValueError("a stepped slice of an upload body")
+        out: list[memoryview] = []
+        for v, at in zip(self._views, self._starts, strict=True):
+            lo, hi = max(start, at), min(stop, at + v.nbytes)
+            if lo < hi:
+                out.append(v[lo - at : hi - at])
+        return _ViewReader(out)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        done = 0
+        k = bisect_right(self._starts, self._pos) - 1 if self._pos < self._size else len(self._views)
+        while done < out.nbytes and k < len(self._views):
+            v, at = self._views[k], self._starts[k]
+            lo = self._pos - at
+            n = min(v.nbytes - lo, out.nbytes - done)
+            out[done : done + n] = v[lo : lo + n]
+            done += n
+            self._pos += n
+            k += 1
+        return done
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _byte_view(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+async def _drain(read: Any, views: list[memoryview]) -> int:
+    """Read a response body with ``await read(n)`` straight into ``views``."""
+    done = 0
+    for v in views:
+        pos = 0
+        while pos < v.nbytes:
+            chunk = await read(min(v.nbytes - pos, _STREAM_PIECE))
+            if not chunk:
+                return done
+            n = len(chunk)
+            v[pos : pos + n] = chunk
+            pos += n
+            done += n
+    return done
 
 
 def _as_bytes(buffers: Sequence[Buffer]) -> bytes:
@@ -56,6 +152,9 @@ def make_filesystem(protocol: str, storage_options: dict[str, Any]) -> Any:
         # into ~40 s before an unreachable endpoint is reported.
         config = dict(options.get("config_kwargs") or {})
         config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+        # botocore keeps 10 connections by default: fewer than cloudckpt's
+        # requests in flight (max_concurrency, 16 by default)
+        config.setdefault("max_pool_connections", 64)
         options["config_kwargs"] = config
     # Our own instance cache (fsspec's is per thread, and shares instances by
     # surprise): one synchronous instance per process and option set. A sync
@@ -162,15 +261,118 @@ class FsspecBackend:
         return bytes(data) if not isinstance(data, bytes) else data
 
     def get_into(self, path: str, out: memoryview, start: int = 0) -> int:
-        if out.nbytes == 0:
+        return self.get_into_many(path, [out], start)
+
+    def get_into_many(self, path: str, views: Sequence[memoryview], start: int = 0) -> int:
+        """Fill ``views`` back to back from offset ``start`` of the object, with
+        no temporary copy of the whole range: memory:// copies from the stored
+        buffer, s3/gs stream one ranged GET's body into the views (the only
+        temporary is the HTTP layer's read chunk), other filesystems read in
+        ranges of at most ``_TEMP_BYTES``. Returns the bytes read (less than
+        the views hold if the object is shorter)."""
+        views = [v for v in views if v.nbytes]
+        total = sum(v.nbytes for v in views)
+        if total == 0:
             return 0
-        data = self.get(path, start, start + out.nbytes)
-        n = min(len(data), out.nbytes)
-        out[:n] = data[:n]
-        return len(data)
+        if self.protocol == "memory":
+            return self._memory_into(path, views, start)
+        stream = self._streamer()
+        if stream is not None:
+            timeout = self._kw().get("timeout")
+            n: int = fsspec.asyn.sync(self.fs.loop, stream, path, views, start, total, timeout=timeout)
+            return n
+        return self._ranged_into(path, views, start, total)
+
+    def _memory_into(self, path: str, views: list[memoryview], start: int) -> int:
+        try:
+            f = self.fs.store[self.fs._strip_protocol(path)]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+        with f.getbuffer() as src:
+            pos = start
+            done = 0
+            for v in views:
+                piece = src[pos : pos + v.nbytes]
+                v[: piece.nbytes] = piece
+                done += piece.nbytes
+                pos += piece.nbytes
+                if piece.nbytes < v.nbytes:
+                    break
+            return done
+
+    def _ranged_into(self, path: str, views: list[memoryview], start: int, total: int) -> int:
+        """Ranged reads of at most ``_TEMP_BYTES``, each copied into the views."""
+        done = 0
+        k = 0
+        filled = 0  # bytes of views[k] already filled
+        while done < total:
+            want = min(_TEMP_BYTES, total - done)
+            data = memoryview(self.get(path, start + done, start + done + want))
+            used = 0
+            while used < len(data):
+                v = views[k]
+                n = min(v.nbytes - filled, len(data) - used)
+                v[filled : filled + n] = data[used : used + n]
+                used += n
+                filled += n
+                if filled == v.nbytes:
+                    k += 1
+                    filled = 0
+            done += len(data)
+            if len(data) < want:
+                break
+        return done
+
+    def _streamer(self) -> Any:
+        """A coroutine function streaming one ranged GET into views, or None."""
+        if self.protocol in ("s3", "s3a") and hasattr(self.fs, "_call_s3") and hasattr(self.fs, "split_path"):
+            return self._s3_stream
+        if self.protocol in ("gs", "gcs") and all(hasattr(self.fs, a) for a in ("_set_session", "_get_headers", "_get_params", "url")):
+            return self._gcs_stream
+        return None
+
+    async def _s3_stream(self, path: str, views: list[memoryview], start: int, total: int) -> int:
+        bucket, key, version = self.fs.split_path(path)
+        extra = {"VersionId": version} if version else {}
+        resp = await self.fs._call_s3(
+            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{start + total - 1}", **extra
+        )
+        body = resp["Body"]
+        try:
+            return await _drain(body.read, views)
+        finally:
+            body.close()
+
+    async def _gcs_stream(self, path: str, views: list[memoryview], start: int, total: int) -> int:
+        from gcsfs.retry import validate_response
+
+        fs = self.fs
+        await fs._set_session()
+        headers = fs._get_headers({"Range": f"bytes={start}-{start + total - 1}"})
+        async with fs.session.get(
+            url=fs.url(path), params=fs._get_params({}), headers=headers, timeout=fs.requests_timeout
+        ) as r:
+            if r.status >= 400:
+                validate_response(r.status, await r.read(), path)
+            if r.status != 206 and start:
+                raise OSError(f"{path}: the server ignored the Range of a ranged read (HTTP {r.status})")
+            return await _drain(r.content.read, views)
+
+    @property
+    def write_copies(self) -> bool:
+        """Whether a write holds a copy of its data while in flight (all but
+        S3, whose body is read from the caller's buffers as it is sent)."""
+        return self.protocol not in ("s3", "s3a")
 
     def put(self, path: str, buffers: Sequence[Buffer]) -> int:
-        data = _as_bytes(buffers)
+        data: Any
+        if self.protocol in ("s3", "s3a") and not (len(buffers) == 1 and isinstance(buffers[0], bytes)):
+            # no copy: botocore reads the body from the buffers while sending it
+            data = _ViewReader([_byte_view(b) for b in buffers])
+        elif len(buffers) == 1 and not isinstance(buffers[0], bytes) and self.protocol in _VIEW_BODIES:
+            data = _byte_view(buffers[0])  # gcsfs and memory:// take a memoryview body
+        else:
+            data = _as_bytes(buffers)
         self.fs.pipe_file(path, data, **self._kw())
         return len(data)
 
@@ -198,6 +400,19 @@ class FsspecBackend:
         return int(info["size"])
 
     def exists(self, path: str) -> bool:
+        if self.protocol in ("s3", "s3a") and hasattr(self.fs, "_call_s3"):
+            # one HEAD: s3fs' info() follows a 404 with a LIST to tell a
+            # "directory" from nothing, and a directory is no object either
+            bucket, key, version = self.fs.split_path(path)
+            extra = {"VersionId": version} if version else {}
+            try:
+                fsspec.asyn.sync(
+                    self.fs.loop, self.fs._call_s3, "head_object", Bucket=bucket, Key=key,
+                    timeout=self._kw().get("timeout"), **extra,
+                )
+            except FileNotFoundError:
+                return False
+            return True
         try:
             self.size(path)
             return True

@@ -1,0 +1,382 @@
+"""The fast paths of issue #6: scatter reads straight into destination arrays
+(``Storage.read_into_many``), streamed object-store reads, uploads from the
+caller's buffers, the write buffer budget, and corruption of a packed tensor
+still named by its object on both read paths of the pack."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import cloudckpt
+from cloudckpt import arrays
+from cloudckpt.arrays import StoreOptions, read_arrays, write_arrays
+from cloudckpt.errors import CorruptCheckpointError, ObjectNotFoundError, StorageError
+from cloudckpt.storage import RetryPolicy, _fsspec, _local, open_storage
+from cloudckpt.tree import flatten
+
+NO_WAIT = RetryPolicy(attempts=2, base_delay=0, max_delay=0)
+
+
+@pytest.fixture(params=["local", "memory", "s3"], ids=str)
+def store(request):
+    """A Storage on local disk, memory:// and S3 (moto); ``store.options`` are its storage_options."""
+    from conftest import _backend_fixture
+
+    fixture = _backend_fixture(request)
+    b = next(fixture)
+    s = open_storage(b.url("perf"), b.storage_options, retry=NO_WAIT)
+    s.options = b.storage_options  # type: ignore[attr-defined]
+    yield s
+    next(fixture, None)  # memory:// is process-global: the backend fixture cleans it
+
+
+# ---------------------------------------------------------------- read_into_many
+
+
+def test_read_into_many_scatters_pieces_in_any_order(store):
+    data = bytes(range(256)) * 64  # 16 KiB
+    store.write("obj", data)
+    a = bytearray(10)
+    b = np.zeros(4, np.float32)  # a non-byte view is read as its bytes
+    c = bytearray(0)
+    d = bytearray(100)
+    store.read_into_many("obj", [(memoryview(d), 5000), (memoryview(a), 0), (memoryview(b), 10), (memoryview(c), 3)])
+    assert bytes(a) == data[:10]
+    assert b.tobytes() == data[10:26]
+    assert bytes(d) == data[5000:5100]
+
+
+def test_read_into_many_back_to_back_pieces_are_one_request(store):
+    data = np.random.default_rng(0).integers(0, 255, 3 << 20, dtype=np.uint8).tobytes()  # > one stream piece
+    store.write("big", data)
+    outs = [bytearray(n) for n in (1, 1 << 20, 7, (2 << 20) - 8)]
+    before = store.stats.snapshot().get("read", 0)
+    at = 0
+    pieces = []
+    for o in outs:
+        pieces.append((memoryview(o), at))
+        at += len(o)
+    store.read_into_many("big", pieces)
+    assert store.stats.snapshot().get("read", 0) - before == 1
+    assert b"".join(outs) == data
+
+
+def test_read_into_many_reports_truncation_and_missing(store):
+    store.write("short", b"0123456789")
+    with pytest.raises(StorageError, match="truncated"):
+        store.read_into_many("short", [(memoryview(bytearray(4)), 8)])
+    with pytest.raises(ObjectNotFoundError):
+        store.read_into_many("nope", [(memoryview(bytearray(4)), 0)])
+
+
+def test_read_into_fills_a_large_buffer_in_place(store):
+    data = np.arange(1 << 20, dtype=np.float32)  # 4 MiB
+    store.write("f32", memoryview(data).cast("B"))
+    out = np.empty_like(data)
+    store.read_into("f32", memoryview(out).cast("B"))
+    assert np.array_equal(out, data)
+
+
+def test_write_of_several_buffers_is_one_object(store):
+    parts = [b"abc", memoryview(np.arange(5, dtype=np.int16)).cast("B"), bytearray(b"xyz")]
+    store.write("joined", parts)
+    assert store.read("joined") == b"abc" + np.arange(5, dtype=np.int16).tobytes() + b"xyz"
+
+
+def test_preadv_beyond_iov_max(tmp_path):
+    data = bytes(range(251)) * 40
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    outs = [bytearray(1 + i % 3) for i in range(3000)]  # more views than IOV_MAX
+    total = sum(map(len, outs))
+    n = _local.LocalBackend().get_into_many(str(path), [memoryview(o) for o in outs], 3)
+    assert n == total and b"".join(outs) == data[3 : 3 + total]
+    # the file ends inside the views: what was there, and its count
+    big = [bytearray(len(data) - 10), bytearray(100)]
+    assert _local.LocalBackend().get_into_many(str(path), [memoryview(o) for o in big], 0) == len(data)
+    assert bytes(big[1][:10]) == data[-10:]
+
+
+def test_generic_ranged_read_bounds_its_temporaries(monkeypatch):
+    """Filesystems that cannot stream read in ranges of at most _TEMP_BYTES."""
+    s = open_storage("memory://perf-ranged")
+    try:
+        data = bytes(range(256)) * 100
+        s.write("x", data)
+        backend = s._s.backend
+        sizes: list[int] = []
+        real_get = backend.get
+
+        def get(path, start=None, end=None):
+            sizes.append(end - start)
+            return real_get(path, start, end)
+
+        monkeypatch.setattr(_fsspec, "_TEMP_BYTES", 1000)
+        monkeypatch.setattr(backend, "get", get)
+        outs = [bytearray(333), bytearray(5000), bytearray(10)]
+        n = backend._ranged_into(backend.fs._strip_protocol(s._path("x")), [memoryview(o) for o in outs], 7, 5343)
+        assert n == 5343 and b"".join(outs) == data[7 : 7 + 5343]
+        assert max(sizes) <= 1000 and len(sizes) == 6
+    finally:
+        s.delete(["x"])
+
+
+def test_upload_body_over_buffers():
+    """The S3 upload body: a file over back-to-back buffers, sliceable for multipart."""
+    parts = [memoryview(b"hello "), memoryview(bytearray(b"wide ")), memoryview(b"world")]
+    body = _fsspec._ViewReader(parts)
+    assert len(body) == 16 and isinstance(body, io.IOBase)
+    assert body.read() == b"hello wide world"
+    body.seek(3)
+    assert body.read(5) == b"lo wi"
+    assert body.tell() == 8
+    assert body[4:12].read() == b"o wide w"
+    assert len(body[10:]) == 6
+    body.seek(0, io.SEEK_END)
+    assert body.read(3) == b""
+
+
+def test_s3_write_sends_from_the_buffers_without_a_join(object_backend, monkeypatch):
+    if object_backend.name != "s3":
+        pytest.skip("S3 only")
+    s = open_storage(object_backend.url("perf"), object_backend.storage_options, retry=NO_WAIT)
+    assert not s.write_copies
+    joined: list[int] = []
+    real = _fsspec._as_bytes
+
+    def spy(buffers):
+        joined.append(len(buffers))
+        return real(buffers)
+
+    monkeypatch.setattr(_fsspec, "_as_bytes", spy)
+    arr = np.arange(300_000, dtype=np.float64)
+    s.write("data", [memoryview(arr[:1000]).cast("B"), memoryview(arr[1000:]).cast("B")])
+    assert joined == []
+    out = np.empty_like(arr)
+    s.read_into("data", memoryview(out).cast("B"))
+    assert np.array_equal(out, arr)
+
+
+def test_local_and_s3_do_not_copy_writes_others_do(tmp_path):
+    assert not open_storage(str(tmp_path)).write_copies
+    assert open_storage("memory://perf-copies").write_copies
+
+
+# ---------------------------------------------------------------- the budget of copied writes
+
+
+def test_budget_bounds_bytes_in_flight():
+    budget = arrays._Budget(100)
+    peak = [0]
+    lock = threading.Lock()
+
+    def job(n):
+        with arrays._held(budget, n):
+            with lock:
+                peak[0] = max(peak[0], budget.used)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in (60, 30, 30, 150, 10, 50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert budget.used == 0
+    assert peak[0] <= 150  # the one job above the budget ran alone
+
+
+def test_copied_writes_stay_within_buffer_bytes(monkeypatch):
+    s = open_storage("memory://perf-budget")
+    in_flight = [0, 0]  # now, peak
+    lock = threading.Lock()
+    real_write = type(s).write
+
+    def write(self, key, data, *, atomic=False):
+        n = sum(memoryview(b).nbytes for b in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data))
+        with lock:
+            in_flight[0] += n
+            in_flight[1] = max(in_flight[1], in_flight[0])
+        try:
+            time.sleep(0.005)
+            return real_write(self, key, data, atomic=atomic)
+        finally:
+            with lock:
+                in_flight[0] -= n
+
+    monkeypatch.setattr(type(s), "write", write)
+    leaves = flatten({f"t{i}": np.full((64, 256), i, np.float32) for i in range(16)})[1]  # 64 KiB each
+    opts = StoreOptions(pack_threshold=0, chunk_bytes=32 << 10, buffer_bytes=128 << 10)
+    written = write_arrays(s, "d", leaves, opts)
+    assert in_flight[1] <= (128 << 10) + 4096  # + the small zarr.json documents
+    out = read_arrays(s, "d", written.records, written.pack, written.objects, list(range(16)))
+    assert all(np.array_equal(out[i], leaves[i].array) for i in range(16))
+
+
+# ---------------------------------------------------------------- packed tensors: reads and damage
+
+
+def _packed_state(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"p{i:02d}": rng.standard_normal(50 + 37 * i).astype(np.float32) for i in range(n)}
+
+
+def _write_packed(s, state, chunk_bytes):
+    leaves = flatten(state)[1]
+    opts = StoreOptions(chunk_bytes=chunk_bytes)
+    written = write_arrays(s, "d", leaves, opts)
+    assert written.pack is not None
+    return leaves, written, opts
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 7000], ids=["one-pack-object", "tensors-span-objects"])
+def test_packed_tensors_read_whole_or_by_range(store, chunk_bytes):
+    leaves, w, opts = _write_packed(store, _packed_state(), chunk_bytes)
+    n = len(leaves)
+    every = read_arrays(store, "d", w.records, w.pack, w.objects, list(range(n)), opts)
+    assert all(np.array_equal(every[i], leaves[i].array) for i in range(n))
+    few = [3, 17, n - 1]  # a small part of each object: ranged reads, each tensor's own crc
+    some = read_arrays(store, "d", w.records, w.pack, w.objects, few, opts)
+    assert sorted(some) == few and all(np.array_equal(some[i], leaves[i].array) for i in few)
+
+
+def _flip(s, key, at):
+    b = bytearray(s.read(key))
+    b[at] ^= 0x40
+    s.write(key, bytes(b))
+
+
+def _tensor_location(w, i):
+    off = w.records[i]["packed"]["offset"]
+    csize = w.pack["chunk_bytes"]
+    lo = w.pack["objects"][0]
+    return w.objects[lo + off // csize]["key"], off % csize
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 7000], ids=["one-pack-object", "tensors-span-objects"])
+def test_damaged_packed_tensor_names_its_object(store, chunk_bytes):
+    leaves, w, opts = _write_packed(store, _packed_state(), chunk_bytes)
+    victim = 20
+    key, at = _tensor_location(w, victim)
+    _flip(store, key, at + 5)
+    url = store.url_for(key)
+    n = len(leaves)
+    # the whole pack object read and checked as one (the object's crc32c)
+    with pytest.raises(CorruptCheckpointError, match="crc32c mismatch") as info:
+        read_arrays(store, "d", w.records, w.pack, w.objects, list(range(n)), opts)
+    assert url in str(info.value)
+    # the damaged tensor alone: a ranged read, checked by the tensor's own crc32c
+    with pytest.raises(CorruptCheckpointError, match="packed tensor") as info:
+        read_arrays(store, "d", w.records, w.pack, w.objects, [victim], opts, paths=[leaf.path for leaf in leaves])
+    assert url in str(info.value) and "p20" in str(info.value)
+    # tensors elsewhere still read
+    ok = read_arrays(store, "d", w.records, w.pack, w.objects, [0], opts)
+    assert np.array_equal(ok[0], leaves[0].array)
+
+
+def test_damaged_spanning_tensor_read_by_ranges_names_its_first_object(store):
+    _leaves, w, opts = _write_packed(store, _packed_state(), 7000)
+    csize = w.pack["chunk_bytes"]
+    span = next(
+        i for i, r in enumerate(w.records)
+        if r["packed"]["offset"] // csize != (r["packed"]["offset"] + r["nbytes"] - 1) // csize
+    )
+    first_key, _ = _tensor_location(w, span)
+    end = w.records[span]["packed"]["offset"] + w.records[span]["nbytes"] - 1
+    lo = w.pack["objects"][0]
+    last_key = w.objects[lo + end // csize]["key"]
+    assert last_key != first_key
+    _flip(store, last_key, end % csize)  # damage the tail, in the second object
+    with pytest.raises(CorruptCheckpointError, match="packed tensor") as info:
+        read_arrays(store, "d", w.records, w.pack, w.objects, [span], opts)
+    assert store.url_for(first_key) in str(info.value)
+
+
+def test_damaged_pack_padding_is_caught_on_a_whole_read(store):
+    _leaves, w, opts = _write_packed(store, _packed_state(n=3), 1 << 20)
+    key = w.objects[w.pack["objects"][0]]["key"]
+    size = w.objects[w.pack["objects"][0]]["size"]
+    # flip the last byte: padding if there is any, else the last tensor's
+    _flip(store, key, size - 1)
+    with pytest.raises(CorruptCheckpointError, match="crc32c mismatch") as info:
+        read_arrays(store, "d", w.records, w.pack, w.objects, [0, 1, 2], opts)
+    assert store.url_for(key) in str(info.value)
+
+
+def test_truncated_pack_object_is_damage_not_a_storage_error(store):
+    leaves, w, opts = _write_packed(store, _packed_state(), 1 << 20)
+    key = w.objects[w.pack["objects"][0]]["key"]
+    store.write(key, store.read(key)[:100])
+    with pytest.raises(CorruptCheckpointError, match="truncated") as info:
+        read_arrays(store, "d", w.records, w.pack, w.objects, list(range(len(leaves))), opts)
+    assert store.url_for(key) in str(info.value)
+
+
+def test_padded_edge_chunk_is_read_in_place_and_checked(store):
+    arr = np.arange(1001 * 3, dtype=np.float64).reshape(1001, 3)  # 3 chunks of 334 rows: a padded edge
+    leaves = flatten({"w": arr})[1]
+    opts = StoreOptions(pack_threshold=0, chunk_bytes=334 * 3 * 8)
+    w = write_arrays(store, "d", leaves, opts)
+    lo, hi = w.records[0]["chunked"]["objects"]
+    assert hi - lo == 3
+    out = read_arrays(store, "d", w.records, w.pack, w.objects, [0], opts)
+    assert np.array_equal(out[0], arr)
+    last = w.objects[hi - 1]
+    _flip(store, last["key"], last["size"] - 1)  # in the padding
+    with pytest.raises(CorruptCheckpointError, match="crc32c mismatch") as info:
+        read_arrays(store, "d", w.records, w.pack, w.objects, [0], opts)
+    assert store.url_for(last["key"]) in str(info.value)
+
+
+def test_public_load_names_the_damaged_pack_object(store):
+    url = store.url_for("ckpt")
+    so = store.options
+    state = _packed_state()
+    cloudckpt.save(url, state, storage_options=so)
+    import json
+
+    m = json.loads(store.read("ckpt/manifest.json"))
+    key = m["objects"][m["pack"]["objects"][0]]["key"]
+    _flip(store, f"ckpt/{key}", 64)
+    with pytest.raises(CorruptCheckpointError) as info:
+        cloudckpt.load(url, storage_options=so)
+    assert store.url_for(f"ckpt/{key}") in str(info.value)
+
+
+def test_s3_exists_is_one_head(object_backend):
+    if object_backend.name != "s3":
+        pytest.skip("S3 only")
+    s = open_storage(object_backend.url("perf"), object_backend.storage_options, retry=NO_WAIT)
+    s.write("dir/obj", b"x")
+    backend = s._s.backend
+    calls: list[str] = []
+    real = backend.fs._call_s3
+
+    async def spy(method, *args, **kwargs):
+        calls.append(method)
+        return await real(method, *args, **kwargs)
+
+    backend.fs._call_s3 = spy
+    try:
+        assert s.exists("dir/obj")
+        assert not s.exists("dir/nope")
+        assert not s.exists("dir")  # a "directory" is not an object
+    finally:
+        del backend.fs._call_s3
+    assert calls == ["head_object"] * 3
+
+
+def test_s3_multipart_upload_from_buffers(object_backend):
+    """Above s3fs' 50 MiB part size the body is sliced into parts: still from the buffers."""
+    if object_backend.name != "s3":
+        pytest.skip("S3 only")
+    s = open_storage(object_backend.url("perf"), object_backend.storage_options, retry=NO_WAIT)
+    arr = np.random.default_rng(1).integers(0, 2**31, (51 << 20) // 4, dtype=np.int32)
+    s.write("mp", [memoryview(arr[:100]).cast("B"), memoryview(arr[100:]).cast("B")])
+    out = np.empty_like(arr)
+    s.read_into_many("mp", [(memoryview(out[:7]).cast("B"), 0), (memoryview(out[7:]).cast("B"), 28)])
+    assert np.array_equal(out, arr)
