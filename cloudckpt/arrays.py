@@ -32,10 +32,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -51,6 +54,8 @@ __all__ = [
     "StoreOptions",
     "WrittenArrays",
     "write_arrays",
+    "fill_packed_crcs",
+    "assign_owners",
     "read_arrays",
     "chunk_layout",
     "PACK_NODE",
@@ -58,6 +63,8 @@ __all__ = [
 
 PACK_NODE = "_pack"
 MiB = 1 << 20
+_PACK_PIECES = 8  # on object stores, the pack is split into up to this many objects ...
+_MIN_PACK_PIECE = 4 * MiB  # ... of at least this size (see write_arrays)
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,11 @@ class StoreOptions:
 
     ``pack_threshold``: tensors smaller than this many bytes are packed.
     ``chunk_bytes``: target size of a chunk object (large tensors and the pack).
-    ``buffer_bytes``: on object stores, the most bytes of chunk buffers in
-    flight at once (local disk writes straight from the arrays).
+    ``buffer_bytes``: the most bytes of write buffers in flight at once on
+    backends whose writes copy their data (gcsfs, memory://). Local disk and
+    S3 write straight from the arrays, and every backend reads straight into
+    the destination arrays: there, ``max_concurrency`` of the storage alone
+    bounds the transfers in flight.
 
     Example:
         >>> StoreOptions().pack_threshold == 16 * 2**20
@@ -181,9 +191,10 @@ class WrittenArrays:
 
     records: list[dict[str, Any]]
     pack: dict[str, Any] | None
-    objects: list[dict[str, Any]]
+    objects: list[dict[str, Any] | None]  # None: an object another rank writes
     nbytes: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    tensor_crcs: dict[int, int] = field(default_factory=dict)  # packed tensors whose chunk this process wrote
 
 
 def _flat_bytes(arr: np.ndarray) -> memoryview:
@@ -199,6 +210,9 @@ def write_arrays(
     options: StoreOptions | None = None,
     *,
     node_paths: Sequence[str] | None = None,
+    holders: Sequence[tuple[int, ...] | None] | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> WrittenArrays:
     """Write ``leaves`` as a zarr v3 group under ``prefix`` of ``storage``.
 
@@ -206,6 +220,14 @@ def write_arrays(
     stored as its own array). Returns the records for the manifest. Writes
     are concurrent (bounded by the storage's limit and, on object stores, by
     ``buffer_bytes``); the caller commits afterwards.
+
+    In a job of ``world`` processes, every process plans the same layout and
+    writes only its share of the objects (``rank``): each object goes to one
+    of the ranks that hold its bytes (``holders[i]``, None for every rank;
+    a sharded leaf's boxes name theirs), balanced by bytes. ``objects``
+    then has None for the objects of other ranks, and ``tensor_crcs`` holds
+    the crc32c of the packed tensors this process wrote; the caller gathers
+    them and fills in the records with :func:`fill_packed_crcs`.
     """
     opts = _options(options)
     if node_paths is None:
@@ -213,7 +235,7 @@ def write_arrays(
     records: list[dict[str, Any]] = []
     consolidated: dict[str, dict[str, Any]] = {}
     docs: list[tuple[str, dict[str, Any]]] = []
-    chunk_jobs: list[tuple[int, _Chunk]] = []
+    chunk_jobs: list[tuple[int, _Chunk] | _Job] = []
     packed: list[tuple[int, int, int]] = []  # (leaf index, offset, nbytes)
     pack_len = 0
     groups: set[str] = set()
@@ -225,7 +247,19 @@ def write_arrays(
         nbytes = int(arr.nbytes)
         total += nbytes
         rec: dict[str, Any] = {"dtype": dtype_name(dt), "shape": list(arr.shape), "nbytes": nbytes}
-        if nbytes < opts.pack_threshold:
+        if leaf.shards is not None:
+            from .shard_io import plan_sharded  # (shard_io builds on this module)
+
+            plan = plan_sharded(storage, prefix, leaf, node_paths[i], opts.chunk_bytes)
+            rec.update(plan.record)
+            consolidated.update(plan.docs)
+            docs.extend((f"{node}/zarr.json", doc) for node, doc in plan.docs.items())
+            groups.update(plan.groups)
+            rec["_n"] = len(plan.jobs)
+            chunk_jobs.extend(_Job(run, size, cands) for run, size, cands in plan.jobs)
+            records.append(rec)
+            continue
+        if nbytes < opts.pack_threshold and not leaf.per_rank:
             rec["packed"] = {"offset": pack_len, "crc32c": None}
             packed.append((i, pack_len, nbytes))
             pack_len += nbytes
@@ -252,6 +286,12 @@ def write_arrays(
     pack_chunks: list[tuple[int, int]] = []  # (start, size)
     if packed:
         m = max(1, math.ceil(pack_len / opts.chunk_bytes))
+        if not storage.is_local:
+            # Object stores: a request's speed is bounded per connection, so a
+            # pack of a few chunk_bytes objects would move on a few connections.
+            # Split it into up to min(8, max_concurrency) objects of at least
+            # _MIN_PACK_PIECE: a few more requests (at most 8) buy parallel transfers.
+            m = max(m, min(_PACK_PIECES, storage.max_concurrency, math.ceil(pack_len / _MIN_PACK_PIECE)))
         csize = max(1, math.ceil(pack_len / m)) if pack_len else 1
         nchunks = math.ceil(pack_len / csize) if pack_len else 0
         pack_chunks = [(j * csize, csize) for j in range(nchunks)]
@@ -274,8 +314,8 @@ def write_arrays(
     docs.insert(0, ("zarr.json", root))
 
     # -- the jobs -------------------------------------------------------
-    objects: list[dict[str, Any]] = []
-    jobs: list[Callable[[], tuple[dict[str, Any], dict[int, int]]]] = []
+    objects: list[dict[str, Any] | None] = []
+    jobs: list[_Job] = []
 
     def doc_job(key: str, doc: dict[str, Any]) -> Callable[[], tuple[dict[str, Any], dict[int, int]]]:
         def run() -> tuple[dict[str, Any], dict[int, int]]:
@@ -286,9 +326,13 @@ def write_arrays(
         return run
 
     for key, doc in docs:
-        jobs.append(doc_job(key, doc))
+        jobs.append(_Job(doc_job(key, doc), 1024, None))
 
-    join = not storage.is_local
+    # On backends whose write holds a copy of its data in flight (gcsfs,
+    # memory://: one bytes per object), those copies are bounded by
+    # ``buffer_bytes``; local disk and S3 send straight from the arrays, so
+    # only the storage's concurrency bounds them.
+    budget = _Budget(opts.buffer_bytes) if storage.write_copies else None
 
     def array_chunk_job(i: int, c: _Chunk) -> Callable[[], tuple[dict[str, Any], dict[int, int]]]:
         def run() -> tuple[dict[str, Any], dict[int, int]]:
@@ -305,7 +349,8 @@ def write_arrays(
             if c.size > c.valid:
                 buffers.append(bytes(c.size - c.valid))
             crc = crc32c_many(buffers)
-            storage.write(f"{prefix}/{c.key}", b"".join(buffers) if join and len(buffers) > 1 else buffers)
+            with _held(budget, c.size):
+                storage.write(f"{prefix}/{c.key}", buffers)
             return {"key": f"{prefix}/{c.key}", "size": c.size, "crc32c": crc}, {}
 
         return run
@@ -336,25 +381,36 @@ def write_arrays(
                 pos += 1
             if filled < size:
                 buffers.append(bytes(size - filled))
-            buffers = [b"".join(buffers)] if join else _coalesce(buffers)
+            buffers = _coalesce(buffers)
             crc = crc32c_many(buffers)
             key = f"{prefix}/{PACK_NODE}/c/{j}"
-            storage.write(key, buffers)
+            with _held(budget, size):
+                storage.write(key, buffers)
             return {"key": key, "size": size, "crc32c": crc}, tensor_crcs
 
         return run
 
     for j, (start, size) in enumerate(pack_chunks):
-        jobs.append(pack_chunk_job(j, start, size))
-    for i, c in chunk_jobs:
-        jobs.append(array_chunk_job(i, c))
+        jobs.append(_Job(pack_chunk_job(j, start, size), size, None))
+    for entry in chunk_jobs:
+        if isinstance(entry, _Job):
+            jobs.append(entry)
+        else:
+            i, c = entry
+            jobs.append(_Job(array_chunk_job(i, c), c.size, holders[i] if holders else None))
+    mine = [True] * len(jobs) if world == 1 else [o == rank for o in assign_owners(jobs, world)]
 
-    limit = storage.max_concurrency if not join else max(2, opts.buffer_bytes // max(1, opts.chunk_bytes))
-    results = storage.map(lambda job: job(), jobs, limit=limit)
+    limit = storage.max_concurrency
+    mine_jobs = [job for job, m in zip(jobs, mine, strict=True) if m]
+    results = iter(storage.map(lambda job: job.run(), mine_jobs, limit=limit))
 
     # zero-byte packed tensors at the very end of the pack have no chunk
     tensor_crc: dict[int, int] = {i: 0 for i, _, nb in packed if nb == 0}
-    for obj, crcs in results:
+    for m in mine:
+        if not m:
+            objects.append(None)
+            continue
+        obj, crcs = next(results)
         objects.append(obj)
         tensor_crc.update(crcs)
     # object index ranges: docs first, then pack chunks, then array chunks in order
@@ -362,14 +418,97 @@ def write_arrays(
     if pack_meta is not None:
         pack_meta["objects"] = [pos, pos + len(pack_chunks)]
         pos += len(pack_chunks)
+    for rec in records:
+        if "packed" in rec:
+            continue
+        n = len(rec.pop("_chunks")) if "_chunks" in rec else rec.pop("_n")
+        if "chunked" in rec:
+            rec["chunked"]["objects"] = [pos, pos + n]
+        else:
+            for sh in rec["shards"]:
+                lo, hi = sh["objects"]
+                sh["objects"] = [pos + lo, pos + hi]
+        pos += n
+    if world == 1:
+        fill_packed_crcs(records, tensor_crc)
+    return WrittenArrays(records, pack_meta, objects, total, storage.stats.snapshot(), tensor_crc)
+
+
+def fill_packed_crcs(records: Sequence[dict[str, Any]], crcs: dict[int, int]) -> None:
+    """Record the crc32c of every packed tensor (gathered from the writers).
+
+    Example:
+        >>> recs = [{"packed": {"offset": 0, "crc32c": None}}, {"chunked": {}}]
+        >>> fill_packed_crcs(recs, {0: 7}); recs[0]["packed"]["crc32c"]
+        7
+    """
     for i, rec in enumerate(records):
         if "packed" in rec:
-            rec["packed"]["crc32c"] = tensor_crc[i]
-        else:
-            n = len(rec.pop("_chunks"))
-            rec["chunked"]["objects"] = [pos, pos + n]
-            pos += n
-    return WrittenArrays(records, pack_meta, objects, total, storage.stats.snapshot())
+            if i not in crcs:
+                raise AssertionError(f"no writer reported the checksum of packed tensor #{i}")
+            rec["packed"]["crc32c"] = crcs[i]
+
+
+@dataclass
+class _Job:
+    """One object to write: the call that writes it, its size, and the ranks
+    that may write it (None: any)."""
+
+    run: Callable[[], tuple[dict[str, Any], dict[int, int]]]
+    size: int
+    cands: tuple[int, ...] | None
+
+
+def assign_owners(jobs: Sequence[_Job], world: int) -> list[int]:
+    """Which rank writes each job: one of its candidates, balancing bytes,
+    largest jobs first. Deterministic, so every rank computes the same.
+
+    Example:
+        >>> run = lambda: ({}, {})
+        >>> assign_owners([_Job(run, 10, None), _Job(run, 10, None), _Job(run, 5, (1,))], 2)
+        [0, 1, 1]
+    """
+    load = [0] * world
+    owner = [0] * len(jobs)
+    for j in sorted(range(len(jobs)), key=lambda j: (-jobs[j].size, j)):
+        cands: Sequence[int] = jobs[j].cands or range(world)
+        o = min(cands, key=lambda r: (load[r], r))
+        owner[j] = o
+        load[o] += jobs[j].size
+    return owner
+
+
+class _Budget:
+    """Bytes in flight, bounded: ``acquire(n)`` waits until ``n`` more fit
+    (one request larger than the whole budget runs alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.limit:
+                self._cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+@contextlib.contextmanager
+def _held(budget: _Budget | None, n: int) -> Iterator[None]:
+    if budget is None:
+        yield
+        return
+    budget.acquire(n)
+    try:
+        yield
+    finally:
+        budget.release(n)
 
 
 def _coalesce(buffers: list[Any], small: int = 256 * 1024) -> list[Any]:
@@ -416,11 +555,15 @@ def read_arrays(
     """Read the arrays ``wanted`` (indices into ``records``), verifying crc32c.
 
     ``records``/``pack``/``objects`` come from a validated manifest. Each
-    array is allocated once and filled in place (no second copy). Raises
+    array is allocated once and every object is read straight into it (a
+    scatter read for the pack; no temporary copy of an object). Every byte
+    read is verified exactly once, by the crc32c of its object or, for a
+    packed tensor read by a range, by the tensor's own (see
+    :func:`_pack_tasks`). Raises
     :class:`CorruptCheckpointError` naming the object when one is missing,
     short, or fails its checksum.
     """
-    opts = _options(options)
+    _options(options)  # validated; reads need no buffer budget (see below)
     dests: dict[int, np.ndarray] = {}
     tasks: list[Callable[[], None]] = []
     packed_wanted: list[tuple[int, int, int]] = []  # (index, offset, nbytes)
@@ -455,19 +598,17 @@ def read_arrays(
         for c, obj in zip(chunks, objs, strict=True):
             tasks.append(_chunk_task(storage, obj, flat[c.start : c.start + c.valid], c.size))
 
+    spanning: list[tuple[int, int, int]] = []
     if packed_wanted and pack is not None:
-        tasks.extend(_pack_tasks(storage, pack, objects, packed_wanted, dests))
+        pack_tasks, spanning = _pack_tasks(storage, pack, objects, packed_wanted, dests, records, where)
+        tasks.extend(pack_tasks)
 
-    limit = storage.max_concurrency if storage.is_local else max(2, opts.buffer_bytes // max(1, opts.chunk_bytes))
-    storage.map(lambda t: t(), tasks, limit=limit)
+    # Every transfer lands in its destination array (no buffer per chunk), so the
+    # storage's concurrency, not a buffer budget, bounds the transfers in flight.
+    storage.map(lambda t: t(), tasks, limit=storage.max_concurrency)
 
-    for i, off, nb in packed_wanted:
-        want = records[i]["packed"]["crc32c"]
-        got = crc32c_of(_dest_bytes(dests[i]))
-        if got != want:
-            lo = pack["objects"][0] if pack else 0
-            key = objects[lo + off // pack["chunk_bytes"]]["key"] if pack and nb else f"{prefix}/{PACK_NODE}"
-            raise _corrupt(storage, key, f"crc32c mismatch for packed tensor {where(i)} (expected {want}, got {got})")
+    for i, off, _nb in spanning:
+        _check_packed(storage, pack, objects, records, dests, where, i, off)
 
     out: dict[int, np.ndarray] = {}
     for i, dest in dests.items():
@@ -517,8 +658,13 @@ def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: in
             if got != obj["crc32c"]:
                 raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
             return
-        data = _read_whole(storage, obj)
-        out[:] = memoryview(data)[: out.nbytes]
+        # the padded edge chunk: the padding goes to a small scratch buffer, and
+        # the object's crc32c covers both
+        pad = memoryview(bytearray(size - out.nbytes))
+        _read_many(storage, key, [(out, 0), (pad, out.nbytes)])
+        got = crc32c_many([out, pad])
+        if got != obj["crc32c"]:
+            raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
 
     return run
 
@@ -530,27 +676,84 @@ def _check_size_declared(storage: Storage, obj: dict[str, Any], size: int) -> No
         )
 
 
+def _read_many(storage: Storage, key: str, pieces: list[tuple[memoryview, int]]) -> None:
+    """``storage.read_into_many`` with a missing or short object reported as damage."""
+    try:
+        storage.read_into_many(key, pieces)
+    except ObjectNotFoundError:
+        raise _corrupt(storage, key, "object is missing") from None
+    except StorageError as exc:
+        if "truncated" in str(exc):
+            raise _corrupt(storage, key, "object is truncated") from None
+        raise
+
+
+def _pack_key(pack: dict[str, Any] | None, objects: Sequence[dict[str, Any]], off: int, nb: int) -> str:
+    """Key of the pack object holding the first byte of a packed tensor."""
+    if pack and nb:
+        lo = pack["objects"][0]
+        return str(objects[lo + off // pack["chunk_bytes"]]["key"])
+    return PACK_NODE
+
+
+def _check_packed(
+    storage: Storage,
+    pack: dict[str, Any] | None,
+    objects: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    dests: dict[int, np.ndarray],
+    where: Callable[[int], str],
+    i: int,
+    off: int,
+) -> None:
+    """Check a packed tensor's own crc32c (once all its bytes have arrived)."""
+    want = records[i]["packed"]["crc32c"]
+    got = crc32c_of(_dest_bytes(dests[i]))
+    if got != want:
+        key = _pack_key(pack, objects, off, int(records[i]["nbytes"]))
+        raise _corrupt(storage, key, f"crc32c mismatch for packed tensor {where(i)} (expected {want}, got {got})")
+
+
 def _pack_tasks(
     storage: Storage,
     pack: dict[str, Any],
     objects: Sequence[dict[str, Any]],
     wanted: list[tuple[int, int, int]],
     dests: dict[int, np.ndarray],
-) -> list[Callable[[], None]]:
+    records: Sequence[dict[str, Any]],
+    where: Callable[[int], str],
+) -> tuple[list[Callable[[], None]], list[tuple[int, int, int]]]:
+    """The read tasks of the packed tensors ``wanted``, and the tensors whose
+    own crc32c is left to the caller (after every task ran).
+
+    What checks which bytes: a pack object needed for at least half of it is
+    read whole, scattered straight into the destination arrays (the bytes of
+    unwanted tensors and the padding into a scratch buffer), and its object
+    crc32c is verified over all of it, so every byte of the object, padding
+    included, is checked once and the tensors in it need no check of their
+    own. A pack object needed for less is read by ranges, one per tensor
+    piece, and each such tensor's own crc32c is checked: in the task that
+    read it when it lies in one object, by the caller when it spans objects.
+    """
     csize = int(pack["chunk_bytes"])
     lo, hi = pack["objects"]
     objs = objects[lo:hi]
     # pieces per chunk: (dest index, offset in tensor, offset in chunk, length)
     per_chunk: dict[int, list[tuple[int, int, int, int]]] = {}
+    npieces: dict[int, int] = {}
+    offsets: dict[int, int] = {}
     for i, off, nb in wanted:
+        offsets[i] = off
         pos = off
         end = off + nb
         while pos < end:
             j = pos // csize
             cend = min(end, (j + 1) * csize)
             per_chunk.setdefault(j, []).append((i, pos - off, pos - j * csize, cend - pos))
+            npieces[i] = npieces.get(i, 0) + 1
             pos = cend
     tasks: list[Callable[[], None]] = []
+    spanning: set[int] = set()
     for j, pieces in sorted(per_chunk.items()):
         if j >= len(objs):
             raise CorruptCheckpointError(f"manifest of {storage.url}: packed data beyond the pack's {len(objs)} objects")
@@ -558,27 +761,98 @@ def _pack_tasks(
         need = sum(p[3] for p in pieces)
         if need * 2 >= csize:
             tasks.append(_pack_full_task(storage, obj, csize, pieces, dests))
-        else:
-            for piece in pieces:
-                tasks.append(_pack_range_task(storage, obj, piece, dests))
-    return tasks
+            continue
+        # a few tensors of this object: ranges, with nearby ones merged into one
+        # request (the bytes between them go to scratch), as a request costs far
+        # more than reading a few hundred KiB more on an object store
+        run: list[tuple[int, int, int, int]] = []
+        for piece in sorted(pieces, key=lambda p: p[2]):
+            if npieces[piece[0]] > 1:
+                spanning.add(piece[0])
+            if run and piece[2] - (run[-1][2] + run[-1][3]) > _MERGE_GAP:
+                tasks.append(_pack_range_task(storage, obj, run, dests, (pack, objects, records, where, offsets, spanning)))
+                run = []
+            run.append(piece)
+        if run:
+            tasks.append(_pack_range_task(storage, obj, run, dests, (pack, objects, records, where, offsets, spanning)))
+    return tasks, [(i, offsets[i], int(records[i]["nbytes"])) for i in sorted(spanning)]
+
+
+_MERGE_GAP = 512 * 1024  # bytes of unwanted pack data read rather than starting another request
 
 
 def _pack_full_task(storage: Storage, obj: dict[str, Any], csize: int, pieces: list[tuple[int, int, int, int]], dests: dict[int, np.ndarray]) -> Callable[[], None]:
     def run() -> None:
         _check_size_declared(storage, obj, csize)
-        data = memoryview(_read_whole(storage, obj))
-        for i, toff, coff, n in pieces:
-            _dest_bytes(dests[i])[toff : toff + n] = data[coff : coff + n]
+        key = obj["key"]
+        # the whole object, in order: destination views, and scratch for the gaps
+        views: list[memoryview] = []
+        gaps: list[tuple[int, int]] = []  # (position in views, length)
+        pos = 0
+        for i, toff, coff, n in sorted(pieces, key=lambda p: p[2]):
+            if coff > pos:
+                gaps.append((len(views), coff - pos))
+                views.append(memoryview(b""))
+            views.append(_dest_bytes(dests[i])[toff : toff + n])
+            pos = coff + n
+        if pos < csize:
+            gaps.append((len(views), csize - pos))
+            views.append(memoryview(b""))
+        if gaps:
+            scratch = memoryview(bytearray(sum(n for _, n in gaps)))
+            at = 0
+            for k, n in gaps:
+                views[k] = scratch[at : at + n]
+                at += n
+        _read_many(storage, key, _back_to_back(views))
+        got = crc32c_many(views)
+        if got != obj["crc32c"]:
+            raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
 
     return run
 
 
-def _pack_range_task(storage: Storage, obj: dict[str, Any], piece: tuple[int, int, int, int], dests: dict[int, np.ndarray]) -> Callable[[], None]:
-    i, toff, coff, n = piece
+def _back_to_back(views: list[memoryview]) -> list[tuple[memoryview, int]]:
+    """``(view, offset)`` of views that lie back to back from offset 0."""
+    out = []
+    at = 0
+    for v in views:
+        out.append((v, at))
+        at += v.nbytes
+    return out
+
+
+def _pack_range_task(
+    storage: Storage,
+    obj: dict[str, Any],
+    run: list[tuple[int, int, int, int]],
+    dests: dict[int, np.ndarray],
+    check: tuple[Any, ...],
+) -> Callable[[], None]:
+    """Read the pieces ``run`` (sorted by offset in the object) with one
+    ranged request, scattered into their destinations, the gaps between them
+    into scratch; then check the crc32c of each tensor that lies in this
+    object alone (the caller checks the ones spanning objects)."""
     key = obj["key"]
+    pack, objects, records, where, offsets, spanning = check
 
-    def run() -> None:
-        _read_into(storage, key, _dest_bytes(dests[i])[toff : toff + n], coff)
+    def run_task() -> None:
+        views: list[tuple[memoryview, int]] = []
+        gaps = sum(b[2] - (a[2] + a[3]) for a, b in pairwise(run))
+        scratch = memoryview(bytearray(gaps)) if gaps else None
+        at = 0
+        for k, (i, toff, coff, n) in enumerate(run):
+            if k and scratch is not None:
+                gap = coff - (run[k - 1][2] + run[k - 1][3])
+                if gap:
+                    views.append((scratch[at : at + gap], coff - gap))
+                    at += gap
+            views.append((_dest_bytes(dests[i])[toff : toff + n], coff))
+        _read_many(storage, key, views)
+        for i, _toff, _coff, _n in run:
+            if i not in spanning:
+                _check_packed(storage, pack, objects, records, dests, where, i, offsets[i])
 
-    return run
+    return run_task
+
+

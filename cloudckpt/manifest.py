@@ -32,6 +32,7 @@ from . import __about__
 from .checksum import crc32c_of
 from .dtypes import parse_dtype, storage_dtype, storage_shape
 from .errors import CorruptCheckpointError, FormatVersionError
+from .shards import partition_problem
 from .storage import validate_key
 
 __all__ = [
@@ -43,34 +44,43 @@ __all__ = [
     "parse_manifest",
 ]
 
-FORMAT_VERSION = 2  # the newest version this library reads; it writes the oldest that holds the tree
+FORMAT_VERSION = 3  # the newest version this library reads; it writes the oldest that holds the tree
 MANIFEST_KEY = "manifest.json"
 _DATA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MAX_NDIM = 64
 _MAX_SIZE = 1 << 56
-_NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar", "alias"}
+_NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar", "alias", "per_rank"}
 _V2_NODE_TYPES = {"alias"}  # node types that format version 1 lacks
 
 
-def version_for(tree: Mapping[str, Any]) -> int:
-    """The oldest format version that can hold ``tree``.
+def version_for(tree: Mapping[str, Any], arrays: list[dict[str, Any]] | None = None) -> int:
+    """The oldest format version that can hold ``tree`` and ``arrays``.
 
+    3 if it has ``per_rank`` nodes (``PerRank`` values) or sharded arrays
+    (a chunk grid that is not a contiguous split, or one array per shard);
     2 if it has ``alias`` nodes (tied tensors) or NamedTuples (tuple nodes
-    with ``namedtuple``), else 1: a state without them stays readable by
-    readers of version 1.
+    with ``namedtuple``); else 1: a state without them stays readable by
+    older readers.
 
     Example:
         >>> version_for({"t": "list", "v": [{"t": "array", "a": 0}, {"t": "alias", "a": 0}]})
         2
+        >>> version_for({"t": "per_rank", "r": [{"t": "none"}]})
+        3
     """
+    if any("shards" in a or ("chunked" in a and a["chunked"].get("axis") is None) for a in arrays or []):
+        return 3
+    version = 1
     stack = [tree]
     while stack:
         n = stack.pop()
+        if n.get("t") == "per_rank":
+            return 3
         if n.get("t") in _V2_NODE_TYPES or "namedtuple" in n:
-            return 2
+            version = 2
         if n.get("t") in ("dict", "list", "tuple"):
             stack.extend(n["v"])
-    return 1
+    return version
 
 
 def build_manifest(
@@ -97,7 +107,7 @@ def build_manifest(
     writer.update(writer_extra or {})
     return {
         "format": "cloudckpt",
-        "format_version": version_for(tree),
+        "format_version": version_for(tree, arrays),
         "created": created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         "writer": writer,
@@ -179,7 +189,9 @@ def _range(d: Mapping[str, Any], where: str, n_objects: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0, aliases: list[int] | None = None) -> None:
+def _check_tree(
+    node: Any, n_arrays: int, used: set[int], depth: int = 0, aliases: list[int] | None = None, in_rank: bool = False
+) -> None:
     if depth > 500:
         raise _Bad("tree: nested deeper than 500 levels")
     if not isinstance(node, dict):
@@ -216,7 +228,13 @@ def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0, aliase
         ):
             raise _Bad("tree: malformed 'namedtuple' (a tuple node's {name, fields}, one field per value)")
         for v in vs:
-            _check_tree(v, n_arrays, used, depth + 1, aliases)
+            _check_tree(v, n_arrays, used, depth + 1, aliases, in_rank)
+    elif t == "per_rank":
+        rs = node.get("r")
+        if in_rank or not isinstance(rs, list) or not 1 <= len(rs) <= 1 << 20:
+            raise _Bad("tree: per_rank node needs a non-empty list 'r' and cannot be nested")
+        for v in rs:
+            _check_tree(v, n_arrays, used, depth + 1, aliases, True)
     elif t == "alias":
         a = node.get("a")
         if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n_arrays:
@@ -255,6 +273,53 @@ def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int = 0, aliase
             raise _Bad(f"tree: float node with malformed bits {bits!r} (only a 'nan' has bits)")
     elif t == "str" and not isinstance(node.get("v"), str):
         raise _Bad("tree: str node without a str value")
+
+
+def _check_chunked(
+    c: Mapping[str, Any], sshape: tuple[int, ...], dt: Any, objects: list[Any], where: str, sharded: bool = False
+) -> None:
+    """A chunked array (or one shard of one): path, chunk grid, object count and sizes.
+
+    ``axis`` is the axis of a contiguous split, or null for any regular grid
+    (format 3: a sharded array's grid tiles its shards)."""
+    path = _req(c, "path", str, where)
+    try:
+        validate_key(path)
+    except ValueError as exc:
+        raise _Bad(f"{where}.path: {exc}") from None
+    chunk = _req(c, "chunk_shape", list, where)
+    if len(chunk) != len(sshape) or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < _MAX_SIZE for x in chunk):
+        raise _Bad(f"{where}.chunk_shape: {chunk!r} does not fit shape {list(sshape)}")
+    if "axis" not in c:
+        raise _Bad(f"{where}: missing field 'axis'")
+    lo, hi = _range(c, where, len(objects))
+    if c["axis"] is None or sharded:
+        # format 3 writers never make a chunk larger than its array: a reader
+        # reads a grid chunk whole (with its padding) to check its crc32c
+        if any(k > max(1, d) for k, d in zip(chunk, sshape, strict=True)):
+            raise _Bad(f"{where}.chunk_shape: {chunk} is larger than the array's shape {list(sshape)}")
+    if c["axis"] is None:
+        n_chunks = math.prod(math.ceil(d / k) for d, k in zip(sshape, chunk, strict=True)) if math.prod(sshape) or not sshape else 0
+    else:
+        axis = _int(c, "axis", where, 0, max(0, len(sshape) - 1))
+        for ax in range(len(sshape) if math.prod(sshape) else 0):  # an empty array has no chunks
+            if (ax < axis and chunk[ax] != 1) or (ax > axis and chunk[ax] != sshape[ax]):
+                raise _Bad(f"{where}: chunk_shape {chunk} is not a contiguous split along axis {axis}")
+        n_chunks = 1 if not sshape else (math.prod(sshape[:axis]) * math.ceil(sshape[axis] / chunk[axis]) if math.prod(sshape) else 0)
+    if hi - lo != n_chunks:
+        raise _Bad(f"{where}: {hi - lo} objects for {n_chunks} chunks")
+    want = math.prod(chunk) * storage_dtype(dt).itemsize
+    for o in objects[lo:hi]:
+        if o["size"] != want:
+            raise _Bad(f"{where}: object {o['key']} has size {o['size']}, chunks are {want}")
+
+
+def _check_partition(boxes: list[tuple[list[int], list[int]]], shape: list[int], where: str) -> None:
+    """The shards of an array must cover it exactly once (else a load would
+    return memory no object filled)."""
+    problem = partition_problem(shape, [(tuple(o), tuple(b)) for o, b in boxes])
+    if problem:
+        raise _Bad(f"{where}.shards: {problem.replace('pieces', 'shards')}")
 
 
 def _validate(m: Any) -> dict[str, Any]:
@@ -331,44 +396,54 @@ def _validate(m: Any) -> dict[str, Any]:
         nbytes = _int(a, "nbytes", where)
         if math.prod(shape) * dt.itemsize != nbytes:
             raise _Bad(f"{where}: nbytes {nbytes} does not match shape {shape} of {dt}")
-        if ("packed" in a) == ("chunked" in a):
-            raise _Bad(f"{where}: needs exactly one of 'packed' and 'chunked'")
+        if ("packed" in a) + ("chunked" in a) + ("shards" in a) != 1:
+            raise _Bad(f"{where}: needs exactly one of 'packed', 'chunked' and 'shards'")
         if "packed" in a:
             p = _req(a, "packed", dict, where)
             off = _int(p, "offset", where + ".packed")
             _int(p, "crc32c", where + ".packed", 0, 0xFFFFFFFF)
             if pack is None or off + nbytes > pack["nbytes"]:
                 raise _Bad(f"{where}: packed bytes [{off}, {off + nbytes}) lie outside the pack")
-        else:
-            c = _req(a, "chunked", dict, where)
-            path = _req(c, "path", str, where + ".chunked")
-            try:
-                validate_key(path)
-            except ValueError as exc:
-                raise _Bad(f"{where}.chunked.path: {exc}") from None
+        elif "chunked" in a:
             sshape = storage_shape(dt, tuple(shape))
-            chunk = _req(c, "chunk_shape", list, where + ".chunked")
-            if len(chunk) != len(sshape) or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < _MAX_SIZE for x in chunk):
-                raise _Bad(f"{where}.chunked.chunk_shape: {chunk!r} does not fit shape {list(sshape)}")
-            axis = _int(c, "axis", where + ".chunked", 0, max(0, len(sshape) - 1))
-            for ax in range(len(sshape) if math.prod(sshape) else 0):  # an empty array has no chunks
-                if (ax < axis and chunk[ax] != 1) or (ax > axis and chunk[ax] != sshape[ax]):
-                    raise _Bad(f"{where}.chunked: chunk_shape {chunk} is not a contiguous split along axis {axis}")
-            lo, hi = _range(c, where + ".chunked", len(objects))
-            n_chunks = 1 if not sshape else (math.prod(sshape[:axis]) * math.ceil(sshape[axis] / chunk[axis]) if math.prod(sshape) else 0)
-            if hi - lo != n_chunks:
-                raise _Bad(f"{where}.chunked: {hi - lo} objects for {n_chunks} chunks")
-            want = math.prod(chunk) * storage_dtype(dt).itemsize
-            for o in objects[lo:hi]:
-                if o["size"] != want:
-                    raise _Bad(f"{where}.chunked: object {o['key']} has size {o['size']}, chunks are {want}")
+            c = _req(a, "chunked", dict, where)
+            if c.get("axis", 0) is None and sshape != tuple(shape):
+                raise _Bad(f"{where}: dtype {dt} cannot be stored on a sharded grid (axis null)")
+            _check_chunked(c, sshape, dt, objects, where + ".chunked")
+        else:
+            sshape = storage_shape(dt, tuple(shape))
+            if sshape != tuple(shape):
+                raise _Bad(f"{where}: dtype {dt} cannot be stored per shard")
+            shards = _req(a, "shards", list, where)
+            if not shards:
+                raise _Bad(f"{where}.shards: empty")
+            boxes = []
+            for k, sh in enumerate(shards):
+                w = f"{where}.shards[{k}]"
+                if not isinstance(sh, dict):
+                    raise _Bad(f"{w}: not an object")
+                off = _req(sh, "offset", list, w)
+                bshape = _req(sh, "shape", list, w)
+                if len(off) != len(shape) or len(bshape) != len(shape) or not all(
+                    isinstance(o, int) and isinstance(n, int) and not isinstance(o, bool) and not isinstance(n, bool)
+                    and 0 <= o and 0 < n and o + n <= d
+                    for o, n, d in zip(off, bshape, shape, strict=True)
+                ):
+                    raise _Bad(f"{w}: box {bshape} at {off} does not lie inside shape {shape}")
+                boxes.append((off, bshape))
+                _check_chunked(sh, tuple(bshape), dt, objects, w, sharded=True)
+            _check_partition(boxes, shape, where)
 
     tree = _req(m, "tree", dict, "manifest")
     used: set[int] = set()
     aliases: list[int] = []
     _check_tree(tree, len(arrays), used, 0, aliases)
-    if version < 2 and version_for(tree) > version:
-        raise _Bad(f"tree: alias nodes and namedtuple fields need format_version 2, the manifest says {version}")
+    needed = version_for(tree, arrays)
+    if version < needed:
+        raise _Bad(
+            f"tree: format_version {needed} is needed for what it holds (2: alias nodes, namedtuple fields; "
+            f"3: per_rank nodes, sharded arrays), the manifest says {version}"
+        )
     for a in aliases:
         if a not in used:
             raise _Bad(f"tree: alias of array {a}, which no array node references")

@@ -16,6 +16,12 @@ The structure is kept as JSON nodes (the ``tree`` of the manifest)::
     {"t": "array", "a": 3}    {"t": "scalar", "a": 4}   (index into arrays)
     {"t": "alias", "a": 3}    (format 2: the same tensor as array 3 again: tied weights, stored once)
     {"t": "tuple", "v": [...], "namedtuple": {"name": "optax.ScaleByAdamState", "fields": ["count", ...]}}
+    {"t": "per_rank", "r": [node of rank 0, node of rank 1, ...]}   (format 3: a PerRank value)
+
+A :class:`~cloudckpt.shards.ShardedArray` leaf (a distributed tensor) is an
+``array`` node like any other; its leaf carries the pieces this process holds.
+Flattening gives a ``{"t": "per_rank", "v": node}`` for a ``PerRank`` value
+(this process's own); the collective save turns those into ``"r"`` lists.
 
 A NamedTuple is stored as a tuple that records its class and field names
 for information; it loads as a plain tuple (loading never creates classes)
@@ -48,7 +54,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from .dtypes import check_supported
+from .dtypes import check_supported, storage_shape
+from .shards import PerRank, ShardedArray
 
 __all__ = [
     "Leaf",
@@ -77,6 +84,20 @@ class Leaf:
     path: Path
     array: np.ndarray
     scalar: bool = False
+    shards: ShardedArray | None = None  # a distributed array: ``array`` is then a zero-stride stand-in
+    per_rank: bool = False  # inside a PerRank value: stored as its own array, never packed
+
+
+def stand_in(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that takes no memory: the
+    ``array`` of a leaf whose bytes are elsewhere (other processes' shards).
+
+    Example:
+        >>> a = stand_in((1000, 1000), np.dtype("f8"))
+        >>> a.shape, a.nbytes, a.base.nbytes
+        ((1000, 1000), 8000000, 8)
+    """
+    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
 
 
 def format_path(path: Sequence[Key]) -> str:
@@ -138,8 +159,10 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
     active: set[int] = set()
     alias_key = getattr(adapt, "alias_key", None)
     aliased: dict[Any, int] = {}
+    in_per_rank = False
 
     def walk(x: Any, path: Path) -> dict[str, Any]:
+        nonlocal in_per_rank
         if len(path) > MAX_DEPTH:
             raise ValueError(f"the state is nested deeper than {MAX_DEPTH} levels at {format_path(path[:8])}...")
         if x is None:
@@ -161,15 +184,31 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
             reason = check_supported(x.dtype)
             if reason:
                 raise TypeError(f"leaf {format_path(path)} has dtype {x.dtype}: {reason}")
-            leaves.append(Leaf(path, x))
+            leaves.append(Leaf(path, x, per_rank=in_per_rank))
             return {"t": "array", "a": len(leaves) - 1}
         if isinstance(x, np.generic):
             arr = np.asarray(x)
             reason = check_supported(arr.dtype)
             if reason:
                 raise TypeError(f"leaf {format_path(path)} has dtype {arr.dtype}: {reason}")
-            leaves.append(Leaf(path, arr, scalar=True))
+            leaves.append(Leaf(path, arr, scalar=True, per_rank=in_per_rank))
             return {"t": "scalar", "a": len(leaves) - 1}
+        if isinstance(x, ShardedArray):
+            reason = check_supported(x.dtype)
+            if reason or storage_shape(x.dtype, x.shape) != x.shape:
+                raise TypeError(f"leaf {format_path(path)} is a sharded array of dtype {x.dtype}: {reason or 'not a numeric dtype'}")
+            if in_per_rank:
+                raise TypeError(f"leaf {format_path(path)}: a sharded array inside a PerRank value; save its local shard instead")
+            leaves.append(Leaf(path, stand_in(x.shape, x.dtype), shards=x))
+            return {"t": "array", "a": len(leaves) - 1}
+        if isinstance(x, PerRank):
+            if in_per_rank:
+                raise TypeError(f"leaf {format_path(path)}: a PerRank value inside another PerRank value")
+            in_per_rank = True
+            try:
+                return {"t": "per_rank", "v": walk(x.value, path)}
+            finally:
+                in_per_rank = False
         if isinstance(x, (dict, list, tuple)):
             if id(x) in active:
                 raise ValueError(f"the state contains a reference cycle at {format_path(path)}")
@@ -198,7 +237,7 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
                 active.discard(id(x))
         if adapt is not None:
             try:
-                key = alias_key(x) if alias_key is not None else None
+                key = alias_key(x) if alias_key is not None and not in_per_rank else None
                 if key is not None and key in aliased:
                     return {"t": "alias", "a": aliased[key]}
                 adapted = adapt(x)
@@ -222,19 +261,26 @@ def _is_namedtuple(x: Any) -> bool:
     return isinstance(x, tuple) and hasattr(type(x), "_fields")
 
 
-def unflatten(node: Mapping[str, Any], arrays: Mapping[int, Any]) -> Any:
+def unflatten(node: Mapping[str, Any], arrays: Mapping[int, Any], rank: int = 0) -> Any:
     """Rebuild a tree from its JSON structure and the loaded arrays (by index).
 
     Subtrees whose arrays are absent from ``arrays`` must have been pruned
-    from ``node`` by :func:`select` first.
+    from ``node`` by :func:`select` first. A ``per_rank`` node gives
+    ``PerRank`` of the value saved by ``rank`` (a missing ``PerRank`` when
+    that rank saved none: see :func:`array_ids`).
     """
     t = node["t"]
     if t == "dict":
-        return {k: unflatten(v, arrays) for k, v in zip(node["k"], node["v"], strict=True)}
+        return {k: unflatten(v, arrays, rank) for k, v in zip(node["k"], node["v"], strict=True)}
     if t == "list":
-        return [unflatten(v, arrays) for v in node["v"]]
+        return [unflatten(v, arrays, rank) for v in node["v"]]
     if t == "tuple":
-        return tuple(unflatten(v, arrays) for v in node["v"])
+        return tuple(unflatten(v, arrays, rank) for v in node["v"])
+    if t == "per_rank":
+        values = node["r"]
+        if rank < len(values):
+            return PerRank(unflatten(values[rank], arrays, rank))
+        return PerRank.missing()
     if t == "none":
         return None
     if t == "bool":
@@ -254,8 +300,9 @@ def unflatten(node: Mapping[str, Any], arrays: Mapping[int, Any]) -> Any:
     raise ValueError(f"unknown tree node type {t!r}")
 
 
-def array_ids(node: Mapping[str, Any]) -> list[int]:
-    """The array indices referenced below ``node``, in tree order (each once)."""
+def array_ids(node: Mapping[str, Any], rank: int = 0) -> list[int]:
+    """The array indices referenced below ``node``, in tree order (each once);
+    below ``per_rank`` nodes only those of ``rank``."""
     out: list[int] = []
     aliases: list[int] = []  # arrays reached only through an alias (its first use was pruned)
 
@@ -268,6 +315,8 @@ def array_ids(node: Mapping[str, Any]) -> list[int]:
         elif t in ("dict", "list", "tuple"):
             for v in n["v"]:
                 walk(v)
+        elif t == "per_rank" and rank < len(n["r"]):
+            walk(n["r"][rank])
 
     walk(node)
     seen = set(out)
@@ -460,6 +509,39 @@ def node_paths(node: Mapping[str, Any]) -> dict[int, str]:
         elif t in ("list", "tuple"):
             for i, v in enumerate(n["v"]):
                 walk(v, f"{prefix}/{i}" if prefix else str(i))
+        elif t == "per_rank":
+            for r, v in enumerate(n["r"]):
+                walk(v, f"{prefix}/_r{r}" if prefix else f"_r{r}")
 
     walk(node, "")
     return out
+
+
+def leaf_paths(node: Mapping[str, Any], n: int) -> list[Path]:
+    """The path of each of the ``n`` arrays of a tree, by array index (the
+    arrays of every rank's ``per_rank`` value at the ``PerRank``'s path).
+
+    Example:
+        >>> import numpy as np
+        >>> tree, _ = flatten({"a": [np.zeros(1)], "b": np.ones(1)})
+        >>> leaf_paths(tree, 2)
+        [('a', 0), ('b',)]
+    """
+    paths: list[Path] = [()] * n
+
+    def walk(x: Mapping[str, Any], path: Path) -> None:
+        t = x["t"]
+        if t in ("array", "scalar"):
+            paths[x["a"]] = path
+        elif t == "dict":
+            for k, v in zip(x["k"], x["v"], strict=True):
+                walk(v, (*path, k))
+        elif t in ("list", "tuple"):
+            for i, v in enumerate(x["v"]):
+                walk(v, (*path, i))
+        elif t == "per_rank":
+            for v in x.get("r", [x["v"]] if "v" in x else []):
+                walk(v, path)
+
+    walk(node, ())
+    return paths

@@ -1,7 +1,8 @@
 """The published format: manifest JSON Schema, docs/format.md, format versions.
 
 - manifests written by ``cloudckpt.save`` for many kinds of state validate
-  against ``cloudckpt/manifest.schema.json`` (and broken ones do not);
+  against ``cloudckpt/manifest.schema.json`` (and broken ones do not), for
+  format versions 1, 2 and 3 (sharded arrays, ``PerRank`` values);
 - the schema embedded in docs/format.md is that file, verbatim;
 - a newer format version is refused with both versions named;
 - every ``<!-- runnable -->`` Python block of docs/format.md runs.
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 import cloudckpt
+from cloudckpt import PerRank, ShardedArray
 from cloudckpt.checksum import crc32c_of
 from cloudckpt.manifest import FORMAT_VERSION, MANIFEST_KEY, encode_manifest, parse_manifest
 from cloudckpt.storage import open_storage
@@ -187,6 +189,10 @@ def _states() -> list[Any]:
     ]
 
 
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(getattr(ml_dtypes, name)) if name.isidentifier() else np.dtype(name)
+
+
 def _check_cross_field(m: dict[str, Any]) -> None:
     """The rules of docs/format.md section 9 that the schema cannot express."""
     assert m["data"] == f"data-{m['writer']['attempt']}"
@@ -195,28 +201,53 @@ def _check_cross_field(m: dict[str, Any]) -> None:
     assert all(k.startswith(m["data"] + "/") for k in keys)
     assert m["nbytes"] == sum(a["nbytes"] for a in m["arrays"])
     for a in m["arrays"]:
-        dt = np.dtype(getattr(ml_dtypes, a["dtype"])) if a["dtype"].isidentifier() else np.dtype(a["dtype"])
+        dt = _dtype(a["dtype"])
         assert a["nbytes"] == math.prod(a["shape"]) * dt.itemsize
         if "chunked" in a:
-            lo, hi = a["chunked"]["objects"]
+            c = a["chunked"]
+            lo, hi = c["objects"]
             assert 0 <= lo <= hi <= len(keys)
-            assert all(keys[i].startswith(f"{m['data']}/{a['chunked']['path']}/c") for i in range(lo, hi))
+            assert all(keys[i].startswith(f"{m['data']}/{c['path']}/c") for i in range(lo, hi))
+            if c["axis"] is None:  # a sharded array on a regular grid (format 3)
+                assert len(c["chunk_shape"]) == len(a["shape"])
+                grid = [math.ceil(d / k) for d, k in zip(a["shape"], c["chunk_shape"], strict=True)]
+                assert hi - lo == (math.prod(grid) if math.prod(a["shape"]) or not a["shape"] else 0)
+        if "shards" in a:  # one zarr array per shard (format 3): they partition the array
+            covered = np.zeros(a["shape"], np.int8)
+            for sh in a["shards"]:
+                lo, hi = sh["objects"]
+                assert all(keys[i].startswith(f"{m['data']}/{sh['path']}/c") for i in range(lo, hi))
+                box = tuple(slice(o, o + n) for o, n in zip(sh["offset"], sh["shape"], strict=True))
+                assert all(o + n <= d for o, n, d in zip(sh["offset"], sh["shape"], a["shape"], strict=True))
+                covered[box] += 1
+            assert (covered == 1).all()
     if m["pack"] is not None:
         lo, hi = m["pack"]["objects"]
         assert hi - lo == math.ceil(m["pack"]["nbytes"] / m["pack"]["chunk_bytes"])
-    refs: list[int] = []
+    shared: list[int] = []
+    per_rank: dict[int, list[int]] = {}
 
-    def walk(n: dict[str, Any]) -> None:
+    def walk(n: dict[str, Any], rank: int | None) -> None:
         if n["t"] in ("array", "scalar"):
-            refs.append(n["a"])
+            (shared if rank is None else per_rank.setdefault(rank, [])).append(n["a"])
         elif n["t"] in ("dict", "list", "tuple"):
             if n["t"] == "dict":
                 assert len(n["k"]) == len(n["v"])
             for v in n["v"]:
-                walk(v)
+                walk(v, rank)
+        elif n["t"] == "per_rank":
+            assert rank is None, "per_rank nodes do not nest"
+            assert m["format_version"] == 3
+            for r, v in enumerate(n["r"]):
+                walk(v, r)
 
-    walk(m["tree"])
+    walk(m["tree"], None)
+    # shared arrays in tree order, then rank 0's per-rank arrays, rank 1's, ...
+    refs = shared + [a for r in sorted(per_rank) for a in per_rank[r]]
     assert refs == list(range(len(m["arrays"])))
+    sharded = any("shards" in a or a.get("chunked", {}).get("axis", 0) is None for a in m["arrays"])
+    if sharded or per_rank:
+        assert m["format_version"] == 3
 
 
 @pytest.mark.parametrize("where", ["memory", "local"])
@@ -238,6 +269,107 @@ def test_saved_manifest_validates(
     assert (m["pack"] is not None) == packed
     # and the checkpoint it commits reads back
     cloudckpt.load(url)
+
+
+def _sharded(full: np.ndarray, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> ShardedArray:
+    """``full`` as a ShardedArray whose pieces are ``boxes`` (offset, shape) of it."""
+    # (the trailing ... keeps a 0-d piece an array: full[()] would be a scalar)
+    pieces = [(o, full[(*(slice(a, a + n) for a, n in zip(o, sh, strict=True)), ...)]) for o, sh in boxes]
+    return ShardedArray(full.shape, full.dtype, pieces)
+
+
+_F = np.arange(120, dtype=np.float32).reshape(10, 12)
+V3_OPTIONS = cloudckpt.StoreOptions(pack_threshold=64, chunk_bytes=96)
+
+
+# a writer may store a small sharded array whole (cloudckpt gathers and packs those below
+# pack_threshold): tiny ones are saved with pack_threshold=0 to keep them sharded
+NOT_GATHERED = cloudckpt.StoreOptions(pack_threshold=0, chunk_bytes=96)
+
+
+def _v3_states() -> list[Any]:
+    rows = _sharded(_F, [((0, 0), (5, 12)), ((5, 0), (5, 12))])
+    return [
+        pytest.param({"w": rows}, "grid", None, id="sharded-rows-grid"),
+        pytest.param({"w": _sharded(_F, [((0, 0), (10, 6)), ((0, 6), (10, 6))])}, "grid", None, id="sharded-columns-grid"),
+        pytest.param(
+            {"w": _sharded(_F, [((0, 0), (5, 4)), ((0, 4), (5, 4)), ((0, 8), (5, 4)), ((5, 0), (5, 4)), ((5, 4), (5, 4)), ((5, 8), (5, 4))])},
+            "grid",
+            None,
+            id="sharded-2d-grid",
+        ),
+        pytest.param({"w": _sharded(_F, [((0, 0), (4, 12)), ((4, 0), (6, 12))])}, "shards", None, id="sharded-uneven"),
+        pytest.param(
+            {"w": _sharded(_F, [((0, 0), (5, 6)), ((0, 6), (5, 6)), ((5, 0), (5, 12))])}, "shards", None, id="sharded-nested"
+        ),
+        pytest.param({"w": _sharded(np.array(2.5), [((), ())])}, "grid", NOT_GATHERED, id="sharded-0d"),
+        pytest.param({"w": _sharded(np.zeros((0, 3), np.float32), [])}, "grid", NOT_GATHERED, id="sharded-empty"),
+        pytest.param(
+            {"w": _sharded(_F.astype(ml_dtypes.bfloat16), [((0, 0), (4, 12)), ((4, 0), (6, 12))])},
+            "shards",
+            None,
+            id="sharded-bfloat16",
+        ),
+        pytest.param({"rng": PerRank(np.arange(4, dtype=np.uint32))}, "per_rank", None, id="per-rank-array"),
+        pytest.param(
+            {"pos": PerRank(17), "x": PerRank(None), "s": PerRank("a")},
+            "per_rank",
+            None,
+            id="per-rank-json",
+        ),
+        pytest.param(
+            {"pos": PerRank(17), "x": PerRank(None), "a": PerRank(np.ones(1))}, "per_rank", None, id="per-rank-json-and-array"
+        ),
+        pytest.param(
+            {"r": PerRank({"k": np.ones(2), "t": (np.float32(1), [3, np.zeros(0)])}), "w": np.ones(3), "step": 4},
+            "per_rank",
+            None,
+            id="per-rank-containers-and-packed",
+        ),
+        pytest.param(PerRank(np.ones(3)), "per_rank", None, id="per-rank-root"),
+        pytest.param(
+            {
+                "model": {"w": rows, "b": np.ones(2, np.float32), "big": np.arange(50.0)},
+                "loader": PerRank({"epoch": 2, "perm": np.arange(10)}),
+                "opt": [_sharded(_F, [((0, 0), (3, 12)), ((3, 0), (7, 12))]), PerRank(np.int64(3))],
+            },
+            "mixed",
+            None,
+            id="everything",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("where", ["memory", "local"])
+@pytest.mark.parametrize(("state", "kind", "options"), _v3_states())
+def test_saved_v3_manifest_validates(
+    validator: Any, tmp_path: Path, where: str, state: Any, kind: str, options: Any
+) -> None:
+    url, m = _save(_base(where, tmp_path), state, options=options or V3_OPTIONS)
+    assert m["format_version"] == 3
+    assert _errors(validator, m) == []
+    _check_cross_field(m)
+    grid = any(a.get("chunked", {}).get("axis", 0) is None for a in m["arrays"])
+    shards = any("shards" in a for a in m["arrays"])
+    per_rank = '"per_rank"' in json.dumps(m["tree"])
+    assert {"grid": (True, False, False), "shards": (False, True, False), "per_rank": (False, False, True)}.get(
+        kind, (True, True, True)
+    ) == (grid, shards, per_rank)
+    # arrays below a per_rank node are never packed
+    out = cloudckpt.load(url)
+    assert out is not None
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param({"w": np.ones(3)}, id="plain"),
+        pytest.param({"w": np.arange(100.0), "s": np.ones(2)}, id="chunked"),
+    ],
+)
+def test_states_without_v3_features_stay_version_1(state: Any) -> None:
+    _, m = _save(f"memory://fmt-v1-{uuid.uuid4().hex}/c", state, options=V3_OPTIONS)
+    assert m["format_version"] == 1
 
 
 def test_metadata_and_numbering_validate(validator: Any, tmp_path: Path) -> None:
@@ -315,7 +447,7 @@ def _delete(path: str) -> Any:
         cur: Any = m
         for p in parents:
             cur = cur[int(p)] if isinstance(cur, list) else cur[p]
-        del cur[last]
+        del cur[int(last) if isinstance(cur, list) else last]
 
     return mutate
 
@@ -375,8 +507,101 @@ def test_broken_manifest_fails_schema(validator: Any, good_manifest: dict[str, A
     assert _errors(validator, m) != []
 
 
+# Broken version-3 manifests: the schema refuses them; those marked "reader" are
+# refused by cloudckpt's own validation too (the rest break only the schema's
+# closed fields, which a reader does not look at).
+BROKEN_V3 = [
+    pytest.param(_set("format_version", 4), True, id="format_version-4"),
+    pytest.param(_set("arrays.0.chunked.axis", "null"), True, id="grid-axis-str"),
+    pytest.param(_set("arrays.0.chunked.axis", -1), True, id="grid-axis-negative"),
+    pytest.param(_set("arrays.0.chunked.chunk_shape", [0, 12]), True, id="grid-chunk-zero"),
+    pytest.param(_set("arrays.0.chunked.objects", [0]), True, id="grid-range-short"),
+    pytest.param(_set("arrays.1.shards", []), True, id="shards-empty"),
+    pytest.param(_set("arrays.1.shards", {"path": "u/_s0"}), True, id="shards-not-list"),
+    pytest.param(_delete("arrays.1.shards.0.offset"), True, id="shard-no-offset"),
+    pytest.param(_delete("arrays.1.shards.0.axis"), True, id="shard-no-axis"),
+    pytest.param(_set("arrays.1.shards.0.offset", [-1, 0]), True, id="shard-offset-negative"),
+    pytest.param(_set("arrays.1.shards.0.shape", [0, 12]), True, id="shard-empty"),
+    pytest.param(_set("arrays.1.shards.0.shape", ["4", 12]), True, id="shard-shape-str"),
+    pytest.param(_set("arrays.1.shards.0.axis", None), False, id="shard-axis-null"),
+    pytest.param(_set("arrays.1.shards.0.path", "../../victim"), True, id="shard-path-escapes"),
+    pytest.param(_set("arrays.1.shards.0.extra", 1), False, id="shard-extra-field"),
+    pytest.param(_set("arrays.1.packed", {"offset": 0, "crc32c": 0}), True, id="shards-and-packed"),
+    pytest.param(
+        _set("arrays.1.chunked", {"path": "u", "chunk_shape": [1, 12], "axis": 0, "objects": [0, 0]}),
+        True,
+        id="shards-and-chunked",
+    ),
+    pytest.param(_set("tree.v.2", {"t": "per_rank", "r": []}), True, id="per-rank-empty"),
+    pytest.param(_set("tree.v.2", {"t": "per_rank", "v": {"t": "none"}}), True, id="per-rank-v-not-r"),
+    pytest.param(_set("tree.v.2", {"t": "per_rank", "r": {"t": "none"}}), True, id="per-rank-r-not-list"),
+    pytest.param(_set("tree.v.2.r.0", {"t": "pickle"}), True, id="per-rank-unknown-node"),
+    pytest.param(_set("tree.v.2.x", 1), False, id="per-rank-extra-field"),
+]
+
+
+@pytest.fixture(scope="module")
+def good_v3_manifest() -> dict[str, Any]:
+    state = {
+        "g": _sharded(_F, [((0, 0), (5, 12)), ((5, 0), (5, 12))]),
+        "u": _sharded(_F, [((0, 0), (4, 12)), ((4, 0), (6, 12))]),
+        "rng": PerRank(np.arange(3)),
+        "step": 1,
+    }
+    _, m = _save(f"memory://fmt-good3-{uuid.uuid4().hex}/c", state, options=V3_OPTIONS)
+    assert m["format_version"] == 3 and m["arrays"][0]["chunked"]["axis"] is None and "shards" in m["arrays"][1]
+    assert m["tree"]["v"][2]["t"] == "per_rank"
+    return m
+
+
+@pytest.mark.parametrize(("mutate", "reader_refuses"), BROKEN_V3)
+def test_broken_v3_manifest_fails_schema(
+    validator: Any, good_v3_manifest: dict[str, Any], mutate: Any, reader_refuses: bool
+) -> None:
+    m = copy.deepcopy(good_v3_manifest)
+    assert _errors(validator, m) == []
+    parse_manifest(encode_manifest(m), "memory://x/manifest.json")
+    mutate(m)
+    assert _errors(validator, m) != []
+    if reader_refuses:
+        with pytest.raises((cloudckpt.CorruptCheckpointError, cloudckpt.FormatVersionError)):
+            parse_manifest(encode_manifest(m), "memory://x/manifest.json")
+
+
+# Version-3 manifests the schema accepts but section 9 refuses (what a schema cannot express).
+CROSS_FIELD_V3 = [
+    pytest.param(_set("format_version", 2), "format_version 3 is needed", id="v3-features-in-version-2"),
+    pytest.param(_set("arrays.1.shards.1.offset", [3, 0]), "overlap", id="shards-overlap"),
+    pytest.param(_delete("arrays.1.shards.1"), "cover 48 of its 120", id="shards-gap"),
+    pytest.param(_set("arrays.1.shards.1.offset", [5, 0]), "does not lie inside", id="shard-outside"),
+    pytest.param(_set("arrays.0.chunked.chunk_shape", [3, 12]), "objects for", id="grid-chunk-count"),
+    pytest.param(
+        _set("tree.v.2.r.0", {"t": "per_rank", "r": [{"t": "array", "a": 2}]}), "nested", id="per-rank-nested"
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), CROSS_FIELD_V3)
+def test_v3_cross_field_rules_are_the_readers(
+    validator: Any, good_v3_manifest: dict[str, Any], mutate: Any, message: str
+) -> None:
+    m = copy.deepcopy(good_v3_manifest)
+    mutate(m)
+    assert _errors(validator, m) == []  # the schema cannot tell
+    with pytest.raises(cloudckpt.CorruptCheckpointError, match=message):
+        parse_manifest(encode_manifest(m), "memory://x/manifest.json")
+
+
 def test_schema_version_is_the_library_version(schema: dict[str, Any]) -> None:
-    assert max(schema["properties"]["format_version"]["enum"]) == FORMAT_VERSION
+    assert schema["properties"]["format_version"]["enum"] == list(range(1, FORMAT_VERSION + 1))
+    assert schema["$id"] == f"urn:cloudckpt:manifest:{FORMAT_VERSION}"
+    versions = ", ".join(map(str, range(1, FORMAT_VERSION))) + f" and {FORMAT_VERSION}"
+    assert schema["title"] == f"cloudckpt manifest, format versions {versions}"
+    assert f"versions {versions}" in _doc()
+    # every node type a reader knows is in the schema
+    from cloudckpt.manifest import _NODE_TYPES
+
+    assert set(schema["$defs"]["node"]["properties"]["t"]["enum"]) == _NODE_TYPES
 
 
 # -- docs/format.md ------------------------------------------------------------

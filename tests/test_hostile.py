@@ -9,6 +9,10 @@
 * Hostile manifests and records: rejected or ignored, with every request the
   process makes (a global storage hook records them) inside the checkpoint
   or directory being read, and declared sizes never allocated.
+* Hostile format-3 manifests (sharded arrays, PerRank values) whose shards
+  overlap, leave a gap or stick out, whose chunk grid does not match its
+  objects, whose per_rank nodes nest or claim an older version: refused
+  before any data object is read, and nothing is destroyed.
 * No code execution: the package imports no pickle-like module and calls no
   eval/exec.
 * Credentials in storage_options never appear in exceptions, logs,
@@ -33,6 +37,7 @@ import pytest
 import servers
 
 import cloudckpt
+from cloudckpt import PerRank, ShardedArray
 from cloudckpt.manifest import encode_manifest
 from cloudckpt.storage import add_global_hook, open_storage
 
@@ -406,9 +411,9 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def _hostile_checks(backend, name):
+def _hostile_checks(backend, name, made=None):
     so = backend.storage_options
-    s, victim = _hostile_dir(backend, name)
+    s, victim = made if made is not None else _hostile_dir(backend, name)
     run, ckpt2 = backend.url("run"), backend.url("run", "ckpt-2")
     rss0 = _peak_rss_reset()
     described = True
@@ -487,6 +492,134 @@ def test_hostile_state_file_and_ownership_records_stay_inside(backend):
         assert cloudckpt.verify(backend.url("run"), storage_options=so).ok
     assert rec.outside(backend.url("run")) == []
     assert 'model_checkpoint_path: "ckpt-2"' in s.read("checkpoint").decode()
+
+
+# ------------------------------------------------------------------ hostile version-3 manifests
+
+
+V3_FULL = np.arange(120, dtype="<f4").reshape(10, 12)
+V3_OPTIONS = cloudckpt.StoreOptions(chunk_bytes=64, pack_threshold=0)
+
+
+def _v3_state():
+    """arrays[0]: a grid ("chunked", axis null), arrays[1]: per shard (4 + 6 rows,
+    one row per chunk), arrays[2]: rank 0's PerRank array; tree.v[2] is the per_rank node."""
+    f = V3_FULL
+    return {
+        "grid": ShardedArray(f.shape, f.dtype, [((0, 0), f[:5]), ((5, 0), f[5:])]),
+        "uneven": ShardedArray(f.shape, f.dtype, [((0, 0), f[:4]), ((4, 0), f[4:])]),
+        "rng": PerRank(np.arange(3, dtype="<i8")),
+        "step": 2,
+    }
+
+
+def _gap(m):
+    """Shard 0 shrunk to 2 rows (and its chunk objects to match): rows 2 and 3 belong to no shard."""
+    sh = m["arrays"][1]["shards"][0]
+    sh["shape"] = [2, 12]
+    sh["objects"] = [sh["objects"][0], sh["objects"][0] + -(-2 // sh["chunk_shape"][0])]
+
+
+def _shard(k, **fields):
+    return lambda m: m["arrays"][1]["shards"][k].update(fields)
+
+
+def _grid_objects(m):
+    lo, hi = m["arrays"][0]["chunked"]["objects"]
+    m["arrays"][0]["chunked"]["objects"] = [lo, hi - 1]
+
+
+def _rank_node(node):
+    return lambda m: m["tree"]["v"].__setitem__(2, node)
+
+
+# name: (mutation, what the error says)
+HOSTILE_V3 = {
+    "overlapping shards": (_shard(1, offset=[2, 0]), "overlap"),
+    "shards with a gap": (_gap, "elements"),
+    "a shard missing": (lambda m: m["arrays"][1]["shards"].pop(0), "elements"),
+    "a shard outside the array": (_shard(1, offset=[5, 0]), "does not lie inside"),
+    "a shard at a negative offset": (_shard(0, offset=[-1, 0]), "does not lie inside"),
+    "a shard path escapes": (_shard(0, path="../../../victim"), "path"),
+    "no shards": (lambda m: m["arrays"][1].update(shards=[]), "shards"),
+    "grid chunk count mismatch": (_grid_objects, "objects for"),
+    "grid chunk larger than the array": (lambda m: m["arrays"][0]["chunked"].update(chunk_shape=[2**40, 12]), "larger than"),
+    "grid of a string dtype": (
+        lambda m: m["arrays"][0].update(dtype="|S3", shape=[10, 4], nbytes=120, chunked={**m["arrays"][0]["chunked"], "chunk_shape": [1, 4, 3]}),
+        "cannot be stored on a sharded grid",
+    ),
+    "per_rank nested in per_rank": (_rank_node({"t": "per_rank", "r": [{"t": "per_rank", "r": [{"t": "array", "a": 2}]}]}), "nested"),
+    "per_rank nested deeper in per_rank": (
+        _rank_node({"t": "per_rank", "r": [{"t": "list", "v": [{"t": "per_rank", "r": [{"t": "array", "a": 2}]}]}]}),
+        "nested",
+    ),
+    "per_rank with no ranks": (_rank_node({"t": "per_rank", "r": []}), "per_rank"),
+    "per_rank in a version-2 manifest": (lambda m: m.update(format_version=2), "format_version 3 is needed"),
+    "sharded arrays in a version-1 manifest": (
+        lambda m: (m.update(format_version=1), _rank_node({"t": "array", "a": 2})(m)),
+        "format_version 3 is needed",
+    ),
+}
+
+
+def _hostile_v3_dir(backend, name):
+    """A manager directory whose ckpt-2 is a format-3 checkpoint (sharded arrays,
+    a PerRank value) under a hostile manifest (re-encoded with a valid crc32c).
+    ``name`` None: its valid manifest. Returns (run storage, victim storage)."""
+    so = backend.storage_options
+    ckpt, live = crashlib.new_checkpoint()
+    m = cloudckpt.CheckpointManager(ckpt, backend.url("run"), 3, storage_options=so, options=crashlib.STORE_OPTIONS)
+    for step in (1, 2):
+        crashlib.fill(live, step)
+        ckpt.step = step
+        m.save()
+    victim = open_storage(backend.url("victim"), so)
+    victim.write("secret.bin", b"someone else's bytes")
+    s = open_storage(backend.url("run"), so)
+    original = json.loads(s.read("ckpt-2/manifest.json"))
+    # a format-3 checkpoint, its data moved into ckpt-2 (beside ckpt-2's own, now unlisted, data)
+    src = open_storage(cloudckpt.save(backend.url("src", "c"), _v3_state(), storage_options=so, options=V3_OPTIONS), so)
+    doc = json.loads(src.read("manifest.json"))
+    assert doc["format_version"] == 3
+    for obj in doc["objects"]:
+        s.write(f"ckpt-2/{obj['key']}", src.read(obj["key"]))
+    doc["checkpoint_number"] = 2
+    doc["writer"] = {**original["writer"], "attempt": doc["writer"]["attempt"]}
+    if name is not None:
+        HOSTILE_V3[name][0](doc)
+    s.write("ckpt-2/manifest.json", encode_manifest(doc))
+    return s, victim
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_the_v3_checkpoint_the_hostile_ones_start_from_is_valid(backend):
+    _hostile_v3_dir(backend, None)
+    out = cloudckpt.load(backend.url("run", "ckpt-2"), storage_options=backend.storage_options)
+    np.testing.assert_array_equal(out["grid"], V3_FULL)
+    np.testing.assert_array_equal(out["uneven"], V3_FULL)
+    assert out["rng"] == PerRank(np.arange(3)) and out["step"] == 2
+    assert cloudckpt.verify(backend.url("run", "ckpt-2"), storage_options=backend.storage_options).ok
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_V3))
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_hostile_v3_manifest_is_refused_before_any_data_read(backend, name):
+    so = backend.storage_options
+    made = _hostile_v3_dir(backend, name)
+    s = made[0]
+    ckpt2 = backend.url("run", "ckpt-2")
+    before = {k: s.read(k) for k in s.list_all() if k.startswith(("ckpt-1/", "ckpt-2/"))}
+    with Recorder() as rec:
+        with pytest.raises(cloudckpt.CorruptCheckpointError) as info:
+            cloudckpt.load(ckpt2, storage_options=so)
+        with pytest.raises(cloudckpt.CorruptCheckpointError):
+            cloudckpt.info(ckpt2, storage_options=so)
+    msg = str(info.value)
+    assert ckpt2 in msg and HOSTILE_V3[name][1] in msg, msg
+    assert set(rec.urls) == {f"{ckpt2}/manifest.json"}  # the manifest, and no data object
+    _hostile_checks(backend, name, made)  # verify, latest, restore, gc: refused or ignored, all inside
+    after = {k: s.read(k) for k in s.list_all() if k.startswith(("ckpt-1/", "ckpt-2/"))}
+    assert after == before  # nothing destroyed or changed
 
 
 # ------------------------------------------------------------------ no code execution
