@@ -28,8 +28,10 @@ from .errors import (
     StorageError,
     StoragePermissionError,
 )
+from .group import SINGLE as SINGLE_PROCESS
 from .manager import CheckpointManager, latest_checkpoint
 from .preemption import PreemptionCheckpointHandler
+from .shards import PerRank, ShardedArray
 from .verify import VerifyReport, verify
 
 __all__ = [
@@ -46,6 +48,9 @@ __all__ = [
     "CheckpointManager",
     "latest_checkpoint",
     "PreemptionCheckpointHandler",
+    "PerRank",
+    "ShardedArray",
+    "SINGLE_PROCESS",
     "StoreOptions",
     "CheckpointError",
     "CheckpointExistsError",

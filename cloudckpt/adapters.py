@@ -38,6 +38,8 @@ __all__ = [
     "describe",
     "alias_key",
     "state_for",
+    "wanted_boxes",
+    "restore_in_place",
 ]
 
 log = logging.getLogger("cloudckpt")
@@ -48,9 +50,15 @@ _REBIND: list[tuple[Callable[[Any], bool], Callable[[Any, Any], Any]]] = []
 _DESCRIBE: list[Callable[[Any], Any]] = []
 _ALIAS: list[Callable[[Any], Hashable | None]] = []
 _STATE: list[tuple[Callable[[Any], bool], Callable[[Any, Any], Any]]] = []
+_WANTED: list[Callable[[Any], Any]] = []
+_IN_PLACE: list[Callable[[Any], bool]] = []
 
 # framework module name -> the cloudckpt module that registers it
-_LAZY = {"torch": "cloudckpt.frameworks.torch", "jax": "cloudckpt.frameworks.jax"}
+_LAZY = {
+    "torch": "cloudckpt.frameworks.torch",
+    "torch.distributed.tensor": "cloudckpt.frameworks.torch_dist",  # after torch (dict order)
+    "jax": "cloudckpt.frameworks.jax",
+}
 _pending = dict(_LAZY)
 _lock = threading.RLock()
 
@@ -81,6 +89,9 @@ def register(
     alias_key: Callable[[Any], Hashable | None] | None = None,
     is_object: Callable[[Any], bool] | None = None,
     convert_state: Callable[[Any, Any], Any] | None = None,
+    wanted_boxes: Callable[[Any], Any] | None = None,
+    restore_in_place: Callable[[Any], bool] | None = None,
+    first: bool = False,
 ) -> None:
     """Register the pieces of one framework's support (each optional).
 
@@ -92,21 +103,35 @@ def register(
     or None. ``alias_key(x)``: a hashable identity of the memory ``x`` views
     (equal keys: tied tensors, stored once), or None. ``is_object`` +
     ``convert_state(obj, saved)``: the loaded state converted for
-    ``obj.load_state_dict``.
+    ``obj.load_state_dict``. ``wanted_boxes(x)``: the boxes of a
+    distributed tensor this process holds (restore reads only those), or
+    None. ``restore_in_place(obj)``: whether an object's state is restored
+    into its own ``state_dict()`` in place, then loaded (distributed
+    tensors), after preparing it. ``first``: ahead of the registrations
+    made before (a distributed tensor type is also a tensor type).
     """
+
+    def add(registry: list[Any], item: Any) -> None:
+        if item not in registry:
+            registry.insert(0, item) if first else registry.append(item)
+
     with _lock:
-        if adapter is not None and adapter not in _ADAPTERS:
-            _ADAPTERS.append(adapter)
+        if adapter is not None:
+            add(_ADAPTERS, adapter)
         if is_tensor is not None and restore is not None:
-            _INPLACE.append((is_tensor, restore))
+            add(_INPLACE, (is_tensor, restore))
         if is_tensor is not None and rebind is not None:
-            _REBIND.append((is_tensor, rebind))
+            add(_REBIND, (is_tensor, rebind))
         if describe is not None:
-            _DESCRIBE.append(describe)
+            add(_DESCRIBE, describe)
         if alias_key is not None:
-            _ALIAS.append(alias_key)
+            add(_ALIAS, alias_key)
         if is_object is not None and convert_state is not None:
-            _STATE.append((is_object, convert_state))
+            add(_STATE, (is_object, convert_state))
+        if wanted_boxes is not None:
+            add(_WANTED, wanted_boxes)
+        if restore_in_place is not None:
+            add(_IN_PLACE, restore_in_place)
 
 
 def to_numpy(x: Any) -> Any:
@@ -184,3 +209,34 @@ def state_for(obj: Any, saved: Any) -> Any:
         if pred(obj):
             return convert(obj, saved)
     return saved
+
+
+def wanted_boxes(x: Any) -> Any:
+    """The boxes ``[(offset, shape), ...]`` of the global array that the
+    distributed tensor ``x`` holds in this process, or None (not distributed:
+    the whole array).
+
+    Example:
+        >>> wanted_boxes(object()) is None
+        True
+    """
+    _autoload()
+    for fn in _WANTED:
+        out = fn(x)
+        if out is not None:
+            return out
+    return None
+
+
+def restore_in_place(obj: Any) -> bool:
+    """Whether ``obj`` (a module, an optimizer) is restored by copying into its
+    own ``state_dict()`` in place and loading that (its state holds
+    distributed tensors). A framework may prepare ``obj`` first (a fresh
+    optimizer gets its zero state).
+
+    Example:
+        >>> restore_in_place(object())
+        False
+    """
+    _autoload()
+    return any(fn(obj) for fn in _IN_PLACE)

@@ -17,8 +17,9 @@ from typing import Any
 
 from . import frameworks
 from .arrays import StoreOptions
-from .checkpoint import restore_into
+from .checkpoint import regions_of, restore_into
 from .checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
+from .group import agree, current_rank, resolve_group
 from .storage import open_storage
 
 __all__ = ["save", "load", "info", "CheckpointInfo"]
@@ -31,6 +32,7 @@ def save(
     storage_options: dict[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     options: StoreOptions | None = None,
+    process_group: Any = None,
 ) -> str:
     """Write ``state`` as one checkpoint at ``path`` and return its URL.
 
@@ -42,14 +44,22 @@ def save(
     (:class:`~cloudckpt.CheckpointExistsError`); an unsupported leaf raises
     TypeError naming its path before anything is written.
 
+    In a distributed job (torch.distributed initialized with several
+    processes, or an explicit ``process_group``) every rank calls ``save``
+    with its own state: ``DTensor`` leaves are stored as global arrays, each
+    rank writing its shard; arrays every rank holds are written once, the
+    writing spread over the ranks; ``cloudckpt.PerRank`` values are kept per
+    rank. One manifest commits them all, or none (every rank raises).
+
     Example:
         >>> import numpy as np, cloudckpt, tempfile, os
         >>> d = tempfile.mkdtemp()
         >>> cloudckpt.save(os.path.join(d, "ckpt-1"), {"w": np.zeros(2)}) == os.path.join(d, "ckpt-1")
         True
     """
+    group = resolve_group(process_group)
     storage = open_storage(path, storage_options)
-    return write_checkpoint(storage, state, metadata=metadata, options=options).url
+    return write_checkpoint(storage, state, metadata=metadata, options=options, group=group).url
 
 
 def load(
@@ -60,6 +70,7 @@ def load(
     framework: str | None = None,
     device: Any = None,
     target: Any = None,
+    process_group: Any = None,
 ) -> Any:
     """Read the checkpoint at ``path`` and return its state.
 
@@ -79,7 +90,13 @@ def load(
     replaced by new ones with the target leaf's sharding, NamedTuples rebuilt
     as their class, dicts and lists updated in place; a mismatch raises one
     ValueError listing every difference before anything is changed (see
-    :func:`cloudckpt.checkpoint.restore_into`).
+    :func:`cloudckpt.checkpoint.restore_into`). A ``DTensor`` in ``target``
+    gets only its own shard, read from byte ranges, whatever sharding or
+    world size saved it; without ``target`` every array loads whole.
+    ``PerRank`` values are this rank's (torch.distributed's rank when it is
+    initialized). A load is not collective unless ``process_group`` is
+    given: then every rank of it must call ``load``, and if one cannot read
+    its part, all raise.
 
     Example:
         >>> import numpy as np, cloudckpt
@@ -90,9 +107,21 @@ def load(
     if target is not None and (framework is not None or device is not None):
         raise ValueError("pass either target= (restore into live objects) or framework=/device=, not both")
     frameworks.require(framework)  # a bad name or a missing framework fails before any I/O
+    group = resolve_group(process_group) if process_group is not None else None
+    rank = group.rank if group is not None else current_rank()
     storage = open_storage(path, storage_options)
-    manifest = read_manifest(storage)
-    state = read_state(storage, manifest, keys)
+    state: Any = None
+    error: BaseException | None = None
+    try:
+        manifest = read_manifest(storage)
+        regions = regions_of(target) if target is not None else None
+        state = read_state(storage, manifest, keys, regions=regions, rank=rank)
+    except Exception as exc:
+        if group is None or group.size == 1:
+            raise
+        error = exc
+    if group is not None:
+        agree(group, error)
     if target is not None:
         return restore_into(target, state, source=storage.url)
     return frameworks.convert(state, framework, device=device)

@@ -44,10 +44,12 @@ import numpy as np
 from . import adapters
 from .arrays import StoreOptions
 from .checkpoint_io import read_manifest, read_state, write_checkpoint
+from .group import agree, resolve_group
+from .shards import Box, PerRank, ShardedArray
 from .storage import open_storage
 from .tree import Path, flatten, format_path
 
-__all__ = ["Checkpoint", "restore_into"]
+__all__ = ["Checkpoint", "restore_into", "regions_of"]
 
 log = logging.getLogger("cloudckpt")
 _RESERVED = {"save_counter"}
@@ -62,11 +64,44 @@ class _Mismatch:
         self.skipped: list[str] = []
 
 
+def regions_of(tree: Any) -> dict[Path, list[Box]]:
+    """The boxes each distributed tensor of a live tree holds in this
+    process, by leaf path: what a restore into it must read.
+
+    Example:
+        >>> regions_of({"w": np.zeros(2)})
+        {}
+    """
+    out: dict[Path, list[Box]] = {}
+
+    def walk(x: Any, path: Path, depth: int) -> None:
+        if depth > 200 or isinstance(x, (np.ndarray, str, bytes, int, float, type(None))):
+            return
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, (*path, k), depth + 1)
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, (*path, i), depth + 1)
+        else:
+            boxes = adapters.wanted_boxes(x)
+            if boxes is not None:
+                out[path] = boxes
+
+    walk(tree, (), 0)
+    return out
+
+
 def _check(target: Any, saved: Any, path: Path, mm: _Mismatch, partial: bool) -> None:
     """Compare a live tree with a saved one; record every problem."""
     where = format_path(path)
+    if isinstance(target, PerRank) or isinstance(saved, PerRank):
+        if isinstance(saved, PerRank) and saved.is_missing:
+            return
+        _check(target.value if isinstance(target, PerRank) else target, saved.value if isinstance(saved, PerRank) else saved, path, mm, partial)
+        return
     if isinstance(target, np.ndarray) or adapters.is_tensor(target):
-        if not isinstance(saved, np.ndarray):
+        if not isinstance(saved, (np.ndarray, ShardedArray)):
             mm.problems.append(f"{where}: the checkpoint holds a {type(saved).__name__}, not an array")
             return
         t_shape = tuple(target.shape)
@@ -115,6 +150,14 @@ def _dtype_of(x: Any) -> np.dtype | None:
 
 def _apply(target: Any, saved: Any, partial: bool) -> Any:
     """Restore ``saved`` into ``target`` in place where possible; return the value for the parent."""
+    if isinstance(saved, PerRank) and saved.is_missing:
+        log.warning("no value was saved for this rank (the checkpoint has fewer ranks): the PerRank value is kept")
+        return target
+    if isinstance(target, PerRank):
+        target.value = _apply(target.value, saved.value if isinstance(saved, PerRank) else saved, partial)
+        return target
+    if isinstance(saved, PerRank):
+        saved = saved.value
     if isinstance(target, np.ndarray):
         if isinstance(saved, np.ndarray) and saved.shape == target.shape:
             np.copyto(target, saved, casting="no" if saved.dtype == target.dtype else "unsafe")
@@ -234,11 +277,27 @@ class Checkpoint:
         out["save_counter"] = int(self.save_counter)
         return out
 
-    def restore_state(self, saved: dict[str, Any], *, partial: bool = False, source: str = "") -> None:
+    def restore_targets(self) -> dict[str, Any]:
+        """What each object is restored into: its own ``state_dict()`` for
+        objects restored in place (their state holds distributed tensors; a
+        fresh optimizer gets its zero state first), else the object itself.
+
+        Example:
+            >>> Checkpoint(w=np.zeros(1)).restore_targets()
+            {'w': array([0.])}
+        """
+        return {name: obj.state_dict() if _has_state_dict(obj) and adapters.restore_in_place(obj) else obj
+                for name, obj in self._objects.items()}
+
+    def restore_state(
+        self, saved: dict[str, Any], *, partial: bool = False, source: str = "", targets: dict[str, Any] | None = None
+    ) -> None:
         """Restore from a loaded state dict (as returned by ``cloudckpt.load``).
 
         In place, strict unless ``partial`` (see the module docstring);
-        ``source`` names the checkpoint in error messages.
+        ``source`` names the checkpoint in error messages. ``targets`` (from
+        :meth:`restore_targets`) are restored in place and then loaded for
+        objects whose state holds distributed tensors.
 
         Example:
             >>> import numpy as np, cloudckpt
@@ -256,11 +315,14 @@ class Checkpoint:
         if not isinstance(saved, dict):
             raise ValueError(f"checkpoint {source} does not hold a Checkpoint's state (a dict of names)")
         mm = _Mismatch()
+        targets = targets or {}
         for name, obj in self._objects.items():
             if name not in saved:
                 (mm.skipped if partial else mm.problems).append(f"{name!r}: missing from the checkpoint")
             elif not _has_state_dict(obj):
                 _check(obj, saved[name], (name,), mm, partial)
+            elif targets.get(name) is not None and targets[name] is not obj:
+                _check(targets[name], saved[name], (name,), mm, partial)
         for name in saved:
             if name not in self._objects and name not in _RESERVED:
                 (mm.skipped if partial else mm.problems).append(f"{name!r}: in the checkpoint but not in this Checkpoint")
@@ -280,7 +342,10 @@ class Checkpoint:
         for name, obj in list(self._objects.items()):
             if name not in saved:
                 continue
-            if _has_state_dict(obj):
+            target = targets.get(name)
+            if _has_state_dict(obj) and target is not None and target is not obj:
+                obj.load_state_dict(_apply(target, saved[name], partial))  # in place into its own state dict
+            elif _has_state_dict(obj):
                 obj.load_state_dict(adapters.state_for(obj, saved[name]))
             else:
                 self._objects[name] = _apply(obj, saved[name], partial)
@@ -293,18 +358,23 @@ class Checkpoint:
         *,
         storage_options: dict[str, Any] | None = None,
         options: StoreOptions | None = None,
+        process_group: Any = None,
     ) -> str:
         """Write one checkpoint at ``path`` (not managed, ``save_counter`` unchanged); return its URL.
+
+        In a distributed job (torch.distributed initialized, or
+        ``process_group``) every rank calls it; they commit one checkpoint.
 
         Example:
             >>> import numpy as np
             >>> Checkpoint(w=np.ones(1)).write("memory://doc-write/c")
             'memory://doc-write/c'
         """
+        group = resolve_group(process_group)
         storage = open_storage(path, storage_options)
         state = self.state()
         flat = flatten(state, adapt=adapters.to_numpy)
-        return write_checkpoint(storage, state, options=options, flat=flat).url
+        return write_checkpoint(storage, state, options=options, flat=flat, group=group).url
 
     def read(
         self,
@@ -312,8 +382,14 @@ class Checkpoint:
         *,
         storage_options: dict[str, Any] | None = None,
         partial: bool = False,
+        process_group: Any = None,
     ) -> None:
         """Restore from the checkpoint at ``path`` (in place; strict unless ``partial``).
+
+        Distributed tensors (``DTensor``) are restored by reading only this
+        rank's shard, whatever sharding and world size saved the checkpoint.
+        In a distributed job every rank calls it, and if any rank cannot read
+        its part, every rank raises before anything is restored.
 
         Example:
             >>> import numpy as np
@@ -321,6 +397,31 @@ class Checkpoint:
             >>> w2 = np.zeros(2); Checkpoint(w=w2).read(url); w2
             array([1., 1.])
         """
+        group = resolve_group(process_group)
         storage = open_storage(path, storage_options)
-        manifest = read_manifest(storage)
-        self.restore_state(read_state(storage, manifest), partial=partial, source=storage.url)
+        self.restore_from(storage, group, partial=partial)
+
+    def restore_from(self, storage: Any, group: Any, *, partial: bool = False) -> None:
+        """Read the checkpoint at ``storage`` (a :class:`~cloudckpt.storage.Storage`) and
+        restore it on every rank of ``group`` (see :meth:`read`).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> from cloudckpt.group import SINGLE
+            >>> w = np.ones(2); url = Checkpoint(w=w).write("memory://doc-restore-from/c")
+            >>> w2 = np.zeros(2); Checkpoint(w=w2).restore_from(open_storage(url), SINGLE); w2
+            array([1., 1.])
+        """
+        error: BaseException | None = None
+        state: Any = None
+        targets: dict[str, Any] = {}
+        try:
+            manifest = read_manifest(storage)
+            targets = self.restore_targets()
+            state = read_state(storage, manifest, regions=regions_of(targets), rank=group.rank)
+        except Exception as exc:
+            if group.size == 1:
+                raise
+            error = exc
+        agree(group, error)
+        self.restore_state(state, partial=partial, source=storage.url, targets=targets)

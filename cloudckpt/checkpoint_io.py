@@ -26,21 +26,26 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import adapters
-from .arrays import StoreOptions, read_arrays, write_arrays
+from .arrays import StoreOptions, fill_packed_crcs, read_arrays, write_arrays
+from .collective import GATHER_BELOW, describe, gather_small, has_per_rank, plan
 from .errors import (
+    CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
+from .group import SINGLE, raise_remote
 from .manifest import MANIFEST_KEY, build_manifest, encode_manifest, parse_manifest
+from .shard_io import is_region_record, read_regions
+from .shards import Box, ShardedArray
 from .storage import Storage
-from .tree import array_ids, flatten, format_path, node_paths, parse_key_path, select, unflatten
+from .tree import Leaf, array_ids, flatten, format_path, leaf_paths, node_paths, parse_key_path, select, unflatten
 
 __all__ = ["WriteResult", "write_checkpoint", "read_manifest", "read_state", "new_attempt_id"]
 
@@ -56,6 +61,7 @@ class WriteResult:
     nbytes: int
     seconds: float
     requests: int
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def new_attempt_id() -> str:
@@ -81,6 +87,8 @@ def write_checkpoint(
     flat: tuple[dict[str, Any], list[Any]] | None = None,
     check_exists: bool = True,
     writer_extra: Mapping[str, Any] | None = None,
+    group: Any = None,
+    after_commit: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> WriteResult:
     """Write ``state`` as a checkpoint in the directory ``storage`` and commit it.
 
@@ -90,39 +98,151 @@ def write_checkpoint(
     ``flat`` is the result of :func:`~cloudckpt.tree.flatten` when the caller
     has flattened (and perhaps copied) the state already; ``attempt`` names
     the data prefix ``data-<attempt>``.
+
+    With a ``group`` of several processes (:mod:`cloudckpt.group`) every rank
+    calls this with its own state: all write their share of the data under
+    one attempt prefix (rank 0's), rank 0 gathers what they wrote and commits
+    the one manifest, and every rank returns or raises with the outcome; a
+    rank that fails or dies makes every rank raise, with nothing committed.
+    ``after_commit(manifest)`` runs on rank 0 right after the commit, before
+    the other ranks learn the outcome (its error is theirs too); the JSON
+    dict it returns is every rank's ``extra`` in the result. The manifest in
+    the result is rank 0's; other ranks get ``{}``.
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
-    node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
-    _check_json(node, metadata)
-    if check_exists and storage.exists(MANIFEST_KEY):
-        raise CheckpointExistsError(
-            f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
-            "never overwritten: write to another path, or delete it first"
-        )
+    group = SINGLE if group is None else group
+    rank, world = group.rank, group.size
+    node: dict[str, Any] = {}
+    leaves: list[Any] = []
+    error: BaseException | None = None
+    try:
+        node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
+        _check_json(node, metadata)
+        if check_exists and rank == 0 and storage.exists(MANIFEST_KEY):
+            raise CheckpointExistsError(
+                f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
+                "never overwritten: write to another path, or delete it first"
+            )
+    except Exception as exc:
+        if world == 1:
+            raise
+        error = exc
     attempt = attempt or new_attempt_id()
+    if world == 1:
+        descs = [describe(node, leaves)] if _needs_plan(leaves) or has_per_rank(node) else None
+    else:
+        mine = {"error": _payload(error)} if error is not None else {**describe(node, leaves), "attempt": attempt}
+        descs = group.all_gather_json(mine)
+        _raise_first(descs, rank, error)
+        attempt = str(descs[0]["attempt"])
+    if descs is not None:
+        limit = min(GATHER_BELOW, (options or StoreOptions()).pack_threshold)
+        leaves = gather_small(group, descs, leaves, limit)
+        node, leaves, holders = plan(descs, rank, node, leaves)
+    else:
+        holders = None
     prefix = f"data-{attempt}"
     paths_by_index = node_paths(node)
     paths = [paths_by_index[i] for i in range(len(leaves))]
+    written = None
     try:
-        written = write_arrays(storage, prefix, leaves, options, node_paths=paths)
+        written = write_arrays(storage, prefix, leaves, options, node_paths=paths, holders=holders, rank=rank, world=world)
         storage.barrier()
-    except BaseException:
-        _cleanup(storage, prefix)
-        raise
-    manifest = build_manifest(
-        tree=node,
-        arrays=written.records,
-        pack=written.pack,
-        objects=written.objects,
-        data=prefix,
-        attempt=attempt,
-        checkpoint_number=checkpoint_number,
-        epoch=epoch,
-        metadata=metadata,
-        created=created,
-        writer_extra=writer_extra,
+    except BaseException as exc:
+        if world == 1 or not isinstance(exc, Exception):
+            _cleanup(storage, prefix)
+            raise
+        error = exc
+    if world > 1:
+        report: dict[str, Any]
+        if error is not None or written is None:
+            report = {"error": _payload(error or CheckpointError("no data written"))}
+        else:
+            report = {
+                "objects": {str(j): o for j, o in enumerate(written.objects) if o is not None},
+                "crcs": {str(i): c for i, c in written.tensor_crcs.items()},
+            }
+        reports = group.all_gather_json(report)
+        if any("error" in r for r in reports):
+            if rank == 0:
+                _cleanup(storage, prefix)
+            _raise_first(reports, rank, error)
+        assert written is not None
+        if rank == 0:
+            for r in reports:
+                for j, o in r["objects"].items():
+                    written.objects[int(j)] = o
+            crcs = {int(i): int(c) for r in reports for i, c in r["crcs"].items()}
+            fill_packed_crcs(written.records, crcs)
+    assert written is not None
+    manifest: dict[str, Any] = {}
+    outcome: dict[str, Any] = {"ok": True}
+    if rank == 0:
+        if any(o is None for o in written.objects):
+            raise AssertionError("an object of the checkpoint was written by no rank")
+        manifest = build_manifest(
+            tree=node,
+            arrays=written.records,
+            pack=written.pack,
+            objects=written.objects,  # type: ignore[arg-type]
+            data=prefix,
+            attempt=attempt,
+            checkpoint_number=checkpoint_number,
+            epoch=epoch,
+            metadata=metadata,
+            created=created,
+            writer_extra=writer_extra,
+        )
+        try:
+            _commit(storage, manifest, prefix)
+            if after_commit is not None:
+                outcome["extra"] = after_commit(manifest) or {}
+        except BaseException as exc:
+            if world == 1 or not isinstance(exc, Exception):
+                raise
+            outcome = {"error": _payload(exc)}
+            group.broadcast_json(outcome)
+            raise
+    if world > 1:
+        outcome = group.broadcast_json(outcome if rank == 0 else None)
+        if "error" in outcome:
+            raise_remote(outcome["error"], 0)
+    seconds = time.perf_counter() - t0
+    requests = storage.stats.requests - requests0
+    log.info(
+        "saved %s%s: %d bytes in %d arrays, %.3f s, %d requests",
+        storage.url,
+        f" (rank {rank} of {world})" if world > 1 else "",
+        written.nbytes,
+        len(leaves),
+        seconds,
+        requests,
     )
+    return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {})
+
+
+def _needs_plan(leaves: Sequence[Leaf]) -> bool:
+    return any(leaf.per_rank or leaf.shards is not None for leaf in leaves)
+
+
+def _payload(exc: BaseException | None) -> dict[str, str]:
+    assert exc is not None
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def _raise_first(reports: Sequence[dict[str, Any]], rank: int, own: BaseException | None) -> None:
+    """Raise this rank's own error, else the first error another rank reported."""
+    if own is not None:
+        raise own
+    for r, rep in enumerate(reports):
+        if "error" in rep:
+            raise_remote(rep["error"], r)
+
+
+def _commit(storage: Storage, manifest: dict[str, Any], prefix: str) -> None:
+    """Write the manifest create-only: the commit. Removes the attempt's data
+    when it certainly did not commit."""
     payload = encode_manifest(manifest)
     try:
         created_it = storage.write_if_absent(MANIFEST_KEY, payload)
@@ -149,17 +269,6 @@ def write_checkpoint(
             f"another writer committed a checkpoint at {storage.url} while this save was running; "
             "this save's data was removed and nothing of the other checkpoint was changed"
         )
-    seconds = time.perf_counter() - t0
-    requests = storage.stats.requests - requests0
-    log.info(
-        "saved %s: %d bytes in %d arrays, %.3f s, %d requests",
-        storage.url,
-        written.nbytes,
-        len(leaves),
-        seconds,
-        requests,
-    )
-    return WriteResult(storage.url, manifest, written.nbytes, seconds, requests)
 
 
 def _check_json(node: dict[str, Any], metadata: Mapping[str, Any] | None) -> None:
@@ -204,34 +313,23 @@ def read_manifest(storage: Storage) -> dict[str, Any]:
     return parse_manifest(data, storage.url_for(MANIFEST_KEY))
 
 
-def _leaf_paths(node: Mapping[str, Any], n: int) -> list[tuple[Any, ...]]:
-    paths: list[tuple[Any, ...]] = [()] * n
-
-    def walk(x: Mapping[str, Any], path: tuple[Any, ...]) -> None:
-        t = x["t"]
-        if t in ("array", "scalar"):
-            paths[x["a"]] = path
-        elif t == "dict":
-            for k, v in zip(x["k"], x["v"], strict=True):
-                walk(v, (*path, k))
-        elif t in ("list", "tuple"):
-            for i, v in enumerate(x["v"]):
-                walk(v, (*path, i))
-
-    walk(node, ())
-    return paths
-
-
 def read_state(
     storage: Storage,
     manifest: Mapping[str, Any],
     keys: Sequence[str | Sequence[Any]] | None = None,
     options: StoreOptions | None = None,
+    *,
+    regions: Mapping[tuple[Any, ...], Sequence[Box]] | None = None,
+    rank: int = 0,
 ) -> Any:
     """Read the state of a checkpoint whose validated manifest is ``manifest``.
 
     ``keys`` selects subtrees (``"model/w"`` or a tuple of keys); only their
     bytes are read. Raises KeyError naming a key that is not in the checkpoint.
+    ``regions`` maps leaf paths to the boxes of the array this process needs
+    (the shards of distributed tensors): those leaves load as
+    :class:`~cloudckpt.shards.ShardedArray` holding just those boxes, read
+    from byte ranges. ``PerRank`` values are those saved by ``rank``.
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
@@ -248,19 +346,40 @@ def read_state(
             node = select(node, paths)
         except KeyError as exc:
             raise KeyError(f"{exc.args[0]} at {storage.url}") from None
-    wanted = array_ids(node)
-    leaf_paths = _leaf_paths(manifest["tree"], len(manifest["arrays"]))
+    wanted = array_ids(node, rank)
+    paths = leaf_paths(manifest["tree"], len(manifest["arrays"]))
+    records = manifest["arrays"]
+    boxes: dict[int, Sequence[Box]] = {}  # arrays read by regions
+    sliced: dict[int, Sequence[Box]] = {}  # packed arrays a region of which is wanted: read whole, with the others
+    for i in wanted:
+        want = regions.get(paths[i]) if regions else None
+        if want is not None and "packed" in records[i]:
+            sliced[i] = want
+        elif want is not None:
+            boxes[i] = want
+        elif is_region_record(records[i]):
+            boxes[i] = [((0,) * len(records[i]["shape"]), tuple(records[i]["shape"]))]
     try:
-        arrays = read_arrays(
+        arrays: dict[int, Any] = read_arrays(
             storage,
             manifest["data"],
-            manifest["arrays"],
+            records,
             manifest.get("pack"),
             manifest["objects"],
-            wanted,
+            [i for i in wanted if i not in boxes],  # one plan for every packed tensor: few requests
             options,
-            paths=leaf_paths,
+            paths=paths,
         )
+        for i, want in sliced.items():
+            arrays[i] = ShardedArray.of_boxes(arrays[i], want)
+        if boxes:
+            got = read_regions(
+                storage, records, manifest["objects"], boxes,
+                prefix=manifest["data"], pack=manifest.get("pack"), where=lambda i: format_path(paths[i]),
+            )
+            for i, sa in got.items():
+                whole = not (regions and paths[i] in regions)
+                arrays[i] = sa.pieces[0][1] if whole else sa
     except CorruptCheckpointError:
         if _manifest_gone(storage, manifest):
             # not damage: a manager retired (deleted) the checkpoint while we read it
@@ -269,7 +388,7 @@ def read_state(
                 "nothing was restored: read the latest checkpoint again"
             ) from None
         raise
-    state = unflatten(node, arrays)
+    state = unflatten(node, arrays, rank)
     nbytes = sum(int(manifest["arrays"][i]["nbytes"]) for i in wanted)
     log.info(
         "restored %s: %d bytes in %d arrays, %.3f s, %d requests",
@@ -296,10 +415,15 @@ def _manifest_gone(storage: Storage, manifest: Mapping[str, Any]) -> bool:
 
 def describe_leaves(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One entry per array leaf: path, dtype, shape, bytes and where it is stored."""
-    paths = _leaf_paths(manifest["tree"], len(manifest["arrays"]))
+    paths = leaf_paths(manifest["tree"], len(manifest["arrays"]))
     out = []
     for i, a in enumerate(manifest["arrays"]):
-        where = a["chunked"]["path"] if "chunked" in a else f"{manifest['pack']['path']}@{a['packed']['offset']}"
+        if "chunked" in a:
+            where = a["chunked"]["path"]
+        elif "shards" in a:
+            where = a["shards"][0]["path"].rsplit("/", 1)[0]
+        else:
+            where = f"{manifest['pack']['path']}@{a['packed']['offset']}"
         out.append(
             {
                 "path": list(paths[i]),
@@ -307,7 +431,7 @@ def describe_leaves(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "dtype": a["dtype"],
                 "shape": list(a["shape"]),
                 "nbytes": a["nbytes"],
-                "stored_as": "array" if "chunked" in a else "packed",
+                "stored_as": "packed" if "packed" in a else ("shards" if "shards" in a else "array"),
                 "zarr_path": where,
             }
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-_NEEDS = {"torch.py": "torch", "jax.py": "jax"}
+_NEEDS = {"torch.py": "torch", "torch_dist.py": "torch", "torch_group.py": "torch", "jax.py": "jax", "jax_group.py": "jax"}
 
 
 def _missing(file_path: Path) -> str | None:

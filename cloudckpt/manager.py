@@ -49,7 +49,7 @@ import numpy as np
 from . import adapters, catalog, ownership, retention
 from .arrays import StoreOptions
 from .checkpoint import Checkpoint
-from .checkpoint_io import read_manifest, read_state, write_checkpoint
+from .checkpoint_io import read_manifest, write_checkpoint
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -57,6 +57,8 @@ from .errors import (
     CorruptCheckpointError,
     OwnershipLostError,
 )
+from .group import agree, leader_call, resolve_group
+from .shards import ShardedArray
 from .statefile import CheckpointState, read_state_file, write_state_file
 from .storage import Storage, open_storage, validate_key
 from .tree import Leaf, flatten
@@ -163,6 +165,16 @@ class CheckpointManager:
         request_timeout: seconds one storage request may take on network
             backends before it fails (and is retried); default: the backend's
             own timeouts.
+        process_group: the ranks of a distributed job that save and restore
+            together (a torch.distributed ``ProcessGroup`` or a
+            :class:`cloudckpt.group.Group`); default: torch.distributed's
+            default group when it is initialized with several processes.
+
+    In a distributed job every rank creates the manager and calls ``save``
+    and ``restore_or_initialize`` at the same points. Rank 0 decides (the
+    checkpoint number, interval skips, ownership), commits, writes the state
+    file and applies retention; every rank writes its share of the data and
+    learns the outcome, and a failure on any rank raises on all of them.
 
     Checkpoints in the directory that were not written by a manager
     (``Checkpoint.write``, ``cloudckpt.save``) count for
@@ -210,6 +222,7 @@ class CheckpointManager:
         best_mode: str = "max",
         options: StoreOptions | None = None,
         request_timeout: float | None = None,
+        process_group: Any = None,
     ) -> None:
         if not (callable(getattr(checkpoint, "state", None)) and callable(getattr(checkpoint, "restore_state", None))):
             raise TypeError(
@@ -281,7 +294,25 @@ class CheckpointManager:
         self._failed_attempts: list[tuple[str, str]] = []
         self._pending: threading.Thread | None = None
         self._pending_error: BaseException | None = None
-        self._reconcile(initial=True)
+        self._taken = 0
+        self._group = resolve_group(process_group)
+        if self._group.size == 1:
+            self._reconcile(initial=True)
+        else:
+            self._apply_view(leader_call(self._group, lambda: (self._reconcile(initial=True), self._view())[1]))
+
+    def _view(self) -> dict[str, Any]:
+        """What the other ranks of a distributed job need to know of rank 0's state."""
+        with self._lock:
+            return {"latest": self._latest, "active": list(self._maybe_delete), "taken": self._taken}
+
+    def _apply_view(self, view: dict[str, Any] | None) -> None:
+        if not view or self._group.rank == 0:
+            return
+        with self._lock:
+            self._latest = view["latest"]
+            self._maybe_delete = OrderedDict((int(n), 0.0) for n in view["active"])
+            self._taken = int(view["taken"])
 
     # -- attributes (TF) ---------------------------------------------------
     @property
@@ -579,11 +610,15 @@ class CheckpointManager:
             []
         """
         self.sync()
-        self._ensure_owner()
-        assert self._epoch is not None
-        ownership.check_owner(self._storage, self._epoch)
-        valid, fenced, others = self._reconcile()
-        return self._collect(valid, fenced, others)
+
+        def collect() -> list[str]:
+            self._ensure_owner()
+            assert self._epoch is not None
+            ownership.check_owner(self._storage, self._epoch)
+            valid, fenced, others = self._reconcile()
+            return self._collect(valid, fenced, others)
+
+        return collect() if self._group.size == 1 else list(leader_call(self._group, collect))
 
     # -- deleting ------------------------------------------------------------
     def _delete_checkpoint(self, number: int) -> None:
@@ -686,31 +721,27 @@ class CheckpointManager:
             if not isinstance(metrics, Mapping):
                 raise TypeError(f"metrics must be a dict of JSON values, got {type(metrics).__name__}")
             meta["metrics"] = _json_metrics(metrics)
-        if self._checkpoint_interval is not None:
-            current_step = _evaluate_step(self._step_counter)
-            if self._last_checkpoint_step is not None:
-                if current_step == self._last_checkpoint_step:
-                    return None
-                if check_interval and current_step < self._last_checkpoint_step + self._checkpoint_interval:
-                    return None
-        self._ensure_owner()
-        if self._checkpoint_interval is not None:
-            self._last_checkpoint_step = current_step
-        self._checkpoint.save_counter = self._checkpoint.save_counter + 1
-        number = self._checkpoint.save_counter if number_arg is None else number_arg
-        with self._lock:
-            known = number in self._manifests
-        if known:  # the view of an owner is current: no request is needed to know, nothing is written
-            raise CheckpointExistsError(_exists_message(self._url(number)))
-        state = self._checkpoint.state()
-        node, leaves = flatten(state, adapt=adapters.to_numpy)
+        number = self._decide(number_arg, check_interval)
+        if number is None:
+            return None
         url = self._url(number)
+        error: Exception | None = None
+        try:
+            state = self._checkpoint.state()
+            node, leaves = flatten(state, adapt=adapters.to_numpy)
+            if self._async:
+                t0 = time.perf_counter()
+                leaves = [_host_copy(leaf) for leaf in leaves]
+                log.debug("async save of %s: state copied to host in %.3f s", url, time.perf_counter() - t0)
+        except Exception as exc:
+            if self._group.size == 1:
+                raise
+            error = exc
+        agree(self._group, error)  # a rank whose state cannot be saved stops every rank here
         if not self._async:
             self._commit(number, node, leaves, meta)
             return url
-        t0 = time.perf_counter()
-        copied = [Leaf(leaf.path, np.array(leaf.array, copy=True, order="C"), leaf.scalar) for leaf in leaves]
-        log.debug("async save of %s: state copied to host in %.3f s", url, time.perf_counter() - t0)
+        copied = leaves
         thread = threading.Thread(
             target=self._background, args=(number, node, copied, meta), name=f"cloudckpt-save-{number}", daemon=False
         )
@@ -721,6 +752,38 @@ class CheckpointManager:
             self._pending = thread
         thread.start()
         return url
+
+    def _decide(self, number_arg: int | None, check_interval: bool) -> int | None:
+        """The number of the next checkpoint, or None to skip (interval); in a
+        distributed job rank 0 decides and every rank follows."""
+
+        def decide() -> dict[str, Any]:
+            if self._checkpoint_interval is not None:
+                current_step = _evaluate_step(self._step_counter)
+                if self._last_checkpoint_step is not None:
+                    if current_step == self._last_checkpoint_step:
+                        return {"skip": True}
+                    if check_interval and current_step < self._last_checkpoint_step + self._checkpoint_interval:
+                        return {"skip": True}
+            self._ensure_owner()
+            if self._checkpoint_interval is not None:
+                self._last_checkpoint_step = current_step
+            self._checkpoint.save_counter = self._checkpoint.save_counter + 1
+            number = self._checkpoint.save_counter if number_arg is None else number_arg
+            with self._lock:
+                known = number in self._manifests
+            if known:  # the view of an owner is current: no request is needed to know, nothing is written
+                raise CheckpointExistsError(_exists_message(self._url(number)))
+            return {"number": number, "save_counter": self._checkpoint.save_counter, "step": self._last_checkpoint_step}
+
+        if self._group.size == 1:
+            d = decide()
+        else:
+            d = leader_call(self._group, decide)
+            if self._group.rank != 0 and not d.get("skip"):
+                self._checkpoint.save_counter = int(d["save_counter"])
+                self._last_checkpoint_step = d["step"]
+        return None if d.get("skip") else int(d["number"])
 
     def _background(self, number: int, node: dict[str, Any], leaves: list[Leaf], meta: dict[str, Any]) -> None:
         try:
@@ -734,35 +797,54 @@ class CheckpointManager:
                 _PENDING.discard(threading.current_thread())
 
     def _commit(self, number: int, node: dict[str, Any], leaves: list[Leaf], meta: dict[str, Any]) -> None:
-        assert self._epoch is not None
         name = self._dirname(number)
         sub = self._storage.child(name)
+        leader = self._group.rank == 0
         for first_try in (True, False):
-            attempt = f"e{self._epoch}-{uuid.uuid4().hex[:16]}"
+            epoch = self._epoch if leader else None
+            attempt = f"e{epoch}-{uuid.uuid4().hex[:16]}"
             try:
                 result = write_checkpoint(
                     sub,
                     None,
                     flat=(node, leaves),
                     checkpoint_number=number,
-                    epoch=self._epoch,
+                    epoch=epoch,
                     metadata=meta,
                     options=self._options,
                     attempt=attempt,
                     created=self._now(),
                     writer_extra={"last_preserved_timestamp": self._last_preserved},
                     check_exists=False,  # known above; a commit race still fails create-only
+                    group=self._group,
+                    after_commit=lambda manifest: self._after_commit(number, manifest) if leader else None,
                 )
                 break
             except CheckpointExistsError:
-                ownership.check_owner(self._storage, self._epoch)  # a lost owner learns that, not this
-                if first_try and self._remove_if_fenced(number):
+
+                def retry(first: bool = first_try) -> bool:
+                    assert self._epoch is not None
+                    ownership.check_owner(self._storage, self._epoch)  # a lost owner learns that, not this
+                    if first and self._remove_if_fenced(number):
+                        return True
+                    raise CheckpointExistsError(_exists_message(sub.url)) from None
+
+                if retry() if self._group.size == 1 else leader_call(self._group, retry):
                     continue
                 raise CheckpointExistsError(_exists_message(sub.url)) from None
             except BaseException:
-                with self._lock:
-                    self._failed_attempts.append((name, f"data-{attempt}"))
+                if leader:
+                    with self._lock:
+                        self._failed_attempts.append((name, f"data-{attempt}"))
                 raise
+        self._apply_view(result.extra)
+
+    def _after_commit(self, number: int, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0, right after the commit: re-check ownership, record the new
+        checkpoint, write the state file, apply retention. Returns the view
+        the other ranks take over."""
+        assert self._epoch is not None
+        sub = self._storage.child(self._dirname(number))
         unconfirmed: CheckpointError | None = None
         try:
             ownership.check_owner(self._storage, self._epoch)
@@ -783,10 +865,10 @@ class CheckpointManager:
                     sub.url,
                     self._url(self._latest),
                 )
-            self._maybe_delete[number] = float(result.manifest["created"])
+            self._maybe_delete[number] = float(manifest["created"])
             self._maybe_delete = OrderedDict(sorted(self._maybe_delete.items()))
-            self._manifests[number] = result.manifest
-            self._metrics[number] = self._metric_of(result.manifest)
+            self._manifests[number] = manifest
+            self._metrics[number] = self._metric_of(manifest)
             self._latest = number if self._latest is None else max(self._latest, number)
         if unconfirmed is not None:
             raise unconfirmed
@@ -794,6 +876,7 @@ class CheckpointManager:
         if self._sweep():
             self._write_state()
         self._collect_own_failures()
+        return self._view()
 
     def _raise_pending(self, *, wait: bool) -> None:
         thread = self._pending
@@ -835,21 +918,24 @@ class CheckpointManager:
             (None, array([7., 7.]))
         """
         self.sync()
-        self._ensure_owner()
-        with self._lock:
-            numbers = sorted(self._manifests, reverse=True)
+
+        def candidates() -> dict[str, Any]:
+            self._ensure_owner()
+            with self._lock:
+                return {"numbers": sorted(self._manifests, reverse=True), "taken": self._taken}
+
+        plan = candidates() if self._group.size == 1 else leader_call(self._group, candidates)
+        numbers = [int(n) for n in plan["numbers"]]
         for n in numbers:
             sub = self._storage.child(self._dirname(n))
             try:
-                manifest = read_manifest(sub)
-                state = read_state(sub, manifest)
+                self._checkpoint.restore_from(sub, self._group, partial=partial)
             except CorruptCheckpointError as exc:
                 if not fallback:
                     raise
                 log.error("cannot restore %s (%s); falling back to the previous checkpoint", sub.url, exc)
                 continue
-            self._checkpoint.restore_state(state, partial=partial, source=sub.url)
-            taken = getattr(self, "_taken", 0)
+            taken = int(plan["taken"])
             if self._checkpoint.save_counter < taken:
                 # a newer checkpoint is damaged (skipped): number the next save past it,
                 # or every save would collide with it
@@ -876,6 +962,17 @@ def _exists_message(url: str) -> str:
         "should call manager.restore_or_initialize() before saving (to continue the numbering), "
         "or pass checkpoint_number= explicitly. Nothing was changed."
     )
+
+
+def _host_copy(leaf: Leaf) -> Leaf:
+    """A leaf whose bytes are a private host copy (async save): the training
+    loop may change its tensors once ``save()`` returns."""
+    if leaf.shards is not None:
+        sa = leaf.shards
+        pieces = [(o, np.array(d, copy=True, order="C")) for o, d in sa.pieces]
+        copied = ShardedArray(sa.shape, sa.dtype, pieces, dict(sa.boxes))
+        return Leaf(leaf.path, leaf.array, leaf.scalar, shards=copied, per_rank=leaf.per_rank)
+    return Leaf(leaf.path, np.array(leaf.array, copy=True, order="C"), leaf.scalar, per_rank=leaf.per_rank)
 
 
 def _json_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

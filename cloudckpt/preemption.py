@@ -25,6 +25,11 @@ exactly the step at which the handler saved.
 Signal handlers can only be installed from the main thread; call the handler
 from the thread that runs the training loop (the main thread, for the exit).
 
+In a distributed job (the manager has several ranks) every rank creates the
+handler and calls it once per step; each call is one tiny collective (the
+largest signal number over the ranks), so a signal that reaches any rank
+makes every rank save the same step together, then exit.
+
 Example:
     >>> import os, signal, tempfile, numpy as np, cloudckpt
     >>> w, step = np.zeros(2), np.array(0)
@@ -129,6 +134,8 @@ class PreemptionCheckpointHandler:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PreemptionCheckpointHandler must be created in the main thread (signal handlers)")
         self._manager = manager
+        # its own channel: an async save may run collectives on the manager's group meanwhile
+        self._group = manager._group.fork()
         self._grace = float(grace_period)
         self._margin = max(0.0, float(margin))
         self._exit_code = exit_code
@@ -221,6 +228,15 @@ class PreemptionCheckpointHandler:
             >>> with cloudckpt.PreemptionCheckpointHandler(m) as h:
             ...     h.check(step=1)   # no signal: nothing happens
         """
+        if self._group.size > 1:
+            # decide on the agreed value only: a signal that arrives during the
+            # collective counts at the next call, on every rank alike
+            agreed = self._group.all_reduce_max(self._signum or 0)
+            if not agreed:
+                return
+            if self._signum is None or self._received_at is None:  # another rank was told to stop
+                self._signum = agreed
+                self._received_at = time.monotonic()
         if self._signum is None:
             return
         number = None if step is None else _as_int(step, "step")
