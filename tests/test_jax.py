@@ -278,3 +278,77 @@ def test_optax_state_resumes_training_identically() -> None:
     assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(s)
     _, _, rest = run(restored["params"], restored["opt_state"], 4)
     assert first + rest == reference
+
+
+# -- sharded arrays in this process (more in tests/test_jax_sharded.py, with 8 devices) ----------
+
+
+def _two_devices() -> list[typing.Any]:
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("needs 2 jax devices (jax started with 1 before this module set jax_num_cpu_devices)")
+    return devices[:2]
+
+
+@needs_jax
+def test_sharded_arrays_are_stored_by_shards_and_restored_by_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    import cloudckpt.frameworks.jax as cj
+
+    devices = _two_devices()
+    mesh = Mesh(np.array(devices), ("x",))
+    rows, cols = NamedSharding(mesh, PartitionSpec("x")), NamedSharding(mesh, PartitionSpec(None, "x"))
+    full = np.arange(48, dtype=np.float32).reshape(6, 8)
+    w = jax.device_put(full, rows)
+
+    assert isinstance(cj.to_leaf(w), np.ndarray)  # small: gathered (then packed)
+    monkeypatch.setattr(cj, "GATHER_BELOW", 0)
+    leaf = cj.to_leaf(w)
+    assert isinstance(leaf, cloudckpt.ShardedArray) and leaf.local_boxes() == [((0, 0), (3, 8)), ((3, 0), (3, 8))]
+    assert isinstance(cj.to_leaf(jax.device_put(full, NamedSharding(mesh, PartitionSpec()))), np.ndarray)  # replicated
+    assert cj.wanted_boxes(jax.ShapeDtypeStruct((6, 8), np.float32, sharding=cols)) == [((0, 0), (6, 4)), ((0, 4), (6, 4))]
+    assert cj.wanted_boxes(jnp.zeros((6, 8))) is None  # uncommitted: the whole array, placed freely
+    assert cj.wanted_boxes(jax.ShapeDtypeStruct((6, 8), np.float32)) is None
+
+    # pack_threshold=0: cloudckpt's own gathering of small sharded arrays (< 1 MiB) is off too
+    url = cloudckpt.save("memory://jax-sharded-inproc/c", {"w": w}, options=cloudckpt.StoreOptions(pack_threshold=0))
+    rec = json.loads(open_storage(url).read("manifest.json"))["arrays"][0]
+    assert rec["chunked"]["axis"] is None and rec["chunked"]["chunk_shape"] == [3, 8]
+    out = cloudckpt.load(url, target={"w": jax.ShapeDtypeStruct((6, 8), np.float32, sharding=cols)})["w"]
+    assert out.sharding == cols and np.asarray(out).tobytes() == full.tobytes()
+    assert [np.asarray(s.data).tolist() for s in out.addressable_shards] == [full[:, :4].tolist(), full[:, 4:].tolist()]
+    assert cloudckpt.load(url)["w"].tobytes() == full.tobytes()
+
+    with pytest.raises(ValueError, match="cannot have the sharding"):  # 5 columns over 2 devices
+        cloudckpt.load(url, target={"w": jax.ShapeDtypeStruct((6, 5), np.float32, sharding=cols)})
+
+
+@needs_jax
+def test_rebind_takes_regions_of_loaded_pieces() -> None:
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    import cloudckpt.frameworks.jax as cj
+
+    devices = _two_devices()
+    cols = NamedSharding(Mesh(np.array(devices), ("x",)), PartitionSpec(None, "x"))
+    full = np.arange(24, dtype=np.float32).reshape(3, 8)
+    target = jax.ShapeDtypeStruct(full.shape, full.dtype, sharding=cols)
+    whole = cloudckpt.ShardedArray(full.shape, full.dtype, [((0, 0), full)])  # one piece holding both boxes
+    out = cj._rebind(target, whole)
+    assert out.sharding == cols and np.asarray(out).tobytes() == full.tobytes()
+    half = cloudckpt.ShardedArray(full.shape, full.dtype, [((0, 0), full[:, :4])])
+    with pytest.raises(ValueError, match="do not hold it"):
+        cj._rebind(target, half)
+    # a ShardedArray restored into an unsharded target is assembled
+    assert np.asarray(cj._rebind(jnp.zeros((3, 8)), whole)).tobytes() == full.tobytes()
+
+
+@needs_jax
+def test_jax_group_is_single_process_without_jax_distributed() -> None:
+    from cloudckpt.frameworks.jax_group import JaxGroup, group_for
+    from cloudckpt.group import SINGLE
+
+    assert group_for() is SINGLE and group_for(5) is SINGLE
+    with pytest.raises(ValueError, match=r"jax\.distributed is not initialized"):
+        JaxGroup(5)
