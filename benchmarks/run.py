@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-async", dest="async_save", action="store_false", help="skip the async-save measurements")
     p.add_argument("--scaling", action="store_true",
                    help=f"tensor-count scaling: workloads {', '.join(SCALING_WORKLOADS)} (256 MiB x scale), peers none")
+    p.add_argument("--no-raw", action="store_true",
+                   help="skip the raw baselines (quick before/after comparisons; the report's raw rows need them)")
     p.add_argument("--huge", action="store_true", help="the 16 GiB state (workload 'huge'), cloudckpt + raw only")
     p.add_argument("--cold", action="store_true", help="local: evict the checkpoint from the page cache before each load")
     p.add_argument("--latency-ms", default="20,50", help="s3-lat: per-request latency range (default 20,50)")
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 libs, skipped = select_libs(args.peers, tname, workload)
                 if args.libs_override:
                     libs = [n for n in args.libs_override if n in libs]
+                if args.no_raw:
+                    libs = [n for n in libs if n not in BASELINES]
                     if args.smoke and target.object_store and workload != "large-few":
                         # one object per tensor costs ~10 ms per request on moto: keep the smoke short
                         libs = [n for n in libs if n == "cloudckpt"]

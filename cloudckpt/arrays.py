@@ -286,7 +286,7 @@ def write_arrays(
     pack_chunks: list[tuple[int, int]] = []  # (start, size)
     if packed:
         m = max(1, math.ceil(pack_len / opts.chunk_bytes))
-        if not storage.is_local:
+        if not storage.is_local and storage.protocol != "memory":
             # Object stores: a request's speed is bounded per connection, so a
             # pack of a few chunk_bytes objects would move on a few connections.
             # Split it into up to min(8, max_concurrency) objects of at least
@@ -615,24 +615,6 @@ def read_arrays(
         dt = parse_dtype(records[i]["dtype"])
         out[i] = dest if dest.dtype == dt else dest.astype(dt)
     return out
-
-
-def _check_size(storage: Storage, key: str, got: int, want: int) -> None:
-    if got != want:
-        raise _corrupt(storage, key, f"size {got} bytes, expected {want}")
-
-
-def _read_whole(storage: Storage, obj: dict[str, Any]) -> bytes:
-    key = obj["key"]
-    try:
-        data = storage.read(key, 0, obj["size"]) if obj["size"] else storage.read(key)
-    except ObjectNotFoundError:
-        raise _corrupt(storage, key, "object is missing") from None
-    _check_size(storage, key, len(data), obj["size"])
-    got = crc32c_of(data)
-    if got != obj["crc32c"]:
-        raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
-    return data
 
 
 def _read_into(storage: Storage, key: str, out: memoryview, start: int) -> None:
