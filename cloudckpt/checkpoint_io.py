@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import adapters
+from . import adapters, collective
 from .arrays import StoreOptions, fill_packed_crcs, read_arrays, write_arrays
-from .collective import GATHER_BELOW, describe, gather_small, has_per_rank, plan
+from .collective import describe, gather_small, has_per_rank, plan
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -137,7 +137,7 @@ def write_checkpoint(
         _raise_first(descs, rank, error)
         attempt = str(descs[0]["attempt"])
     if descs is not None:
-        limit = min(GATHER_BELOW, (options or StoreOptions()).pack_threshold)
+        limit = min(collective.GATHER_BELOW, (options or StoreOptions()).pack_threshold)
         leaves = gather_small(group, descs, leaves, limit)
         node, leaves, holders = plan(descs, rank, node, leaves)
     else:

@@ -115,6 +115,9 @@ class SingleProcess(_JsonMixin):
 
 
 SINGLE = SingleProcess()
+"""The group of one process (``cloudckpt.SINGLE_PROCESS``): pass
+``process_group=cloudckpt.SINGLE_PROCESS`` to save or load in one rank of a
+distributed job without the others."""
 
 
 def resolve_group(process_group: Any = None, *, timeout: float | None = None) -> Any:

@@ -325,6 +325,7 @@ def child_reshard(mesh_name: str) -> None:
 
     assert len(jax.devices()) == 8, jax.devices()
     cj.GATHER_BELOW = 0  # store every sharded array by shards, however small
+    cloudckpt.collective.GATHER_BELOW = 0  # (cloudckpt's own gathering of arrays < 1 MiB too)
     mesh = _meshes()[mesh_name]
     tmp = tempfile.mkdtemp()
     cases = [((16, 8), np.dtype(np.float32)), ((8, 16, 3), np.dtype(ml_dtypes.bfloat16)), ((24, 8), np.dtype(np.int8))]
@@ -413,7 +414,8 @@ def child_uneven() -> None:
     nested = cloudckpt.ShardedArray(
         full.shape, full.dtype, [((0, 0), full[:12, :]), ((12, 0), full[12:, :2]), ((12, 2), full[12:, 2:])]
     )
-    url = cloudckpt.save(f"{tmp}/c", {"u": uneven, "r": ragged, "n": nested})
+    # pack_threshold=0: stored by shards, not gathered and packed (they are small)
+    url = cloudckpt.save(f"{tmp}/c", {"u": uneven, "r": ragged, "n": nested}, options=cloudckpt.StoreOptions(pack_threshold=0))
     assert _record(url, "u")["chunked"]["chunk_shape"] == [9, 6]
     assert "shards" in _record(url, "r")
     assert "shards" in _record(url, "n")
@@ -440,6 +442,7 @@ def child_optax() -> None:
     import cloudckpt.frameworks.jax as cj
 
     cj.GATHER_BELOW = 0
+    cloudckpt.collective.GATHER_BELOW = 0
     m42, m24 = _meshes()["4x2"], _meshes()["2x4"]
     shard_a = {"w": NamedSharding(m42, _spec("a,b")), "b": NamedSharding(m42, _spec("b"))}
     shard_b = {"w": NamedSharding(m24, _spec("-,(a b)")), "b": NamedSharding(m24, _spec(""))}
@@ -524,6 +527,7 @@ def child_multiprocess(pid: str, n: str, port: str, directory: str) -> None:
     from cloudckpt.frameworks.jax_group import JaxGroup, group_for
 
     rank, world = _init_distributed(pid, n, port)
+    cloudckpt.collective.GATHER_BELOW = 0  # these arrays are small: store them by shards, not gathered
     group = group_for(120)
     assert isinstance(group, JaxGroup) and (group.rank, group.size) == (rank, world)
     assert group.all_gather_json({"r": rank}) == [{"r": r} for r in range(world)]
@@ -552,8 +556,9 @@ def child_multiprocess(pid: str, n: str, port: str, directory: str) -> None:
     assert not w.is_fully_addressable and not u.is_fully_addressable and rep.is_fully_replicated
     state = {"w": w, "v": v, "u": u, "rep": rep, "step": 3, "rng": cloudckpt.PerRank(np.full(2, rank))}
 
-    with pytest.raises(ValueError, match="cover"):  # no group: this process's shards alone are refused
-        cloudckpt.save(f"{directory}/nogroup-{rank}", {"w": w})
+    with pytest.raises(ValueError, match="cover"):  # this process alone: its shards are refused
+        cloudckpt.save(f"{directory}/nogroup-{rank}", {"w": w}, process_group=cloudckpt.SINGLE_PROCESS)
+    assert cloudckpt.group.resolve_group(None) is group or cloudckpt.group.resolve_group(None).size == 2  # detected
     with pytest.raises(cloudckpt.CheckpointNotFoundError):
         cloudckpt.load(f"{directory}/nogroup-{rank}")
 
