@@ -459,9 +459,14 @@ class _Job:
     cands: tuple[int, ...] | None
 
 
+_REQUEST_COST = 1 << 20  # a request weighs like this many bytes when spreading jobs over ranks
+
+
 def assign_owners(jobs: Sequence[_Job], world: int) -> list[int]:
-    """Which rank writes each job: one of its candidates, balancing bytes,
-    largest jobs first. Deterministic, so every rank computes the same.
+    """Which rank writes each job: one of its candidates, balancing bytes plus
+    a cost per request (so that the many small metadata objects do not all go
+    to the ranks that write no large ones), largest jobs first.
+    Deterministic, so every rank computes the same.
 
     Example:
         >>> run = lambda: ({}, {})
@@ -474,7 +479,7 @@ def assign_owners(jobs: Sequence[_Job], world: int) -> list[int]:
         cands: Sequence[int] = jobs[j].cands or range(world)
         o = min(cands, key=lambda r: (load[r], r))
         owner[j] = o
-        load[o] += jobs[j].size
+        load[o] += jobs[j].size + _REQUEST_COST
     return owner
 
 
