@@ -622,16 +622,23 @@ def read_arrays(
     return out
 
 
-def _read_into(storage: Storage, key: str, out: memoryview, start: int) -> None:
-    """``storage.read_into`` with a missing or short object reported as damage."""
+@contextlib.contextmanager
+def _damage(storage: Storage, key: str) -> Iterator[None]:
+    """Report a missing or short object read inside the block as damage."""
     try:
-        storage.read_into(key, out, start)
+        yield
     except ObjectNotFoundError:
         raise _corrupt(storage, key, "object is missing") from None
     except StorageError as exc:
         if "truncated" in str(exc):
             raise _corrupt(storage, key, "object is truncated") from None
         raise
+
+
+def _read_into(storage: Storage, key: str, out: memoryview, start: int) -> None:
+    """``storage.read_into`` with a missing or short object reported as damage."""
+    with _damage(storage, key):
+        storage.read_into(key, out, start)
 
 
 def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: int) -> Callable[[], None]:
@@ -665,14 +672,8 @@ def _check_size_declared(storage: Storage, obj: dict[str, Any], size: int) -> No
 
 def _read_many(storage: Storage, key: str, pieces: list[tuple[memoryview, int]]) -> None:
     """``storage.read_into_many`` with a missing or short object reported as damage."""
-    try:
+    with _damage(storage, key):
         storage.read_into_many(key, pieces)
-    except ObjectNotFoundError:
-        raise _corrupt(storage, key, "object is missing") from None
-    except StorageError as exc:
-        if "truncated" in str(exc):
-            raise _corrupt(storage, key, "object is truncated") from None
-        raise
 
 
 def _pack_key(pack: dict[str, Any] | None, objects: Sequence[dict[str, Any]], off: int, nb: int) -> str:

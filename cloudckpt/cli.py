@@ -421,26 +421,29 @@ def _tree_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     arrays = describe_leaves(manifest)
     out: list[dict[str, Any]] = []
 
-    def walk(node: Mapping[str, Any], path: tuple[Any, ...]) -> None:
+    def walk(node: Mapping[str, Any], path: tuple[Any, ...], rank: dict[str, int]) -> None:
         t = node["t"]
         if t == "dict":
             for k, v in zip(node["k"], node["v"], strict=True):
-                walk(v, (*path, k))
+                walk(v, (*path, k), rank)
         elif t in ("list", "tuple"):
             for i, v in enumerate(node["v"]):
-                walk(v, (*path, i))
+                walk(v, (*path, i), rank)
+        elif t == "per_rank":  # a PerRank value: one row per rank's value (format 3)
+            for r, v in enumerate(node["r"]):
+                walk(v, path, {"rank": r})
         elif t in ("array", "scalar"):
             a = dict(arrays[node["a"]])
             a.pop("name", None)
             a["kind"] = "scalar" if t == "scalar" else "array"
-            out.append({"path": list(path), **a})
+            out.append({"path": list(path), **rank, **a})
         elif t == "alias":
-            out.append({"path": list(path), "kind": "alias", "of": arrays[node["a"]]["path"]})
+            out.append({"path": list(path), **rank, "kind": "alias", "of": arrays[node["a"]]["path"]})
         else:
             value = unflatten(node, {})
-            out.append({"path": list(path), "kind": "json", "type": type(value).__name__, "value": value})
+            out.append({"path": list(path), **rank, "kind": "json", "type": type(value).__name__, "value": value})
 
-    walk(manifest["tree"], ())
+    walk(manifest["tree"], (), {})
     return out
 
 
@@ -510,6 +513,8 @@ def inspect_cmd(checkpoint: str, options: tuple[str, ...], as_json: bool) -> Non
     table = []
     for r in rows:
         path = "/".join(str(p) for p in r["path"]) or "<root>"
+        if "rank" in r:
+            path += f" [rank {r['rank']}]"
         if r["kind"] == "json":
             table.append([path, r["type"], "-", "-", f"json: {json.dumps(r['value'], default=str)[:60]}"])
         elif r["kind"] == "alias":

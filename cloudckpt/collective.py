@@ -60,7 +60,7 @@ def describe(node: dict[str, Any], leaves: Sequence[Leaf]) -> dict[str, Any]:
     return {"tree": node, "leaves": out}
 
 
-def _numbering(node: dict[str, Any], leaves: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
+def _numbering(leaves: Sequence[dict[str, Any]]) -> tuple[list[int], list[int]]:
     """(shared leaf indices, per-rank leaf indices), each in tree order."""
     shared = [i for i, d in enumerate(leaves) if not d["p"]]
     own = [i for i, d in enumerate(leaves) if d["p"]]
@@ -164,15 +164,15 @@ def plan(
     shared_descs: list[list[dict[str, Any]]] = []
     per_rank_descs: list[list[dict[str, Any]]] = []
     counts = []
-    for d in descs:
-        shared, own = _numbering(d["tree"], d["leaves"])
+    numbering = [_numbering(d["leaves"]) for d in descs]  # (shared, per-rank) leaf indices of each rank
+    for d, (shared, own) in zip(descs, numbering, strict=True):
         counts.append(len(own))
         shared_descs.append([d["leaves"][i] for i in shared])
         per_rank_descs.append([d["leaves"][i] for i in own])
     n_shared = len(shared_descs[0])
     starts = [n_shared + sum(counts[:r]) for r in range(world)]
     for r, d in enumerate(descs):
-        shared, own = _numbering(d["tree"], d["leaves"])
+        shared, own = numbering[r]
         mapping = {i: k for k, i in enumerate(shared)}
         mapping.update({i: starts[r] + k for k, i in enumerate(own)})
         tree = _renumber(d["tree"], mapping)
@@ -199,7 +199,7 @@ def plan(
     glob_tree = _replace_per_rank(trees[0], per_rank_values, [0])
 
     # this rank's own leaves, by global index
-    shared, own = _numbering(descs[rank]["tree"], descs[rank]["leaves"])
+    shared, own = numbering[rank]
     mine: dict[int, Leaf] = {k: leaves[i] for k, i in enumerate(shared)}
     mine.update({starts[rank] + k: leaves[i] for k, i in enumerate(own)})
 

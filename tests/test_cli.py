@@ -437,3 +437,16 @@ def test_inspect_shows_tied_tensors(tmp_path):
     result = CliRunner().invoke(cli_main, ["inspect", "--json", url])
     assert result.exit_code == 0, result.output
     assert '"alias"' in result.output
+
+
+def test_inspect_lists_per_rank_values_by_rank(tmp_path):
+    url = cloudckpt.save(str(tmp_path / "c"), {"rng": cloudckpt.PerRank({"x": np.ones(2), "n": 3}), "w": np.zeros(2)})
+    result = run("inspect", url)
+    assert result.exit_code == 0, result.output
+    assert "rng/x [rank 0]" in result.output and "rng/_r0/x" in result.output
+    assert "rng/n [rank 0]" in result.output and "json: 3" in result.output
+    result = run("inspect", "--json", url)
+    rows = json.loads(result.output)["leaves"]
+    assert [(r["path"], r.get("rank"), r["kind"]) for r in rows] == [
+        (["rng", "x"], 0, "array"), (["rng", "n"], 0, "json"), (["w"], None, "array"),
+    ]

@@ -18,7 +18,7 @@ groups are in :mod:`cloudckpt.frameworks.torch_group`.
 
 Example (one process, a 1-rank gloo group):
     >>> import os, tempfile, torch, torch.distributed as dist, numpy as np, cloudckpt
-    >>> from cloudckpt.frameworks.torch_group import free_port
+    >>> from cloudckpt.testing.launch import free_port
     >>> os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     >>> dist.init_process_group("gloo", rank=0, world_size=1)
     >>> from torch.distributed.tensor import distribute_tensor, Shard, init_device_mesh

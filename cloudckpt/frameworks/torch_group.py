@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import socket
 import threading
 from typing import Any
 
@@ -26,22 +25,10 @@ import torch.distributed as dist
 from ..errors import CheckpointError
 from ..group import _JsonMixin
 
-__all__ = ["TorchGroup", "group_for", "free_port"]
+__all__ = ["TorchGroup", "group_for"]
 
 _GROUPS: dict[tuple[Any, float], TorchGroup] = {}
 _LOCK = threading.Lock()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for ``MASTER_PORT`` in tests and examples).
-
-    Example:
-        >>> 1024 <= free_port() < 65536
-        True
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TorchGroup(_JsonMixin):
