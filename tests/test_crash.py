@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 from reliability_helpers import PARALLEL, SCRIPTS, Child, record, run_all
 
+from cloudckpt.storage import TEMP_MIN_AGE
+
 EVERY_K = os.environ.get("CLOUDCKPT_CRASH_ALL") == "1"
 RANDOM_KILLS = int(os.environ.get("CLOUDCKPT_RANDOM_KILLS", "15"))
 SEED = int(os.environ.get("CLOUDCKPT_CRASH_SEED", "20240601"))
@@ -228,8 +230,8 @@ def test_training_killed_at_random_moments_keeps_every_committed_step(backend, t
     [r] = verify_dirs([directory], backend.storage_options, tmp_path)
     assert r["latest"] == f"ckpt-{start + 2}", r
     assert r["listed_not_exact"] == [] and r["restored_exact"], r
-    # a kill inside a local write-temp-then-rename leaves its temp file, which nothing collects:
-    # a known bug (test_crash_leftover_temp_files_are_collected, xfail); anything else is an orphan
+    # a kill inside a local write-temp-then-rename leaves its temp file, collected only once it
+    # is TEMP_MIN_AGE old (test_crash_leftover_temp_files_are_collected); anything else is an orphan
     leftovers = [k for k in r["orphans_after_save"] if LOCAL_TEMP.search(k)]
     assert [k for k in r["orphans_after_gc"] if not LOCAL_TEMP.search(k)] == [], r
     assert [k for k in r["orphans_after_save"] if not LOCAL_TEMP.search(k)] == [], r
@@ -330,9 +332,17 @@ def test_crash_leftover_temp_files_are_collected(backend):
         crashlib.fill(live, step)
         ckpt.step = step
         m.save()
-    Path(d, "checkpoint.tmp-0123456789ab").write_text('model_checkpoint_path: "ckpt-')
+    killed = [Path(d, "checkpoint.tmp-0123456789ab"), Path(d, "ckpt-3", "manifest.json.tmp-0123456789ab")]
+    killed[0].write_text('model_checkpoint_path: "ckpt-')
     Path(d, "ckpt-3").mkdir()
-    Path(d, "ckpt-3", "manifest.json.tmp-0123456789ab").write_bytes(b'{"format": "cloud')
+    killed[1].write_bytes(b'{"format": "cloud')
+    long_ago = time.time() - 2 * TEMP_MIN_AGE  # the kill happened a while before this restart
+    for p in killed:
+        os.utime(p, (long_ago, long_ago))
+    # a temp file written just now may be the state-file write of a displaced
+    # manager still running: its rename must not fail (it did, CI of 218e103)
+    in_flight = Path(d, "checkpoint.tmp-fedcba987654")
+    in_flight.write_text('model_checkpoint_path: "ckpt-')
     ckpt2, live2 = crashlib.new_checkpoint()
     m2 = cloudckpt.CheckpointManager(ckpt2, d, 2, options=crashlib.STORE_OPTIONS)
     m2.restore_or_initialize()
@@ -340,4 +350,7 @@ def test_crash_leftover_temp_files_are_collected(backend):
     crashlib.fill(live2, 3)
     ckpt2.step = 3
     m2.save()
+    assert in_flight.exists()
+    assert not any(p.exists() for p in killed)
+    in_flight.unlink()
     assert crashlib.orphans(d, None) == []

@@ -66,6 +66,11 @@ _SECRET_WORDS = ("secret", "token", "password", "passwd", "key", "credential", "
 
 _LOCAL_PROTOCOLS = (None, "", "file", "local")
 # what the SDKs raise when they find no credentials at all (botocore, google-auth)
+#: Seconds after which a local temp file (``<name>.tmp-<hex>``) is taken to be
+#: the leftover of a killed write rather than a write in flight; a
+#: write-temp-then-rename of a small file takes milliseconds.
+TEMP_MIN_AGE = 60.0
+
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 
 # Hooks consulted by every Storage of this process, before its own (fault injection
@@ -695,11 +700,13 @@ class Storage:
         self.map(one, uploads)
         return len(uploads)
 
-    def collect_temporaries(self, prefix: str = "") -> list[str]:
+    def collect_temporaries(self, prefix: str = "", min_age: float = TEMP_MIN_AGE) -> list[str]:
         """Remove what a killed write left in the directory ``prefix`` (local disk:
         the temp file of a write-then-rename; object stores: nothing). Returns
-        the URLs removed. Call it only where no write of a live writer may be
-        in flight (the manager does, as the directory's owner).
+        the URLs removed. Only temp files last modified ``min_age`` seconds ago
+        or earlier go: a younger one may be the write of a live process (a
+        manager that has not yet learnt it lost the directory), which must
+        not fail because its temp file vanished before its rename.
 
         Example:
             >>> open_storage("memory://doc-temps").collect_temporaries()
@@ -708,7 +715,7 @@ class Storage:
         if prefix:
             validate_key(prefix)
         path = self._path(prefix) if prefix else self._root
-        removed: list[str] = self._request("delete", prefix, lambda: self._s.backend.clean_temps(path))
+        removed: list[str] = self._request("delete", prefix, lambda: self._s.backend.clean_temps(path, min_age))
         base = self._path("")
         return [self.url_for(p[len(base) + 1 :]) if p.startswith(base + "/") else p for p in removed]
 

@@ -476,7 +476,7 @@ class FsspecBackend:
         except (FileNotFoundError, OSError):
             pass
 
-    def clean_temps(self, path: str) -> list[str]:
+    def clean_temps(self, path: str, min_age: float) -> list[str]:
         """Object stores write whole objects: no temp files to leave behind."""
         return []
 

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -232,15 +233,24 @@ class LocalBackend:
         shutil.rmtree(path, ignore_errors=True)
         self._fsync_dir(os.path.dirname(path.rstrip("/")))
 
-    def clean_temps(self, path: str) -> list[str]:
-        """Remove the temp files a killed write-temp-then-rename left in ``path``."""
+    def clean_temps(self, path: str, min_age: float) -> list[str]:
+        """Remove the temp files a killed write-temp-then-rename left in ``path``:
+        those last modified at least ``min_age`` seconds ago. A younger one may
+        belong to a write still in flight (another process's state file)."""
         removed: list[str] = []
         try:
             entries = list(os.scandir(path))
         except (FileNotFoundError, NotADirectoryError):
             return removed
+        now = time.time()
         for e in entries:
-            if _TEMP_RE.search(e.name) and e.is_file(follow_symlinks=False):
+            if not (_TEMP_RE.search(e.name) and e.is_file(follow_symlinks=False)):
+                continue
+            try:
+                age = now - e.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue  # its write finished (renamed) meanwhile
+            if age >= min_age:
                 _unlink_quiet(e.path)
                 removed.append(e.path)
         return removed
