@@ -702,7 +702,10 @@ class CheckpointManager:
 
         Raises :class:`~cloudckpt.OwnershipLostError` if another manager has
         claimed the directory, and :class:`~cloudckpt.CheckpointExistsError`
-        if that number is committed already (nothing is overwritten).
+        if that number is committed already (nothing is overwritten). With
+        ``async_save`` in a single process, the ownership claim and check run
+        in the background, and their failure is raised by the next ``save()``
+        or :meth:`sync`.
 
         Example:
             >>> import numpy as np, cloudckpt, tempfile
@@ -765,7 +768,8 @@ class CheckpointManager:
                         return {"skip": True}
                     if check_interval and current_step < self._last_checkpoint_step + self._checkpoint_interval:
                         return {"skip": True}
-            self._ensure_owner()
+            if not self._owner_in_background():
+                self._ensure_owner()
             if self._checkpoint_interval is not None:
                 self._last_checkpoint_step = current_step
             self._checkpoint.save_counter = self._checkpoint.save_counter + 1
@@ -785,8 +789,22 @@ class CheckpointManager:
                 self._last_checkpoint_step = d["step"]
         return None if d.get("skip") else int(d["number"])
 
+    def _owner_in_background(self) -> bool:
+        """Whether an async save claims (or re-checks) ownership in its
+        background thread rather than in ``save()``: with one process, so that
+        the first save does not block on the claim's requests. The number is
+        still refused in ``save()`` if the view (reconciled on construction)
+        knows it; a number taken meanwhile fails the create-only commit."""
+        return self._async and self._group.size == 1
+
     def _background(self, number: int, node: dict[str, Any], leaves: list[Leaf], meta: dict[str, Any]) -> None:
         try:
+            if self._owner_in_background():
+                self._ensure_owner()
+                with self._lock:
+                    known = number in self._manifests
+                if known:  # committed by another writer before our claim
+                    raise CheckpointExistsError(_exists_message(self._url(number)))
             self._commit(number, node, leaves, meta)
         except BaseException as exc:
             log.error("async save of %s failed: %s", self._url(number), exc)

@@ -155,3 +155,39 @@ def test_existing_number_is_refused_at_save_time(backend):
         m.save()  # raised by save() itself, not later by sync()
     m.sync()
     assert committed(backend, f"{d}/ckpt-1") and m.latest_checkpoint == f"{d}/ckpt-1"
+
+
+def test_save_itself_makes_no_request_even_the_first_claiming_one(backend):
+    """(Was: the first async save() claimed the directory in the caller: 7 requests on S3.)"""
+    d = backend.url("run")
+    m = manager(backend, cloudckpt.Checkpoint(w=np.ones(4)), 2, async_save=True)
+    in_caller: list[tuple[str, str]] = []
+
+    def watch(op, url):
+        if threading.current_thread() is threading.main_thread():
+            in_caller.append((op, url))
+
+    remove = m._storage.add_hook(watch)
+    try:
+        for _ in range(3):  # the claiming save, then saves that re-check ownership
+            m.save()
+            assert in_caller == [], in_caller  # save() itself: no request
+            m.sync()
+    finally:
+        remove()
+    assert m.epoch == 1 and [name(u) for u in m.checkpoints] == ["ckpt-2", "ckpt-3"]
+    assert committed(backend, f"{d}/ckpt-3")
+
+
+@on(*NOT_S3)
+def test_ownership_lost_in_the_background_is_raised_by_sync(backend):
+    m = manager(backend, cloudckpt.Checkpoint(w=np.ones(2)), 3, async_save=True)
+    first = m.save()
+    m.sync()
+    other = manager(backend, cloudckpt.Checkpoint(w=np.zeros(2)), 3)
+    other.restore_or_initialize()  # claims the directory
+    url = m.save()  # returns: the check runs in the background
+    with pytest.raises(cloudckpt.OwnershipLostError):
+        m.sync()
+    assert not committed(backend, url)
+    assert other.latest_checkpoint == first and other.checkpoints == [first]
