@@ -27,6 +27,7 @@ from .errors import (
     OwnershipLostError,
     StorageError,
     StoragePermissionError,
+    TruncatedObjectError,
 )
 from .group import SINGLE as SINGLE_PROCESS
 from .manager import CheckpointManager, latest_checkpoint
@@ -61,5 +62,6 @@ __all__ = [
     "OwnershipLostError",
     "StorageError",
     "StoragePermissionError",
+    "TruncatedObjectError",
     "frameworks",
 ]

@@ -71,6 +71,7 @@ def load(
     device: Any = None,
     target: Any = None,
     process_group: Any = None,
+    mmap: bool = True,
 ) -> Any:
     """Read the checkpoint at ``path`` and return its state.
 
@@ -98,6 +99,15 @@ def load(
     given: then every rank of it must call ``load``, and if one cannot read
     its part, all raise.
 
+    On local disk, with ``mmap=True`` (the default; as ``torch.load(mmap=True)``),
+    the small tensors stored together in pack files come back as
+    copy-on-write views of those files, mapped from the page cache: no copy,
+    no freshly zeroed memory, and the crc32c is still checked over every
+    byte. Writing to them changes only this process's memory. The checkpoint
+    may be deleted meanwhile (retention does); its files must not be
+    truncated in place while the arrays live. ``mmap=False`` copies them into
+    fresh memory. Object stores always copy.
+
     Example:
         >>> import numpy as np, cloudckpt
         >>> url = cloudckpt.save("memory://doc-load/c", {"a": {"x": np.ones(1), "y": 2}})
@@ -115,7 +125,7 @@ def load(
     try:
         manifest = read_manifest(storage)
         regions = regions_of(target) if target is not None else None
-        state = read_state(storage, manifest, keys, regions=regions, rank=rank)
+        state = read_state(storage, manifest, keys, regions=regions, rank=rank, mmap=mmap)
     except Exception as exc:
         if group is None or group.size == 1:
             raise

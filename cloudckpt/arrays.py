@@ -45,7 +45,7 @@ import numpy as np
 
 from .checksum import crc32c_many, crc32c_of
 from .dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
-from .errors import CorruptCheckpointError, ObjectNotFoundError, StorageError
+from .errors import CorruptCheckpointError, ObjectNotFoundError, TruncatedObjectError
 from .storage import Storage
 from .tree import Leaf, format_path
 from .zarr_meta import array_doc, chunk_key, encode_doc, group_doc
@@ -538,6 +538,25 @@ def _coalesce(buffers: list[Any], small: int = 256 * 1024) -> list[Any]:
 # -- reading ----------------------------------------------------------------
 
 
+def _allocate(storage: Storage, rec: dict[str, Any], where: str) -> np.ndarray:
+    """Uninitialised memory for the array of ``rec`` (little-endian)."""
+    dt = parse_dtype(rec["dtype"])
+    shape = tuple(rec["shape"])
+    try:
+        return np.empty(shape, dtype=to_little(dt))
+    except (MemoryError, ValueError) as exc:
+        raise CorruptCheckpointError(
+            f"array {where} of {storage.url}: cannot allocate shape {shape} dtype {dt}: {exc}"
+        ) from None
+
+
+def _viewable(rec: dict[str, Any], offset: int) -> bool:
+    """Whether the packed tensor of ``rec`` at ``offset`` of a page-aligned
+    mapping can be a numpy view of it (aligned, plain bytes)."""
+    dt = to_little(parse_dtype(rec["dtype"]))
+    return dt.itemsize > 0 and not dt.hasobject and offset % dt.alignment == 0
+
+
 def _dest_bytes(dest: np.ndarray) -> memoryview:
     return memoryview(dest.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
@@ -556,6 +575,7 @@ def read_arrays(
     options: StoreOptions | None = None,
     *,
     paths: Sequence[Sequence[Any]] | None = None,
+    mmap: bool = True,
 ) -> dict[int, np.ndarray]:
     """Read the arrays ``wanted`` (indices into ``records``), verifying crc32c.
 
@@ -567,6 +587,12 @@ def read_arrays(
     :func:`_pack_tasks`). Raises
     :class:`CorruptCheckpointError` naming the object when one is missing,
     short, or fails its checksum.
+
+    With ``mmap`` on a storage that maps objects (local disk), a packed
+    tensor of a pack object read whole is a copy-on-write view of the
+    mapped object (:meth:`Storage.map_object`) rather than a copy: the
+    fresh memory a copy needs costs more (zero-filled page faults) than the
+    read itself. The object's crc32c is still verified over all of it.
     """
     _options(options)  # validated; reads need no buffer budget (see below)
     dests: dict[int, np.ndarray] = {}
@@ -578,18 +604,12 @@ def read_arrays(
 
     for i in wanted:
         rec = records[i]
-        dt = parse_dtype(rec["dtype"])
-        shape = tuple(rec["shape"])
-        try:
-            dest = np.empty(shape, dtype=to_little(dt))
-        except (MemoryError, ValueError) as exc:
-            raise CorruptCheckpointError(
-                f"array {where(i)} of {storage.url}: cannot allocate shape {shape} dtype {dt}: {exc}"
-            ) from None
-        dests[i] = dest
-        if "packed" in rec:
+        if "packed" in rec:  # allocated by _pack_tasks, unless a view of a mapped object
             packed_wanted.append((i, int(rec["packed"]["offset"]), int(rec["nbytes"])))
             continue
+        dest = dests[i] = _allocate(storage, rec, where(i))
+        dt = parse_dtype(rec["dtype"])
+        shape = tuple(rec["shape"])
         ch = rec["chunked"]
         sdt = storage_dtype(dt)
         sshape = storage_shape(dt, shape)
@@ -604,8 +624,12 @@ def read_arrays(
             tasks.append(_chunk_task(storage, obj, flat[c.start : c.start + c.valid], c.size))
 
     spanning: list[tuple[int, int, int]] = []
+    if packed_wanted and pack is None:
+        raise CorruptCheckpointError(f"manifest of {storage.url}: packed arrays but no pack")
     if packed_wanted and pack is not None:
-        pack_tasks, spanning = _pack_tasks(storage, pack, objects, packed_wanted, dests, records, where)
+        pack_tasks, spanning = _pack_tasks(
+            storage, pack, objects, packed_wanted, dests, records, where, mmap=mmap and storage.maps_objects
+        )
         tasks.extend(pack_tasks)
 
     # Every transfer lands in its destination array (no buffer per chunk), so the
@@ -616,7 +640,8 @@ def read_arrays(
         _check_packed(storage, pack, objects, records, dests, where, i, off)
 
     out: dict[int, np.ndarray] = {}
-    for i, dest in dests.items():
+    for i in wanted:
+        dest = dests[i]
         dt = parse_dtype(records[i]["dtype"])
         out[i] = dest if dest.dtype == dt else dest.astype(dt)
     return out
@@ -629,10 +654,8 @@ def _damage(storage: Storage, key: str) -> Iterator[None]:
         yield
     except ObjectNotFoundError:
         raise _corrupt(storage, key, "object is missing") from None
-    except StorageError as exc:
-        if "truncated" in str(exc):
-            raise _corrupt(storage, key, "object is truncated") from None
-        raise
+    except TruncatedObjectError:
+        raise _corrupt(storage, key, "object is truncated") from None
 
 
 def _read_into(storage: Storage, key: str, out: memoryview, start: int) -> None:
@@ -710,9 +733,13 @@ def _pack_tasks(
     dests: dict[int, np.ndarray],
     records: Sequence[dict[str, Any]],
     where: Callable[[int], str],
+    *,
+    mmap: bool = False,
 ) -> tuple[list[Callable[[], None]], list[tuple[int, int, int]]]:
     """The read tasks of the packed tensors ``wanted``, and the tensors whose
-    own crc32c is left to the caller (after every task ran).
+    own crc32c is left to the caller (after every task ran). Allocates
+    ``dests`` of the tensors, except (with ``mmap``) those a task makes
+    views of a mapped pack object.
 
     What checks which bytes: a pack object needed for at least half of it is
     read whole, scattered straight into the destination arrays (the bytes of
@@ -742,13 +769,24 @@ def _pack_tasks(
             pos = cend
     tasks: list[Callable[[], None]] = []
     spanning: set[int] = set()
+    whole = {j for j, pieces in per_chunk.items() if sum(p[3] for p in pieces) * 2 >= csize}
+    views: set[int] = set()  # tensors that will be views of a mapped object
+    if mmap:
+        views = {
+            i for j in whole for i, _t, coff, _n in per_chunk[j] if npieces[i] == 1 and _viewable(records[i], coff)
+        }
+    for i, _off, _nb in wanted:
+        if i not in views:
+            dests[i] = _allocate(storage, records[i], where(i))
     for j, pieces in sorted(per_chunk.items()):
         if j >= len(objs):
             raise CorruptCheckpointError(f"manifest of {storage.url}: packed data beyond the pack's {len(objs)} objects")
         obj = objs[j]
-        need = sum(p[3] for p in pieces)
-        if need * 2 >= csize:
-            tasks.append(_pack_full_task(storage, obj, csize, pieces, dests))
+        if j in whole:
+            if mmap:
+                tasks.append(_pack_map_task(storage, obj, csize, pieces, dests, records, views))
+            else:
+                tasks.append(_pack_full_task(storage, obj, csize, pieces, dests))
             continue
         # a few tensors of this object: ranges, with nearby ones merged into one
         # request (the bytes between them go to scratch), as a request costs far
@@ -796,6 +834,37 @@ def _pack_full_task(storage: Storage, obj: dict[str, Any], csize: int, pieces: l
         got = crc32c_many(views)
         if got != obj["crc32c"]:
             raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+
+    return run
+
+
+def _pack_map_task(
+    storage: Storage,
+    obj: dict[str, Any],
+    csize: int,
+    pieces: list[tuple[int, int, int, int]],
+    dests: dict[int, np.ndarray],
+    records: Sequence[dict[str, Any]],
+    views: set[int],
+) -> Callable[[], None]:
+    """Map a whole pack object, verify its crc32c over the mapping, then make
+    the tensors in ``views`` views of it and copy the other pieces out."""
+
+    def run() -> None:
+        _check_size_declared(storage, obj, csize)
+        key = obj["key"]
+        with _damage(storage, key):
+            mem = storage.map_object(key, csize)
+        got = crc32c_of(mem)
+        if got != obj["crc32c"]:
+            raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        for i, toff, coff, n in pieces:
+            if i in views:
+                dt = to_little(parse_dtype(records[i]["dtype"]))
+                flat = np.frombuffer(mem, dtype=dt, count=n // dt.itemsize, offset=coff)
+                dests[i] = flat.reshape(tuple(records[i]["shape"]))
+            else:
+                _dest_bytes(dests[i])[toff : toff + n] = mem[coff : coff + n]
 
     return run
 

@@ -321,6 +321,7 @@ def read_state(
     *,
     regions: Mapping[tuple[Any, ...], Sequence[Box]] | None = None,
     rank: int = 0,
+    mmap: bool = True,
 ) -> Any:
     """Read the state of a checkpoint whose validated manifest is ``manifest``.
 
@@ -330,6 +331,7 @@ def read_state(
     (the shards of distributed tensors): those leaves load as
     :class:`~cloudckpt.shards.ShardedArray` holding just those boxes, read
     from byte ranges. ``PerRank`` values are those saved by ``rank``.
+    ``mmap``: see :func:`cloudckpt.arrays.read_arrays`.
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
@@ -369,6 +371,7 @@ def read_state(
             [i for i in wanted if i not in boxes],  # one plan for every packed tensor: few requests
             options,
             paths=paths,
+            mmap=mmap,
         )
         for i, want in sliced.items():
             arrays[i] = ShardedArray.of_boxes(arrays[i], want)

@@ -24,6 +24,7 @@ __all__ = [
     "StorageError",
     "ObjectNotFoundError",
     "StoragePermissionError",
+    "TruncatedObjectError",
 ]
 
 
@@ -138,5 +139,14 @@ class StoragePermissionError(StorageError, PermissionError):
 
     Example:
         >>> issubclass(StoragePermissionError, PermissionError)
+        True
+    """
+
+
+class TruncatedObjectError(StorageError):
+    """A read wanted more bytes of an object than the object holds.
+
+    Example:
+        >>> issubclass(TruncatedObjectError, StorageError)
         True
     """

@@ -380,3 +380,76 @@ def test_s3_multipart_upload_from_buffers(object_backend):
     out = np.empty_like(arr)
     s.read_into_many("mp", [(memoryview(out[:7]).cast("B"), 0), (memoryview(out[7:]).cast("B"), 28)])
     assert np.array_equal(out, arr)
+
+
+# ---------------------------------------------------------------- mapped pack objects (local disk)
+
+
+def _mapped(a: np.ndarray) -> bool:
+    """Whether ``a`` is a view of a memory mapping (its base chain ends at an mmap)."""
+    import mmap
+
+    b = a
+    while isinstance(b, np.ndarray):
+        b = b.base
+    return isinstance(b, memoryview) and isinstance(b.obj, mmap.mmap)
+
+
+def _odd_state() -> dict:
+    """Packed tensors at offsets that do and do not suit a view, and one spanning two pack objects."""
+    rng = np.random.default_rng(5)
+    return {  # packed in this order
+        "f4": rng.random(1000, dtype=np.float32),  # offset 0
+        "odd": np.arange(3, dtype=np.uint8),  # offset 4000; moves every later offset off alignment
+        "f8": rng.random(100),  # offset 4003: not a view
+        "be": np.arange(10, dtype=">i4"),  # stored little-endian: converted, so never a view
+        "span": rng.random(3000),  # 24 KB over 16 KiB pack objects
+        "empty": np.zeros((0, 3), np.float32),
+        "scalar": np.float64(2.5),
+        "big": rng.random(10_000),  # chunked, not packed: read into fresh memory
+    }
+
+
+def test_local_load_maps_pack_objects_copy_on_write(tmp_path):
+    state = _odd_state()
+    opts = StoreOptions(pack_threshold=64 << 10, chunk_bytes=16 << 10)
+    url = cloudckpt.save(str(tmp_path / "c"), state, options=opts)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    got = cloudckpt.load(url)
+    for k, v in state.items():
+        assert np.array_equal(got[k], v) and got[k].dtype == np.asarray(v).dtype, k
+    assert _mapped(got["f4"]) and _mapped(got["odd"]) and got["f4"].flags.writeable
+    assert not any(_mapped(got[k]) for k in ("f8", "be", "span", "empty", "big"))
+    got["f4"][:] = -1  # copy-on-write: the file is not changed ...
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()} == before
+    again = cloudckpt.load(url)
+    assert np.array_equal(again["f4"], state["f4"])  # ... nor what the next load sees
+    plain = cloudckpt.load(url, mmap=False)
+    assert not any(_mapped(np.asarray(v)) for v in plain.values())
+    assert all(np.array_equal(plain[k], v) for k, v in state.items())
+
+
+def test_mapped_arrays_outlive_the_deleted_checkpoint(tmp_path):
+    state = {"w": np.arange(1000, dtype=np.float32), "b": np.ones(7)}
+    d = tmp_path / "run"
+    m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(model=state), str(d), 1)
+    first = m.save()
+    got = cloudckpt.load(first)
+    assert _mapped(got["model"]["w"])
+    m.save()  # retention deletes the first checkpoint (its files are unlinked)
+    assert not (d / "ckpt-1").exists()
+    assert np.array_equal(got["model"]["w"], state["w"]) and np.array_equal(got["model"]["b"], state["b"])
+
+
+def test_a_damaged_mapped_pack_object_is_named(tmp_path):
+    state = {f"t{i}": np.full(100, i, np.float32) for i in range(5)}
+    url = cloudckpt.save(str(tmp_path / "c"), state)
+    [pack_obj] = [p for p in (tmp_path / "c").rglob("_pack/c/*")]
+    raw = bytearray(pack_obj.read_bytes())
+    raw[1000] ^= 0xFF
+    pack_obj.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match=r"_pack.*crc32c mismatch"):
+        cloudckpt.load(url)
+    pack_obj.write_bytes(bytes(raw[:500]))
+    with pytest.raises(CorruptCheckpointError, match=r"_pack.*truncated"):
+        cloudckpt.load(url)

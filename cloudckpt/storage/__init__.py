@@ -41,6 +41,7 @@ from ..errors import (
     ObjectNotFoundError,
     StorageError,
     StoragePermissionError,
+    TruncatedObjectError,
 )
 from ._local import LocalBackend
 from ._retry import RetryPolicy, is_transient
@@ -508,7 +509,7 @@ class Storage:
         self._s.stats.add_bytes_read(min(n, view.nbytes))
         if n < view.nbytes:
             url = self.url_for(key)
-            raise StorageError(
+            raise TruncatedObjectError(
                 f"read {url}: object is truncated: wanted {view.nbytes} bytes from offset {start}, got {n}",
                 url=url,
                 operation="read",
@@ -552,11 +553,48 @@ class Storage:
             self._s.stats.add_bytes_read(min(n, want))
             if n < want:
                 url = self.url_for(key)
-                raise StorageError(
+                raise TruncatedObjectError(
                     f"read {url}: object is truncated: wanted {want} bytes from offset {start}, got {n}",
                     url=url,
                     operation="read",
                 )
+
+    @property
+    def maps_objects(self) -> bool:
+        """Whether :meth:`map_object` can map objects (local disk on POSIX)."""
+        return getattr(self._s.backend, "map_private", None) is not None
+
+    def map_object(self, key: str, size: int) -> memoryview:
+        """The first ``size`` bytes of ``key`` as a private, copy-on-write
+        memory mapping: no copy and no zero-filled page, the page cache is
+        mapped. Writes to the view stay in this process; the object is
+        never changed. Unlinking the file later is safe; truncating it in
+        place while the view lives is not (SIGBUS), which cloudckpt never does
+        to a data object. Only where :attr:`maps_objects`.
+
+        Raises :class:`TruncatedObjectError` if the object is shorter than ``size``.
+
+        Example:
+            >>> import tempfile
+            >>> s = open_storage(tempfile.mkdtemp()); s.write("k", b"abcdef")
+            >>> v = s.map_object("k", 4); bytes(v), v.readonly
+            (b'abcd', False)
+        """
+        validate_key(key)
+        mapper = getattr(self._s.backend, "map_private", None)
+        if mapper is None:
+            raise NotImplementedError(f"{self._s.backend.name} storage cannot map objects: read them")
+        path = self._path(key)
+        view: memoryview = self._request("read", key, lambda: mapper(path, size))
+        self._s.stats.add_bytes_read(min(view.nbytes, size))
+        if view.nbytes < size:
+            url = self.url_for(key)
+            raise TruncatedObjectError(
+                f"read {url}: object is truncated: wanted {size} bytes, it holds {view.nbytes}",
+                url=url,
+                operation="read",
+            )
+        return view
 
     def write(self, key: str, data: Buffer | Sequence[Buffer], *, atomic: bool = False) -> None:
         """Write an object (overwriting). ``data`` may be a list of buffers.

@@ -6,6 +6,7 @@ disk gets its own small backend. Every path here is absolute.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import shutil
@@ -118,6 +119,18 @@ class LocalBackend:
             return _preadv_all(fd, [v for v in views if v.nbytes], start)
         finally:
             os.close(fd)
+
+    def map_private(self, path: str, size: int) -> memoryview:
+        """A copy-on-write mapping of the first ``size`` bytes of the file
+        (fewer if the file is shorter: the caller reports the truncation)."""
+        with open(path, "rb", buffering=0) as f:
+            n = min(size, os.fstat(f.fileno()).st_size)
+            if n == 0:
+                return memoryview(bytearray(0))
+            m = mmap.mmap(f.fileno(), n, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        if hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_WILLNEED)  # read ahead what is not in the page cache yet
+        return memoryview(m)
 
     def put(self, path: str, buffers: Sequence[Buffer]) -> int:
         self._ensure_parent(path)
@@ -272,3 +285,7 @@ def _unlink_quiet(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+if not hasattr(mmap, "MAP_PRIVATE"):  # Windows: no copy-on-write file mappings here
+    del LocalBackend.map_private
