@@ -74,8 +74,8 @@ class StoreOptions:
     ``pack_threshold``: tensors smaller than this many bytes are packed.
     ``chunk_bytes``: target size of a chunk object (large tensors and the pack).
     ``buffer_bytes``: the most bytes of write buffers in flight at once on
-    backends whose writes copy their data (gcsfs, memory://). Local disk and
-    S3 write straight from the arrays, and every backend reads straight into
+    backends whose writes copy their data (memory://, other fsspec
+    filesystems). Local disk, S3 and GCS write straight from the arrays, and every backend reads straight into
     the destination arrays: there, ``max_concurrency`` of the storage alone
     bounds the transfers in flight.
 
@@ -328,10 +328,10 @@ def write_arrays(
     for key, doc in docs:
         jobs.append(_Job(doc_job(key, doc), 1024, None))
 
-    # On backends whose write holds a copy of its data in flight (gcsfs,
-    # memory://: one bytes per object), those copies are bounded by
-    # ``buffer_bytes``; local disk and S3 send straight from the arrays, so
-    # only the storage's concurrency bounds them.
+    # On backends whose write holds a copy of its data in flight (memory://:
+    # one bytes per object), those copies are bounded by ``buffer_bytes``;
+    # local disk, S3 and GCS send straight from the arrays, so only the
+    # storage's concurrency bounds them.
     budget = _Budget(opts.buffer_bytes) if storage.write_copies else None
 
     def array_chunk_job(i: int, c: _Chunk) -> Callable[[], tuple[dict[str, Any], dict[int, int]]]:

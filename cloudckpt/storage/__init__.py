@@ -285,8 +285,8 @@ class Storage:
     def write_copies(self) -> bool:
         """Whether a write holds a copy of its data while it is in flight (the
         caller bounds such bytes in flight). False on local disk (``write``
-        from the buffers) and S3 (the body is read from the buffers as it is
-        sent); True elsewhere (gcsfs, memory://, ... take one ``bytes``).
+        from the buffers), S3 and GCS (the body is read from the buffers as
+        it is sent); True elsewhere (memory://, ... take one ``bytes``).
 
         Example:
             >>> open_storage("memory://doc-copies").write_copies
