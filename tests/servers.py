@@ -151,7 +151,8 @@ class ServerProcess:
     def reset(self) -> None:
         """Drop all server state (moto: /moto-api/reset; fake-gcs: delete every bucket)."""
         if self.kind == "moto":
-            status, body = _http("POST", self.endpoint_url + "/moto-api/reset")
+            # freeing many GB of objects takes moto longer than a request's usual 5 s
+            status, body = _http("POST", self.endpoint_url + "/moto-api/reset", timeout=120.0)
             if status != 200:
                 raise RuntimeError(f"moto reset failed: HTTP {status} {body[:200]!r}")
             return
