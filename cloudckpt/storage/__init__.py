@@ -66,12 +66,12 @@ Hook = Callable[[str, str], None]
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "key", "credential", "sas", "signature", "session")
 
 _LOCAL_PROTOCOLS = (None, "", "file", "local")
-# what the SDKs raise when they find no credentials at all (botocore, google-auth)
 #: Seconds after which a local temp file (``<name>.tmp-<hex>``) is taken to be
 #: the leftover of a killed write rather than a write in flight; a
 #: write-temp-then-rename of a small file takes milliseconds.
 TEMP_MIN_AGE = 60.0
 
+# what the SDKs raise when they find no credentials at all (botocore, google-auth)
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
 
 # Hooks consulted by every Storage of this process, before its own (fault injection
