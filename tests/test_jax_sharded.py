@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +433,29 @@ def child_uneven() -> None:
         print("this jax allows uneven shardings")
 
 
+def _optax_trainer(tx: Any, x: Any) -> Callable[[Any, Any, int], tuple[Any, Any, list[float]]]:
+    """``run(params, opt_state, n)``: n jitted steps of ``tx`` on the toy loss
+    mean((x @ w + b)^2); returns the new params, state and the n losses."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    @jax.jit
+    def step(p: Any, s: Any) -> Any:
+        value, grads = jax.value_and_grad(lambda q: jnp.mean((x @ q["w"] + q["b"]) ** 2))(p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, value
+
+    def run(p: Any, s: Any, n: int) -> tuple[Any, Any, list[float]]:
+        out = []
+        for _ in range(n):
+            p, s, value = step(p, s)
+            out.append(float(value))
+        return p, s, out
+
+    return run
+
+
 def child_optax() -> None:
     import jax
     import jax.numpy as jnp
@@ -453,21 +477,7 @@ def child_optax() -> None:
         p = {"w": jnp.ones((16, 8)) / 4, "b": jnp.zeros(8)}
         return {k: jax.device_put(v, shardings[k]) for k, v in p.items()}
 
-    def loss(p: Any) -> Any:
-        return jnp.mean((x @ p["w"] + p["b"]) ** 2)
-
-    @jax.jit
-    def step(p: Any, s: Any) -> Any:
-        value, grads = jax.value_and_grad(loss)(p)
-        updates, s = tx.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, value
-
-    def run(p: Any, s: Any, n: int) -> tuple[Any, Any, list[float]]:
-        out = []
-        for _ in range(n):
-            p, s, value = step(p, s)
-            out.append(float(value))
-        return p, s, out
+    run = _optax_trainer(tx, x)
 
     p0 = init(shard_a)
     _, _, reference = run(p0, tx.init(p0), 8)
@@ -518,7 +528,6 @@ def _init_distributed(pid: str, n: str, port: str) -> tuple[int, int]:
 
 def child_multiprocess(pid: str, n: str, port: str, directory: str) -> None:
     import jax
-    import jax.numpy as jnp
     import optax
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding
@@ -612,18 +621,7 @@ def child_multiprocess(pid: str, n: str, port: str, directory: str) -> None:
     def init() -> dict[str, Any]:
         return {"w": make(np.full((16, 8), 0.25, np.float32), sh["w"]), "b": make(np.zeros(8, np.float32), sh["b"])}
 
-    @jax.jit
-    def train_step(p: Any, s: Any) -> Any:
-        value, grads = jax.value_and_grad(lambda q: jnp.mean((x @ q["w"] + q["b"]) ** 2))(p)
-        updates, s = tx.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, value
-
-    def run(p: Any, s: Any, steps: int) -> tuple[Any, Any, list[float]]:
-        out = []
-        for _ in range(steps):
-            p, s, value = train_step(p, s)
-            out.append(float(value))
-        return p, s, out
+    run = _optax_trainer(tx, x)
 
     p0 = init()
     _, _, reference = run(p0, tx.init(p0), 6)
