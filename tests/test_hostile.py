@@ -365,8 +365,9 @@ HOSTILE = {
 }
 
 
-def _hostile_dir(backend, name):
-    """A manager directory (ckpt-1, ckpt-2) whose ckpt-2 manifest is replaced by a hostile one."""
+def _run_and_victim(backend):
+    """A manager directory ``run`` with ckpt-1 and ckpt-2, and a ``victim``
+    directory holding someone else's object. Returns their storages."""
     so = backend.storage_options
     ckpt, live = crashlib.new_checkpoint()
     m = cloudckpt.CheckpointManager(ckpt, backend.url("run"), 3, storage_options=so, options=crashlib.STORE_OPTIONS)
@@ -376,7 +377,12 @@ def _hostile_dir(backend, name):
         m.save()
     victim = open_storage(backend.url("victim"), so)
     victim.write("secret.bin", b"someone else's bytes")
-    s = open_storage(backend.url("run"), so)
+    return open_storage(backend.url("run"), so), victim
+
+
+def _hostile_dir(backend, name):
+    """A manager directory (ckpt-1, ckpt-2) whose ckpt-2 manifest is replaced by a hostile one."""
+    s, victim = _run_and_victim(backend)
     raw = s.read("ckpt-2/manifest.json")
     if HOSTILE[name] == "deep-json":
         hostile = b'{"format":"cloudckpt","format_version":1,"tree":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -567,15 +573,7 @@ def _hostile_v3_dir(backend, name):
     a PerRank value) under a hostile manifest (re-encoded with a valid crc32c).
     ``name`` None: its valid manifest. Returns (run storage, victim storage)."""
     so = backend.storage_options
-    ckpt, live = crashlib.new_checkpoint()
-    m = cloudckpt.CheckpointManager(ckpt, backend.url("run"), 3, storage_options=so, options=crashlib.STORE_OPTIONS)
-    for step in (1, 2):
-        crashlib.fill(live, step)
-        ckpt.step = step
-        m.save()
-    victim = open_storage(backend.url("victim"), so)
-    victim.write("secret.bin", b"someone else's bytes")
-    s = open_storage(backend.url("run"), so)
+    s, victim = _run_and_victim(backend)
     original = json.loads(s.read("ckpt-2/manifest.json"))
     # a format-3 checkpoint, its data moved into ckpt-2 (beside ckpt-2's own, now unlisted, data)
     src = open_storage(cloudckpt.save(backend.url("src", "c"), _v3_state(), storage_options=so, options=V3_OPTIONS), so)
