@@ -228,6 +228,22 @@ def test_map_bounds_requests_in_flight(backend, limit):
         assert peak >= 2  # it is concurrent at all
 
 
+def test_map_starts_the_next_call_as_soon_as_one_finishes(memory_storage):
+    # A slow call must not hold back the rest: map once waited for its whole
+    # window of calls before starting more, so one big object in a save left
+    # the other slots idle. Here call 0 waits until call 3 has run.
+    third_ran = threading.Event()
+
+    def work(i: int) -> int:
+        if i == 0 and not third_ran.wait(10):
+            raise AssertionError("call 3 never started while call 0 was in flight (limit 2)")
+        if i == 3:
+            third_ran.set()
+        return i
+
+    assert memory_storage.map(work, range(6), limit=2) == list(range(6))
+
+
 def test_map_limit_cannot_exceed_max_concurrency(memory_storage):
     lock = threading.Lock()
     state = {"now": 0, "peak": 0}

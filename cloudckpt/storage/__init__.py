@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -810,7 +810,7 @@ class Storage:
                 index += 1
             if not pending:
                 break
-            done, _ = wait(list(pending), return_when=FIRST_EXCEPTION)
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for f in done:
                 i = pending.pop(f)
                 exc = f.exception()
