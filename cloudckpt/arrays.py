@@ -381,7 +381,8 @@ def write_arrays(
                 pos += 1
             if filled < size:
                 buffers.append(bytes(size - filled))
-            buffers = _coalesce(buffers)
+            if not storage.gathers_writes:
+                buffers = _coalesce(buffers)
             crc = crc32c_many(buffers)
             key = f"{prefix}/{PACK_NODE}/c/{j}"
             with _held(budget, size):

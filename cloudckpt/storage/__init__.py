@@ -295,6 +295,19 @@ class Storage:
         return bool(getattr(self._s.backend, "write_copies", True))
 
     @property
+    def gathers_writes(self) -> bool:
+        """Whether a write of many small buffers is as cheap as one of their
+        join: True on local disk (vectored ``writev``), so a caller need not
+        join small pieces first (a copy, and memory, for nothing).
+
+        Example:
+            >>> import tempfile
+            >>> open_storage(tempfile.mkdtemp()).gathers_writes, open_storage("memory://doc-gather").gathers_writes
+            (True, False)
+        """
+        return bool(getattr(self._s.backend, "gathers_writes", False))
+
+    @property
     def stats(self) -> RequestStats:
         """Request counters shared by this storage and its children."""
         return self._s.stats
