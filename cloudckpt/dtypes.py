@@ -80,6 +80,11 @@ def check_supported(dtype: np.dtype) -> str | None:
         >>> check_supported(np.dtype(object))
         'object arrays hold Python objects and cannot be stored without pickle'
     """
+    return _check_supported(dtype)
+
+
+@lru_cache(maxsize=256)
+def _check_supported(dtype: np.dtype) -> str | None:
     if dtype.hasobject:
         return "object arrays hold Python objects and cannot be stored without pickle"
     if _is_ml(dtype):
@@ -104,6 +109,11 @@ def dtype_name(dtype: np.dtype) -> str:
         >>> dtype_name(np.dtype(">i8"))
         '>i8'
     """
+    return _dtype_name(dtype)
+
+
+@lru_cache(maxsize=256)
+def _dtype_name(dtype: np.dtype) -> str:
     if _is_ml(dtype):
         return str(dtype.name)
     return str(dtype.str)
@@ -137,6 +147,7 @@ def _parse_dtype_name(name: str) -> np.dtype:
     return dt
 
 
+@lru_cache(maxsize=256)
 def is_native(dtype: np.dtype) -> bool:
     """Whether zarr 3 stores ``dtype`` as itself (no raw-bytes view)."""
     return (

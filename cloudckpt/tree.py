@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -432,6 +433,8 @@ def select(node: Mapping[str, Any], paths: Sequence[Path]) -> dict[str, Any]:
 
 _ALWAYS_QUOTE = {"%", "/", "\\"}
 _ZARR_JSON = "zarr.json"
+# a name encode_name keeps as it is: no character it quotes, no leading "_" or "#"
+_PLAIN_NAME = re.compile(r"[^%/\\\x00-\x1f\x7f_#][^%/\\\x00-\x1f\x7f]*")
 ROOT_NODE = "_root"
 
 
@@ -453,6 +456,8 @@ def encode_name(key: Key, *, in_list: bool = False) -> str:
         return f"#{key}"
     if key == "":
         return "%"
+    if _PLAIN_NAME.fullmatch(key) and key != _ZARR_JSON and key.strip("."):
+        return key  # the common case, without a loop over its characters
     out = []
     for i, ch in enumerate(key):
         if ch in _ALWAYS_QUOTE or ord(ch) < 0x20 or ord(ch) == 0x7F or (i == 0 and ch in "_#"):

@@ -218,7 +218,8 @@ def test_encode_name_is_injective_within_a_container(ks):
     ("key", "name"),
     [("w", "w"), ("b/x", "b%2Fx"), ("", "%"), ("%", "%25"), ("__init__", "%5F_init__"), ("_pack", "%5Fpack"),
      ("#1", "%231"), (1, "#1"), (-2, "#-2"), (".", "%2E"), ("..", "%2E%2E"), ("a.b", "a.b"),
-     ("zarr.json", "zarr%2Ejson"), ("layer.0.weight", "layer.0.weight"), ("ü", "ü")],
+     ("zarr.json", "zarr%2Ejson"), ("layer.0.weight", "layer.0.weight"), ("ü", "ü"), ("a\x7fb", "a%7Fb"),
+     ("x\n", "x%0A"), ("a\\b", "a%5Cb"), ("a_#", "a_#")],
 )
 def test_encode_name_examples(key, name):
     assert encode_name(key) == name
