@@ -130,9 +130,31 @@ def chunk_layout(shape: Sequence[int], itemsize: int, target: int) -> tuple[tupl
     for k in range(n):
         if suffix[k + 1] <= target or k == n - 1:
             rows = _balanced_rows(shape[k], max(1, math.ceil(suffix[k] / target)))
+            if k == 0 and rows < shape[0]:
+                rows = _page_rows(shape[0], rows, suffix[1])
             chunk = tuple([1] * k + [rows] + list(shape[k + 1 :]))
             return chunk, k
     raise AssertionError("unreachable")
+
+
+_PAGE = 4096  # chunk objects of a multiple of this can be mapped back to back (Storage.map_objects)
+
+
+def _page_rows(n: int, rows: int, row_bytes: int) -> int:
+    """``rows`` rounded up so that a chunk is a whole number of 4 KiB pages,
+    if that pads the array by at most 1% and grows a chunk by at most 25%;
+    else ``rows``. Such chunks can be mapped as one array on load.
+
+    Example:
+        >>> _page_rows(50257, 16753, 1792), _page_rows(1000, 200, 40)
+        (16768, 200)
+    """
+    align = _PAGE // math.gcd(row_bytes, _PAGE)
+    aligned = -(-rows // align) * align
+    if aligned >= n or aligned * 4 > rows * 5:
+        return rows
+    pad = -(-n // aligned) * aligned - n
+    return aligned if pad * 100 <= n else rows
 
 
 def _balanced_rows(n: int, pieces: int) -> int:
@@ -608,7 +630,6 @@ def read_arrays(
         if "packed" in rec:  # allocated by _pack_tasks, unless a view of a mapped object
             packed_wanted.append((i, int(rec["packed"]["offset"]), int(rec["nbytes"])))
             continue
-        dest = dests[i] = _allocate(storage, rec, where(i))
         dt = parse_dtype(rec["dtype"])
         shape = tuple(rec["shape"])
         ch = rec["chunked"]
@@ -620,6 +641,10 @@ def read_arrays(
         objs = objects[lo:hi]
         if len(objs) != len(chunks):
             raise CorruptCheckpointError(f"manifest of {storage.url}: array {where(i)} lists {len(objs)} objects for {len(chunks)} chunks")
+        if mmap and storage.maps_objects and _back_to_back_chunks(chunks):
+            tasks.append(_chunked_map_task(storage, objs, chunks, rec, dests, i))
+            continue
+        dest = dests[i] = _allocate(storage, rec, where(i))
         flat = _dest_bytes(dest)
         for c, obj in zip(chunks, objs, strict=True):
             tasks.append(_chunk_task(storage, obj, flat[c.start : c.start + c.valid], c.size))
@@ -685,6 +710,59 @@ def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: in
             raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
 
     return run
+
+
+def _back_to_back_chunks(chunks: Sequence[_Chunk]) -> bool:
+    """Whether the chunk objects, laid back to back, are the array's bytes
+    (row chunks with padding only in the last, as large arrays are
+    written), so that they can be mapped as one array."""
+    at = 0
+    for n, c in enumerate(chunks):
+        if c.start != at or (c.valid != c.size and n != len(chunks) - 1):
+            return False
+        at += c.valid
+    return bool(chunks)
+
+
+def _chunked_map_task(
+    storage: Storage, objs: Sequence[dict[str, Any]], chunks: Sequence[_Chunk], rec: dict[str, Any], dests: dict[int, np.ndarray], i: int
+) -> Callable[[], None]:
+    """Map the chunk objects of array ``i`` back to back (copy-on-write,
+    :meth:`Storage.map_objects`), verify every object's crc32c over the
+    mapping and make the array a view of it: no fresh memory to fill. Where
+    they cannot be mapped so (page-size multiples, platform), read them."""
+
+    def run() -> None:
+        for c, obj in zip(chunks, objs, strict=True):
+            _check_size_declared(storage, obj, c.size)
+        with _damage_of_any(storage, [o["key"] for o in objs]):
+            mem = storage.map_objects([(o["key"], c.size) for c, o in zip(chunks, objs, strict=True)])
+        dt = to_little(parse_dtype(rec["dtype"]))
+        shape = tuple(rec["shape"])
+        if mem is None:
+            dest = dests[i] = np.empty(shape, dtype=dt)
+            flat = _dest_bytes(dest)
+            for c, obj in zip(chunks, objs, strict=True):
+                _chunk_task(storage, obj, flat[c.start : c.start + c.valid], c.size)()
+            return
+        for c, obj in zip(chunks, objs, strict=True):
+            got = crc32c_of(mem[c.start : c.start + c.size])
+            if got != obj["crc32c"]:
+                raise _corrupt(storage, obj["key"], f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        dests[i] = np.frombuffer(mem, dtype=dt, count=math.prod(shape)).reshape(shape)
+
+    return run
+
+
+@contextlib.contextmanager
+def _damage_of_any(storage: Storage, keys: Sequence[str]) -> Iterator[None]:
+    """:func:`_damage` for a request over several objects: the error names the one it was about."""
+    try:
+        yield
+    except (ObjectNotFoundError, TruncatedObjectError) as exc:
+        key = next((k for k in keys if storage.url_for(k) == getattr(exc, "url", None)), keys[0])
+        with _damage(storage, key):
+            raise
 
 
 def _check_size_declared(storage: Storage, obj: dict[str, Any], size: int) -> None:

@@ -532,3 +532,67 @@ def test_a_damaged_mapped_pack_object_is_named(tmp_path):
     pack_obj.write_bytes(bytes(raw[:500]))
     with pytest.raises(CorruptCheckpointError, match=r"_pack.*truncated"):
         cloudckpt.load(url)
+
+
+# ---------------------------------------------------------------- mapped chunked arrays (local disk)
+
+
+def _chunked_state() -> dict:
+    rng = np.random.default_rng(6)
+    return {
+        "rows": rng.random((64, 1024)),  # 8 KiB rows, 4 per 32 KiB chunk: 16 page-sized chunks
+        "padded": rng.random((1001, 512), dtype=np.float32),  # 63 chunks, the last one padded
+        "text": np.array([["abc", "de"], ["f", ""]] * 3072, dtype="<U3"),  # stored as bytes with an extra axis
+        "be": np.arange(20_000, dtype=">i4").reshape(40, 500),  # viewed, then converted: a copy
+        "mid": rng.random((3, 5000)),  # split along axis 1, padding between chunks: read
+        "odd": rng.random(6000),  # 16000-byte chunks, not whole pages: read
+    }
+
+
+def test_local_load_maps_chunked_arrays_back_to_back(tmp_path):
+    state = _chunked_state()
+    opts = StoreOptions(pack_threshold=1, chunk_bytes=32 << 10)
+    url = cloudckpt.save(str(tmp_path / "c"), state, options=opts)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    got = cloudckpt.load(url)
+    for k, v in state.items():
+        assert np.array_equal(got[k], v) and got[k].dtype == v.dtype, k
+    assert _mapped(got["rows"]) and _mapped(got["padded"]) and _mapped(got["text"])
+    assert not any(_mapped(got[k]) for k in ("be", "mid", "odd"))
+    got["rows"][:] = -1  # copy-on-write: the files are not changed
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()} == before
+    assert np.array_equal(cloudckpt.load(url)["rows"], state["rows"])
+    plain = cloudckpt.load(url, mmap=False)
+    assert not any(_mapped(v) for v in plain.values())
+    assert all(np.array_equal(plain[k], v) for k, v in state.items())
+
+
+def test_page_sized_chunks_are_chosen_when_they_cost_little_padding():
+    # 50257 rows of 1792 bytes (GPT-2's embedding): balanced rows 16753 make
+    # 30,021,376-byte chunks, which cannot be mapped back to back
+    chunk, k = arrays.chunk_layout((50257, 448), 4, 32 << 20)
+    assert k == 0 and chunk[0] * 448 * 4 % 4096 == 0 and -(-50257 // chunk[0]) == 3
+    # where whole pages would pad by more than 1%, the balanced rows stay
+    assert arrays.chunk_layout((1000, 10), 4, 8000) == ((200, 10), 0)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_mapped_chunk_is_named(tmp_path, damage):
+    state = {"rows": np.random.default_rng(7).random((64, 1024))}
+    url = cloudckpt.save(str(tmp_path / "c"), state, options=StoreOptions(pack_threshold=1, chunk_bytes=32 << 10))
+    victim = next((tmp_path / "c").glob("data-*/rows/c/5/0"))  # the sixth of 16 chunks
+    assert cloudckpt.load(url)["rows"] is not None
+    if damage == "flip":
+        raw = bytearray(victim.read_bytes())
+        raw[100] ^= 0xFF
+        victim.write_bytes(bytes(raw))
+        expect = "crc32c mismatch"
+    elif damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:4096])
+        expect = "truncated"
+    else:
+        victim.unlink()
+        expect = "missing"
+    rel = victim.relative_to(tmp_path / "c").as_posix()
+    with pytest.raises(CorruptCheckpointError, match=f"{rel}.*{expect}"):
+        cloudckpt.load(url)

@@ -28,7 +28,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import mmap
 import os
 import threading
 import time
@@ -608,6 +610,53 @@ class Storage:
                 operation="read",
             )
         return view
+
+    def map_objects(self, objects: Sequence[tuple[str, int]]) -> memoryview | None:
+        """The objects ``(key, size)`` mapped back to back, copy-on-write,
+        into one contiguous view of ``sum(sizes)`` bytes, as
+        :meth:`map_object` maps one (the same caveats). None where they
+        cannot be placed so: a storage without mappings, a platform that
+        cannot place a file at an address (only Linux can here), or a size
+        other than the last that is not a multiple of the page size. Then
+        the caller reads them.
+
+        Raises :class:`TruncatedObjectError` naming the first object shorter
+        than its size, :class:`ObjectNotFoundError` for a missing one.
+
+        Example:
+            >>> import mmap, tempfile
+            >>> s = open_storage(tempfile.mkdtemp()); p = mmap.PAGESIZE
+            >>> s.write("a", b"x" * p); s.write("b", b"yz!")
+            >>> v = s.map_objects([("a", p), ("b", 2)])
+            >>> v is None or bytes(v[p - 1 : p + 2]) == b"xyz"
+            True
+        """
+        backend = self._s.backend
+        reserve = getattr(backend, "reserve_mapping", None)
+        sizes = [n for _, n in objects]
+        if reserve is None or not objects or any(n % mmap.PAGESIZE for n in sizes[:-1]):
+            return None
+        for key, _ in objects:
+            validate_key(key)
+        region = reserve(sum(sizes))
+        if region is None:
+            return None
+        try:
+            offset = 0
+            for key, size in objects:
+                place = functools.partial(backend.map_private_at, region, offset, self._path(key), size)
+                have: int = self._request("read", key, place)
+                if have < size:
+                    url = self.url_for(key)
+                    raise TruncatedObjectError(
+                        f"read {url}: object is truncated: wanted {size} bytes, it holds {have}", url=url, operation="read"
+                    )
+                self._s.stats.add_bytes_read(size)
+                offset += size
+        except BaseException:
+            region.close()
+            raise
+        return memoryview(region)
 
     def write(self, key: str, data: Buffer | Sequence[Buffer], *, atomic: bool = False) -> None:
         """Write an object (overwriting). ``data`` may be a list of buffers.

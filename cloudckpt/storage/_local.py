@@ -41,6 +41,36 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _sync_file_range = _load_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
+_MAP_FIXED = 0x10  # Linux
+
+
+def _load_mmap_fixed() -> Callable[[int, int, int, int, int, int], int | None] | None:
+    """libc's ``mmap`` (Linux), to place a file mapping at a chosen address
+    (``MAP_FIXED``), which Python's ``mmap`` module cannot; or None."""
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MAP_PRIVATE"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).mmap
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    fn.restype = ctypes.c_void_p
+    return cast("Callable[[int, int, int, int, int, int], int | None]", fn)
+
+
+_mmap_fixed = _load_mmap_fixed()
+
+
+def _address(region: mmap.mmap) -> int:
+    import ctypes
+
+    anchor = ctypes.c_char.from_buffer(region)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor  # releases its export of the region's buffer
 
 
 def _writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -192,6 +222,37 @@ class LocalBackend:
         if hasattr(m, "madvise"):
             m.madvise(mmap.MADV_WILLNEED)  # read ahead what is not in the page cache yet
         return memoryview(m)
+
+    def reserve_mapping(self, size: int) -> mmap.mmap | None:
+        """An anonymous private mapping of ``size`` bytes whose pages
+        :meth:`map_private_at` replaces with files, or None where files
+        cannot be placed at an address (not Linux)."""
+        if _mmap_fixed is None or size <= 0:
+            return None
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def map_private_at(self, region: mmap.mmap, offset: int, path: str, size: int) -> int:
+        """Map the first ``size`` bytes of the file copy-on-write over
+        ``region`` from ``offset`` (a multiple of the page size), replacing
+        its pages; closing the region unmaps them. Returns ``size``, or the
+        file's smaller size, in which case nothing is mapped."""
+        assert _mmap_fixed is not None and offset % mmap.PAGESIZE == 0 and offset + size <= len(region)
+        with open(path, "rb", buffering=0) as f:
+            have = os.fstat(f.fileno()).st_size
+            if have < size:
+                return have
+            if size == 0:
+                return 0
+            want = _address(region) + offset
+            got = _mmap_fixed(want, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, f.fileno(), 0)
+            if got != want:
+                import ctypes
+
+                err = ctypes.get_errno()
+                raise OSError(err, f"mmap of {path} at an offset of a reserved region: {os.strerror(err)}")
+        if hasattr(region, "madvise"):
+            region.madvise(mmap.MADV_WILLNEED, offset, size)  # read ahead what is not in the page cache yet
+        return size
 
     def put(self, path: str, buffers: Sequence[Buffer]) -> int:
         self._ensure_parent(path)
