@@ -105,9 +105,10 @@ def load(
     no freshly zeroed memory, and the crc32c is still checked over every
     byte. On Linux, so do large arrays whose chunk files are whole 4 KiB
     pages (the writer picks such chunks where they pad by at most 1%): the
-    chunk files are mapped back to back as one array. Writing to them changes only this process's memory. The checkpoint
-    may be deleted meanwhile (retention does); its files must not be
-    truncated in place while the arrays live. ``mmap=False`` copies them into
+    chunk files are mapped back to back as one array. Writing to them
+    changes only this process's memory. The checkpoint may be deleted
+    meanwhile (retention does); its files must not be truncated in place
+    while the arrays live. ``mmap=False`` copies them into
     fresh memory. Object stores always copy.
 
     Example:

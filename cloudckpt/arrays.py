@@ -641,7 +641,7 @@ def read_arrays(
         objs = objects[lo:hi]
         if len(objs) != len(chunks):
             raise CorruptCheckpointError(f"manifest of {storage.url}: array {where(i)} lists {len(objs)} objects for {len(chunks)} chunks")
-        if mmap and storage.maps_objects and _back_to_back_chunks(chunks):
+        if mmap and _back_to_back_chunks(chunks) and storage.maps_together([c.size for c in chunks]):
             tasks.append(_chunked_map_task(storage, objs, chunks, rec, dests, i))
             continue
         dest = dests[i] = _allocate(storage, rec, where(i))
@@ -729,22 +729,16 @@ def _chunked_map_task(
 ) -> Callable[[], None]:
     """Map the chunk objects of array ``i`` back to back (copy-on-write,
     :meth:`Storage.map_objects`), verify every object's crc32c over the
-    mapping and make the array a view of it: no fresh memory to fill. Where
-    they cannot be mapped so (page-size multiples, platform), read them."""
+    mapping and make the array a view of it: no fresh memory to fill."""
 
     def run() -> None:
         for c, obj in zip(chunks, objs, strict=True):
             _check_size_declared(storage, obj, c.size)
         with _damage_of_any(storage, [o["key"] for o in objs]):
             mem = storage.map_objects([(o["key"], c.size) for c, o in zip(chunks, objs, strict=True)])
+        assert mem is not None  # the caller asked Storage.maps_together
         dt = to_little(parse_dtype(rec["dtype"]))
         shape = tuple(rec["shape"])
-        if mem is None:
-            dest = dests[i] = np.empty(shape, dtype=dt)
-            flat = _dest_bytes(dest)
-            for c, obj in zip(chunks, objs, strict=True):
-                _chunk_task(storage, obj, flat[c.start : c.start + c.valid], c.size)()
-            return
         for c, obj in zip(chunks, objs, strict=True):
             got = crc32c_of(mem[c.start : c.start + c.size])
             if got != obj["crc32c"]:

@@ -611,14 +611,27 @@ class Storage:
             )
         return view
 
+    def maps_together(self, sizes: Sequence[int]) -> bool:
+        """Whether :meth:`map_objects` can map objects of these sizes back to
+        back: a storage that maps objects, on a platform that can place a
+        file at an address (Linux here), and every size but the last a
+        multiple of the page size.
+
+        Example:
+            >>> import mmap, sys, tempfile
+            >>> s = open_storage(tempfile.mkdtemp())
+            >>> s.maps_together([mmap.PAGESIZE, 10]) == sys.platform.startswith("linux"), s.maps_together([10, 10])
+            (True, False)
+        """
+        return bool(sizes) and bool(getattr(self._s.backend, "places_mappings", False)) and not any(
+            n % mmap.PAGESIZE for n in sizes[:-1]
+        )
+
     def map_objects(self, objects: Sequence[tuple[str, int]]) -> memoryview | None:
         """The objects ``(key, size)`` mapped back to back, copy-on-write,
         into one contiguous view of ``sum(sizes)`` bytes, as
-        :meth:`map_object` maps one (the same caveats). None where they
-        cannot be placed so: a storage without mappings, a platform that
-        cannot place a file at an address (only Linux can here), or a size
-        other than the last that is not a multiple of the page size. Then
-        the caller reads them.
+        :meth:`map_object` maps one (the same caveats). None where
+        :meth:`maps_together` says they cannot be; then the caller reads them.
 
         Raises :class:`TruncatedObjectError` naming the first object shorter
         than its size, :class:`ObjectNotFoundError` for a missing one.
@@ -631,16 +644,13 @@ class Storage:
             >>> v is None or bytes(v[p - 1 : p + 2]) == b"xyz"
             True
         """
-        backend = self._s.backend
-        reserve = getattr(backend, "reserve_mapping", None)
         sizes = [n for _, n in objects]
-        if reserve is None or not objects or any(n % mmap.PAGESIZE for n in sizes[:-1]):
+        if not self.maps_together(sizes) or sum(sizes) == 0:
             return None
         for key, _ in objects:
             validate_key(key)
-        region = reserve(sum(sizes))
-        if region is None:
-            return None
+        backend = self._s.backend
+        region = backend.reserve_mapping(sum(sizes))
         try:
             offset = 0
             for key, size in objects:

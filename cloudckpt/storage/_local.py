@@ -6,6 +6,7 @@ disk gets its own small backend. Every path here is absolute.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import re
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+from typing import Any
 
 Buffer = bytes | bytearray | memoryview
 
@@ -23,54 +24,25 @@ _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_
 _WRITEBACK_PIECE = 8 * 2**20  # start writeback after every this many bytes (see _writeback)
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``sync_file_range`` (Linux), or None. Python's ``os`` has no
-    binding for it, hence ctypes."""
+def _libc(name: str, argtypes: list[Any], restype: Any) -> Any:
+    """The C library's function ``name`` (Linux), or None. Python's ``os``
+    and ``mmap`` have no binding for ``sync_file_range`` nor for a mapping at
+    a chosen address, hence ctypes."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", fn)
+    fn.argtypes = argtypes
+    fn.restype = restype
+    return fn
 
 
-_sync_file_range = _load_sync_file_range()
+_sync_file_range: Callable[[int, int, int, int], int] | None = _libc(
+    "sync_file_range", [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint], ctypes.c_int
+)
 _SYNC_FILE_RANGE_WRITE = 2
-_MAP_FIXED = 0x10  # Linux
-
-
-def _load_mmap_fixed() -> Callable[[int, int, int, int, int, int], int | None] | None:
-    """libc's ``mmap`` (Linux), to place a file mapping at a chosen address
-    (``MAP_FIXED``), which Python's ``mmap`` module cannot; or None."""
-    if not sys.platform.startswith("linux") or not hasattr(mmap, "MAP_PRIVATE"):
-        return None
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).mmap
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    fn.restype = ctypes.c_void_p
-    return cast("Callable[[int, int, int, int, int, int], int | None]", fn)
-
-
-_mmap_fixed = _load_mmap_fixed()
-
-
-def _address(region: mmap.mmap) -> int:
-    import ctypes
-
-    anchor = ctypes.c_char.from_buffer(region)
-    try:
-        return ctypes.addressof(anchor)
-    finally:
-        del anchor  # releases its export of the region's buffer
 
 
 def _writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -82,6 +54,23 @@ def _writeback(fd: int, offset: int, nbytes: int) -> None:
     still the fsync's job, so a failure here is ignored."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+# mmap(addr, length, prot, flags, fd, offset), to place a file's mapping at addr
+_MAP_FIXED = 0x10  # Linux
+_mmap_fixed: Callable[[int, int, int, int, int, int], int | None] | None = _libc(
+    "mmap", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long], ctypes.c_void_p
+)
+if not hasattr(mmap, "MAP_PRIVATE"):
+    _mmap_fixed = None
+
+
+def _address(region: mmap.mmap) -> int:
+    anchor = ctypes.c_char.from_buffer(region)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor  # releases its export of the region's buffer
 
 
 def _write_all(fd: int, buffers: Sequence[Buffer], *, early: bool = False) -> int:
@@ -223,12 +212,11 @@ class LocalBackend:
             m.madvise(mmap.MADV_WILLNEED)  # read ahead what is not in the page cache yet
         return memoryview(m)
 
-    def reserve_mapping(self, size: int) -> mmap.mmap | None:
-        """An anonymous private mapping of ``size`` bytes whose pages
-        :meth:`map_private_at` replaces with files, or None where files
-        cannot be placed at an address (not Linux)."""
-        if _mmap_fixed is None or size <= 0:
-            return None
+    places_mappings = _mmap_fixed is not None  # map_private_at works here
+
+    def reserve_mapping(self, size: int) -> mmap.mmap:
+        """An anonymous private mapping of ``size`` (> 0) bytes whose pages
+        :meth:`map_private_at` replaces with files (where ``places_mappings``)."""
         return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
     def map_private_at(self, region: mmap.mmap, offset: int, path: str, size: int) -> int:
@@ -246,8 +234,6 @@ class LocalBackend:
             want = _address(region) + offset
             got = _mmap_fixed(want, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, f.fileno(), 0)
             if got != want:
-                import ctypes
-
                 err = ctypes.get_errno()
                 raise OSError(err, f"mmap of {path} at an offset of a reserved region: {os.strerror(err)}")
         if hasattr(region, "madvise"):
