@@ -315,6 +315,8 @@ def write_arrays(
             # _MIN_PACK_PIECE: a few more requests (at most 8) buy parallel transfers.
             m = max(m, min(_PACK_PIECES, storage.max_concurrency, math.ceil(pack_len / _MIN_PACK_PIECE)))
         csize = max(1, math.ceil(pack_len / m)) if pack_len else 1
+        if m > 1:  # whole pages: tensors keep their alignment in every object, which can be mapped back to back
+            csize = -(-csize // _PAGE) * _PAGE
         nchunks = math.ceil(pack_len / csize) if pack_len else 0
         pack_chunks = [(j * csize, csize) for j in range(nchunks)]
         table = [
@@ -844,13 +846,18 @@ def _pack_tasks(
     spanning: set[int] = set()
     whole = {j for j, pieces in per_chunk.items() if sum(p[3] for p in pieces) * 2 >= csize}
     views: set[int] = set()  # tensors that will be views of a mapped object
-    if mmap:
+    map_all = mmap and len(whole) == len(objs) > 1 and storage.maps_together([csize] * len(objs))
+    if map_all:  # every object is read whole: mapped back to back, tensors spanning two are views too
+        views = {i for i, off, nb in wanted if nb and _viewable(records[i], off)}
+    elif mmap:
         views = {
             i for j in whole for i, _t, coff, _n in per_chunk[j] if npieces[i] == 1 and _viewable(records[i], coff)
         }
     for i, _off, _nb in wanted:
         if i not in views:
             dests[i] = _allocate(storage, records[i], where(i))
+    if map_all:
+        return [_whole_pack_map_task(storage, objs, csize, wanted, dests, records, views)], []
     for j, pieces in sorted(per_chunk.items()):
         if j >= len(objs):
             raise CorruptCheckpointError(f"manifest of {storage.url}: packed data beyond the pack's {len(objs)} objects")
@@ -938,6 +945,39 @@ def _pack_map_task(
                 dests[i] = flat.reshape(tuple(records[i]["shape"]))
             else:
                 _dest_bytes(dests[i])[toff : toff + n] = mem[coff : coff + n]
+
+    return run
+
+
+def _whole_pack_map_task(
+    storage: Storage,
+    objs: Sequence[dict[str, Any]],
+    csize: int,
+    wanted: list[tuple[int, int, int]],
+    dests: dict[int, np.ndarray],
+    records: Sequence[dict[str, Any]],
+    views: set[int],
+) -> Callable[[], None]:
+    """Map every pack object back to back (:meth:`Storage.map_objects`),
+    verify each object's crc32c over the mapping, then make the tensors in
+    ``views`` views of it and copy the others out."""
+
+    def run() -> None:
+        for obj in objs:
+            _check_size_declared(storage, obj, csize)
+        with _damage_of_any(storage, [o["key"] for o in objs]):
+            mem = storage.map_objects([(o["key"], csize) for o in objs])
+        assert mem is not None  # the caller asked Storage.maps_together
+        for j, obj in enumerate(objs):
+            got = crc32c_of(mem[j * csize : (j + 1) * csize])
+            if got != obj["crc32c"]:
+                raise _corrupt(storage, obj["key"], f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        for i, off, nb in wanted:
+            if i in views:
+                dt = to_little(parse_dtype(records[i]["dtype"]))
+                dests[i] = np.frombuffer(mem, dtype=dt, count=nb // dt.itemsize, offset=off).reshape(tuple(records[i]["shape"]))
+            else:
+                _dest_bytes(dests[i])[:] = mem[off : off + nb]
 
     return run
 
