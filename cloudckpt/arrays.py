@@ -315,7 +315,9 @@ def write_arrays(
             # _MIN_PACK_PIECE: a few more requests (at most 8) buy parallel transfers.
             m = max(m, min(_PACK_PIECES, storage.max_concurrency, math.ceil(pack_len / _MIN_PACK_PIECE)))
         csize = max(1, math.ceil(pack_len / m)) if pack_len else 1
-        if m > 1:  # whole pages: tensors keep their alignment in every object, which can be mapped back to back
+        if m > 1 and csize >= 100 * _PAGE:
+            # whole pages (at most 1% more): tensors keep their alignment in
+            # every object, and the objects can be mapped back to back
             csize = -(-csize // _PAGE) * _PAGE
         nchunks = math.ceil(pack_len / csize) if pack_len else 0
         pack_chunks = [(j * csize, csize) for j in range(nchunks)]

@@ -512,10 +512,10 @@ def test_local_load_maps_pack_objects_copy_on_write(tmp_path):
 
 
 def test_a_tensor_spanning_two_pack_objects_is_a_view_too(tmp_path):
-    # pack objects are whole pages, so a full load maps them back to back
+    # pack objects of at least 100 pages are whole pages, so a full load maps them back to back
     rng = np.random.default_rng(8)
-    state = {"a": rng.random(3000, dtype=np.float32), "b": rng.random(3000, dtype=np.float32), "c": np.arange(1000, dtype=np.float32)}
-    url = cloudckpt.save(str(tmp_path / "c"), state, options=StoreOptions(pack_threshold=64 << 10, chunk_bytes=16 << 10))
+    state = {"a": rng.random(100_000, dtype=np.float32), "b": rng.random(100_000, dtype=np.float32), "c": np.arange(50_000, dtype=np.float32)}
+    url = cloudckpt.save(str(tmp_path / "c"), state, options=StoreOptions(pack_threshold=1 << 20, chunk_bytes=512 << 10))
     pack = json.loads((tmp_path / "c" / "manifest.json").read_text())["pack"]
     assert pack["objects"][1] - pack["objects"][0] == 2 and pack["chunk_bytes"] % 4096 == 0
     got = cloudckpt.load(url)
@@ -525,8 +525,8 @@ def test_a_tensor_spanning_two_pack_objects_is_a_view_too(tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damage_in_a_pack_mapped_whole_names_its_object(tmp_path, damage):
-    state = {f"t{i}": np.full(1500, i, np.float32) for i in range(8)}  # 48 KB over 16 KiB pack objects
-    url = cloudckpt.save(str(tmp_path / "c"), state, options=StoreOptions(pack_threshold=64 << 10, chunk_bytes=16 << 10))
+    state = {f"t{i}": np.full(40_000, i, np.float32) for i in range(8)}  # 1.28 MB over three pack objects
+    url = cloudckpt.save(str(tmp_path / "c"), state, options=StoreOptions(pack_threshold=1 << 20, chunk_bytes=512 << 10))
     victim = next((tmp_path / "c").glob("data-*/_pack/c/1"))
     raw = bytearray(victim.read_bytes())
     if damage == "flip":
