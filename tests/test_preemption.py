@@ -104,6 +104,7 @@ def test_handler_in_process_numbering_exit_code_and_chaining(backend):
 
 def test_default_exit_status_is_128_plus_signal(tmp_path):
     m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), str(tmp_path), 2, async_save=True)
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / a background job
     with cloudckpt.PreemptionCheckpointHandler(m, signals=(signal.SIGINT, signal.SIGTERM)) as h:
         assert h.exit_code == 128 + signal.SIGINT  # before a signal: the first one handled
         m.save()  # in flight when the signal arrives
@@ -112,7 +113,7 @@ def test_default_exit_status_is_128_plus_signal(tmp_path):
             h()
         assert ei.value.code == 130
     assert [name(u) for u in m.checkpoints] == ["ckpt-1", "ckpt-2"]  # waited for the first, then saved
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 def test_save_fn_replaces_the_default_save(tmp_path):
