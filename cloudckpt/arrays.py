@@ -701,17 +701,13 @@ def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: in
         _check_size_declared(storage, obj, size)
         if out.nbytes == size:
             _read_into(storage, key, out, 0)
-            got = crc32c_of(out)
-            if got != obj["crc32c"]:
-                raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+            _check_crc(storage, obj, crc32c_of(out))
             return
         # the padded edge chunk: the padding goes to a small scratch buffer, and
         # the object's crc32c covers both
         pad = memoryview(bytearray(size - out.nbytes))
         _read_many(storage, key, [(out, 0), (pad, out.nbytes)])
-        got = crc32c_many([out, pad])
-        if got != obj["crc32c"]:
-            raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        _check_crc(storage, obj, crc32c_many([out, pad]))
 
     return run
 
@@ -736,20 +732,37 @@ def _chunked_map_task(
     mapping and make the array a view of it: no fresh memory to fill."""
 
     def run() -> None:
-        for c, obj in zip(chunks, objs, strict=True):
-            _check_size_declared(storage, obj, c.size)
-        with _damage_of_any(storage, [o["key"] for o in objs]):
-            mem = storage.map_objects([(o["key"], c.size) for c, o in zip(chunks, objs, strict=True)])
-        assert mem is not None  # the caller asked Storage.maps_together
-        dt = to_little(parse_dtype(rec["dtype"]))
-        shape = tuple(rec["shape"])
-        for c, obj in zip(chunks, objs, strict=True):
-            got = crc32c_of(mem[c.start : c.start + c.size])
-            if got != obj["crc32c"]:
-                raise _corrupt(storage, obj["key"], f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
-        dests[i] = np.frombuffer(mem, dtype=dt, count=math.prod(shape)).reshape(shape)
+        dests[i] = _view(_map_verified(storage, objs, [c.size for c in chunks]), rec, 0)
 
     return run
+
+
+def _map_verified(storage: Storage, objs: Sequence[dict[str, Any]], sizes: Sequence[int]) -> memoryview:
+    """The objects mapped back to back (:meth:`Storage.map_objects`, which
+    the caller checked with :meth:`Storage.maps_together`), each one's
+    declared size and crc32c verified over the mapping; damage names the object."""
+    for obj, size in zip(objs, sizes, strict=True):
+        _check_size_declared(storage, obj, size)
+    with _damage_of_any(storage, [o["key"] for o in objs]):
+        mem = storage.map_objects([(o["key"], size) for o, size in zip(objs, sizes, strict=True)])
+    assert mem is not None
+    at = 0
+    for obj, size in zip(objs, sizes, strict=True):
+        _check_crc(storage, obj, crc32c_of(mem[at : at + size]))
+        at += size
+    return mem
+
+
+def _view(mem: memoryview, rec: dict[str, Any], offset: int) -> np.ndarray:
+    """The array of ``rec`` as a view of ``mem`` from ``offset`` (see :func:`_viewable`)."""
+    dt = to_little(parse_dtype(rec["dtype"]))
+    return np.frombuffer(mem, dtype=dt, count=int(rec["nbytes"]) // dt.itemsize, offset=offset).reshape(tuple(rec["shape"]))
+
+
+def _check_crc(storage: Storage, obj: dict[str, Any], got: int) -> None:
+    """Raise naming the object if ``got``, the crc32c of its bytes as read, is not the recorded one."""
+    if got != obj["crc32c"]:
+        raise _corrupt(storage, obj["key"], f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
 
 
 @contextlib.contextmanager
@@ -913,9 +926,7 @@ def _pack_full_task(storage: Storage, obj: dict[str, Any], csize: int, pieces: l
                 views[k] = scratch[at : at + n]
                 at += n
         _read_many(storage, key, _back_to_back(views))
-        got = crc32c_many(views)
-        if got != obj["crc32c"]:
-            raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        _check_crc(storage, obj, crc32c_many(views))
 
     return run
 
@@ -937,14 +948,10 @@ def _pack_map_task(
         key = obj["key"]
         with _damage(storage, key):
             mem = storage.map_object(key, csize)
-        got = crc32c_of(mem)
-        if got != obj["crc32c"]:
-            raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        _check_crc(storage, obj, crc32c_of(mem))
         for i, toff, coff, n in pieces:
             if i in views:
-                dt = to_little(parse_dtype(records[i]["dtype"]))
-                flat = np.frombuffer(mem, dtype=dt, count=n // dt.itemsize, offset=coff)
-                dests[i] = flat.reshape(tuple(records[i]["shape"]))
+                dests[i] = _view(mem, records[i], coff)
             else:
                 _dest_bytes(dests[i])[toff : toff + n] = mem[coff : coff + n]
 
@@ -965,19 +972,10 @@ def _whole_pack_map_task(
     ``views`` views of it and copy the others out."""
 
     def run() -> None:
-        for obj in objs:
-            _check_size_declared(storage, obj, csize)
-        with _damage_of_any(storage, [o["key"] for o in objs]):
-            mem = storage.map_objects([(o["key"], csize) for o in objs])
-        assert mem is not None  # the caller asked Storage.maps_together
-        for j, obj in enumerate(objs):
-            got = crc32c_of(mem[j * csize : (j + 1) * csize])
-            if got != obj["crc32c"]:
-                raise _corrupt(storage, obj["key"], f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+        mem = _map_verified(storage, objs, [csize] * len(objs))
         for i, off, nb in wanted:
             if i in views:
-                dt = to_little(parse_dtype(records[i]["dtype"]))
-                dests[i] = np.frombuffer(mem, dtype=dt, count=nb // dt.itemsize, offset=off).reshape(tuple(records[i]["shape"]))
+                dests[i] = _view(mem, records[i], off)
             else:
                 _dest_bytes(dests[i])[:] = mem[off : off + nb]
 
