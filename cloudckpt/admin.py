@@ -11,7 +11,10 @@ States of a ``<name>-<N>`` entry of a directory:
     its manifest parses: a checkpoint.
 ``fenced``
     committed by a manager that had already lost the directory to another
-    one; managers never list or restore it and its owner removes it.
+    one; no reader lists or restores it, ``gc`` removes it.
+``abandoned``
+    committed, but left behind by a rollback (a manager restored an older
+    checkpoint and saved after it): never latest again, retired first.
 ``partial``
     no manifest, and its data may belong to a save still running (data of
     the current owner's epoch, or of an unmanaged writer).
@@ -39,11 +42,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import catalog, ownership
+from . import directory as directory_model
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
 from .manifest import MANIFEST_KEY
 from .statefile import STATE_KEY, CheckpointState, read_state_file, write_state_file
-from .storage import IncompleteUpload, Storage
-from .verify import fenced_entries
+from .storage import TEMP_MIN_AGE, IncompleteUpload, Storage
 
 __all__ = [
     "ListedEntry",
@@ -126,10 +129,13 @@ class Listing:
         }
 
 
-def _entry_state(e: catalog.Entry, owner_epoch: int, fenced: set[str]) -> str:
+def _entry_state(e: catalog.Entry, view: directory_model.View) -> str:
     if e.status == "committed":
-        return "fenced" if e.name in fenced else "committed"
+        if e in view.fenced:
+            return "fenced"
+        return "abandoned" if view.is_abandoned(e) else "committed"
     if e.status == "partial":
+        owner_epoch = view.owner_epoch
         if not e.data_prefixes or (
             owner_epoch > 0 and all(catalog.data_prefix_epoch(p) < owner_epoch for p in e.data_prefixes)
         ):
@@ -138,10 +144,11 @@ def _entry_state(e: catalog.Entry, owner_epoch: int, fenced: set[str]) -> str:
     return e.status
 
 
-def _scan(storage: Storage) -> tuple[list[catalog.Entry], int, set[str]]:
-    entries = catalog.scan(storage)
-    owner_epoch = ownership.current_epoch(storage)
-    return entries, owner_epoch, fenced_entries(storage, entries)
+def _scan(storage: Storage) -> directory_model.View:
+    view = directory_model.read_view(storage)
+    if not view.claims:  # the owner of a directory whose checkpoints are unmanaged (or none)
+        view.claims = ownership.list_claims(storage)
+    return view
 
 
 def list_directory(storage: Storage) -> Listing:
@@ -153,7 +160,8 @@ def list_directory(storage: Storage) -> Listing:
     :class:`~cloudckpt.CheckpointNotFoundError` if there is nothing at all.
     """
     files, _ = storage.list_dir()
-    entries, owner_epoch, fenced = _scan(storage)
+    view = _scan(storage)
+    entries, owner_epoch = view.entries, view.owner_epoch
     if not entries and STATE_KEY not in files:
         raise CheckpointNotFoundError(
             f"no checkpoints at {storage.url}: it holds no <name>-<N> entry and no state file"
@@ -161,15 +169,15 @@ def list_directory(storage: Storage) -> Listing:
     out: list[ListedEntry] = []
     for e in entries:
         row = ListedEntry(
-            e.name, e.number, storage.url_for(e.name), _entry_state(e, owner_epoch, fenced), preserved=e.preserved
+            e.name, e.number, storage.url_for(e.name), _entry_state(e, view), preserved=e.preserved
         )
         row.error = e.error
-        if e.manifest is not None:
-            m = e.manifest
+        if e.header is not None:
+            m = e.header
             row.created = float(m["created"])
             row.created_utc = m.get("created_utc")
-            row.objects = len(m["objects"]) + 1
-            row.size = sum(int(o["size"]) for o in m["objects"])
+            stored = e.stored or _stored(storage.child(e.name))
+            row.objects, row.size = stored
             row.nbytes = int(m["nbytes"])
             row.epoch = m["writer"].get("epoch")
             row.data = m["data"]
@@ -179,12 +187,20 @@ def list_directory(storage: Storage) -> Listing:
         else:
             row.size = sum(storage.list_all(e.name).values())
         out.append(row)
-    valid = [r for r in out if r.state == "committed"]
-    latest = max(valid, key=lambda r: (r.number, r.created or 0.0)) if valid else None
-    if latest is not None:
+    latest = None
+    if view.latest is not None:
+        latest = next(r for r in out if r.name == view.latest.name)
         latest.latest = True
     state = read_state_file(storage) if STATE_KEY in files else None
     return Listing(storage.url, out, latest.url if latest else None, owner_epoch, state, STATE_KEY in files)
+
+
+def _stored(sub: Storage) -> tuple[int, int]:
+    """(objects, bytes) of a checkpoint whose manifest predates the ``stored`` header field."""
+    from .checkpoint_io import read_manifest
+
+    m = read_manifest(sub)
+    return len(m["objects"]) + 1, sum(int(o["size"]) for o in m["objects"])
 
 
 @dataclass
@@ -232,18 +248,21 @@ def find_garbage(
 
     Data a running save may still be writing is listed with ``collect=False``
     unless ``include_active``: data of the current owner's epoch (or of an
-    unmanaged writer) in a directory without manifest, and incomplete
-    uploads younger than ``min_upload_age`` seconds. Nothing is deleted.
+    unmanaged writer) in a directory without manifest, incomplete uploads
+    younger than ``min_upload_age`` seconds, and temp files younger than
+    ``TEMP_MIN_AGE`` (60 s; a live write renames its temp file within
+    milliseconds). Nothing is deleted.
     """
     now = time.time() if now is None else now
-    entries, owner_epoch, fenced = _scan(storage)
+    view = _scan(storage)
+    entries, owner_epoch = view.entries, view.owner_epoch
     out: list[Garbage] = []
     for e in entries:
-        state = _entry_state(e, owner_epoch, fenced)
+        state = _entry_state(e, view)
         if state in ("corrupt", "newer"):
             continue  # not ours to judge: `cloudckpt rm` removes a damaged checkpoint
         if state == "fenced":
-            size = sum(int(o["size"]) for o in e.manifest["objects"]) if e.manifest else None
+            size = e.stored[1] if e.stored else None
             out.append(
                 Garbage(
                     "fenced-checkpoint",
@@ -254,7 +273,7 @@ def find_garbage(
                 )
             )
             continue
-        if state == "committed":
+        if state in ("committed", "abandoned"):
             for p in e.orphans:
                 key = f"{e.name}/{p}"
                 out.append(
@@ -303,22 +322,21 @@ def find_garbage(
             )
         )
     if storage.is_local:
-        out.extend(_temp_files(storage, [e.name for e in entries]))
+        out.extend(_temp_files(storage, [e.name for e in entries], include_active))
     return out
 
 
-def _temp_files(storage: Storage, names: list[str]) -> list[Garbage]:
+def _temp_files(storage: Storage, names: list[str], include_active: bool) -> list[Garbage]:
     out = []
     for prefix in ["", *names, ownership.OWNER_PREFIX]:
-        files, _ = storage.list_dir(prefix) if prefix else storage.list_dir()
-        for f, size in files.items():
-            if _TEMP_RE.search(f):
-                key = f"{prefix}/{f}" if prefix else f
-                out.append(
-                    Garbage(
-                        "temp-file", storage.url_for(key), key, size, "temporary file of an interrupted atomic write"
-                    )
-                )
+        for key, size, age in storage.temporaries(prefix):
+            old = age >= TEMP_MIN_AGE
+            reason = (
+                "temporary file of an interrupted atomic write"
+                if old
+                else f"temporary file {age:.0f} s old: may be a write in flight (kept under {TEMP_MIN_AGE:.0f} s)"
+            )
+            out.append(Garbage("temp-file", storage.url_for(key), key, size, reason, collect=old or include_active))
     return out
 
 
@@ -355,11 +373,8 @@ def _is_managed(parent: Storage) -> bool:
 
 
 def _latest_name(parent: Storage) -> str | None:
-    entries, _, fenced = _scan(parent)
-    valid = [e for e in entries if e.status == "committed" and e.name not in fenced]
-    if not valid:
-        return None
-    return max(valid, key=lambda e: (e.number, e.created)).name
+    latest = directory_model.read_view(parent).latest
+    return None if latest is None else latest.name
 
 
 def remove_checkpoint(storage: Storage, parent: Storage | None, *, yes: bool = False) -> dict[str, Any]:

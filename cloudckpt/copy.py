@@ -53,7 +53,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import catalog, ownership
+from . import directory as directory_model
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
@@ -68,10 +68,10 @@ from .errors import (
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
-from .manifest import MANIFEST_KEY, parse_manifest
+from .manifest import MANIFEST_KEY, header_of, parse_manifest
 from .statefile import STATE_KEY, CheckpointState, format_state, parse_state, read_state_file
 from .storage import Storage, open_storage
-from .verify import BUFFER_BYTES, ByteBudget, fenced_entries, read_checked
+from .verify import BUFFER_BYTES, ByteBudget, read_checked
 
 __all__ = ["copy", "CopyReport"]
 
@@ -176,7 +176,8 @@ def _refuse_if_fenced(
     epoch = manifest["writer"].get("epoch")
     if number is None or not claims or epoch is None:  # written without a manager: never fenced
         return
-    if ownership.is_fenced(int(epoch), number, claims):
+    entry = catalog.Entry(dst.url, "", number, "committed", header=header_of(manifest))
+    if ownership.is_fenced(int(epoch), entry.position[2], claims):
         raise CheckpointExistsError(
             f"refusing to copy into {dst.url}: the destination directory is owned by a manager "
             f"(ownership epoch {claims[-1].epoch}) that would treat this checkpoint (number {number}, written "
@@ -330,39 +331,38 @@ def _discard(dst: Storage, data: str) -> None:
 
 
 def _state_for(
-    src_state: CheckpointState | None,
-    entries: list[tuple[str, int, float, bool, dict[str, Any]]],
+    src_state: CheckpointState | None, entries: list[catalog.Entry], claims: list[ownership.Claim]
 ) -> CheckpointState | None:
-    """The state file of the destination, from the committed checkpoints there.
-
-    ``entries``: (checkpoint name, number, created, preserved, manifest).
-    """
-    if not entries:
+    """The state file of the destination, from the committed checkpoints there
+    (``entries``), classified as every reader does (:mod:`cloudckpt.directory`)."""
+    view = directory_model.classify(entries, claims)
+    if not view.valid or view.latest is None:
         return None
-    names = [e[0] for e in entries]
+    names = [e.checkpoint_name for e in view.valid]
     cname = None
     if src_state is not None and src_state.model_checkpoint_path:
         parsed = catalog.parse_name(src_state.model_checkpoint_path.rstrip("/").rsplit("/", 1)[-1])
         cname = parsed[0] if parsed and parsed[0] in names else None
     if cname is None:
-        cname = "ckpt" if "ckpt" in names else max(set(names), key=names.count)
-    mine = sorted((e for e in entries if e[0] == cname), key=lambda e: e[1])
+        cname = view.latest.checkpoint_name
+    mine = [e for e in view.valid if e.checkpoint_name == cname]
     candidates = []
     if src_state is not None and src_state.last_preserved_timestamp is not None:
         candidates.append(src_state.last_preserved_timestamp)
-    for _, _, created, preserved, m in mine:
-        lp = m["writer"].get("last_preserved_timestamp")
-        if isinstance(lp, (int, float)) and not isinstance(lp, bool) and math.isfinite(lp):
-            candidates.append(float(lp))
-        if preserved and m["writer"].get("epoch") is not None:
-            candidates.append(created)
+    for e in mine:
+        if e.last_preserved is not None:
+            candidates.append(e.last_preserved)
+        if e.preserved and e.managed:
+            candidates.append(e.created)
     # as a manager keeps it: the managed checkpoints that are not preserved for good
-    # (checkpoints written without a manager are restorable but never in the active set)
-    active = [e for e in mine if not e[3] and e[4]["writer"].get("epoch") is not None]
+    # (checkpoints written without a manager are restorable but never in the active set),
+    # abandoned ones first
+    active = [e for e in mine if not e.preserved and e.managed]
+    active.sort(key=lambda e: (not view.is_abandoned(e), directory_model.sort_key(e)))
     return CheckpointState(
-        f"{cname}-{mine[-1][1]}",
-        [f"{cname}-{e[1]}" for e in active],
-        [e[2] for e in active],
+        view.latest.name,
+        [e.name for e in active],
+        [e.created for e in active],
         max(candidates) if candidates else None,
     )
 
@@ -440,18 +440,17 @@ def copy(
         )
         jobs = [job] if job is not None else []
         src_state = None
-        dst_entries: list[catalog.Entry] = []
         src_entries: list[catalog.Entry] = []
     else:
         report = CopyReport(s.url, d.url, "directory")
         src_files, _ = s.list_dir()
-        entries = catalog.scan(s)
-        committed = [e for e in entries if e.status == "committed"]
-        if not committed:
+        src_view = directory_model.read_view(s)
+        entries = src_view.entries
+        if not any(e.status == "committed" for e in entries):
             raise CheckpointNotFoundError(
                 f"nothing to copy at {s.url}: no {MANIFEST_KEY} there and no committed <name>-<N> checkpoint below it"
             )
-        src_fenced = fenced_entries(s, entries)
+        src_fenced = {e.name for e in src_view.fenced}
         src_entries = []
         for e in entries:
             url = s.url_for(e.name)
@@ -466,8 +465,8 @@ def copy(
             else:
                 report.warnings.append(f"not copied: {url} is {e.status}: {e.error}")
         src_state = read_state_file(s) if STATE_KEY in src_files else None
-        dst_entries = catalog.scan(d)
-        by_name = {e.name: e for e in dst_entries}
+        dst_view = directory_model.read_view(d)
+        by_name = {e.name: e for e in dst_view.entries}
         claims = _dst_claims(d)
         jobs = []
         for e in src_entries:
@@ -506,17 +505,11 @@ def copy(
     if report.kind == "directory" and (src_state is not None or STATE_KEY in src_files):
         vanished = set(report.vanished)
         done_names = {e.name for e in src_entries if s.url_for(e.name) not in vanished}
-        rows: dict[str, tuple[str, int, float, bool, dict[str, Any]]] = {}
-        dst_fenced = fenced_entries(d, dst_entries)
-        dst_valid = [e for e in dst_entries if e.status == "committed" and e.name not in dst_fenced]
-        for e in dst_valid:
-            assert e.manifest is not None
-            rows[e.name] = (e.checkpoint_name, e.number, e.created, e.preserved, e.manifest)
+        rows: dict[str, catalog.Entry] = {e.name: e for e in dst_view.valid}
         for e in src_entries:
             if e.name in done_names:
-                assert e.manifest is not None
-                rows[e.name] = (e.checkpoint_name, e.number, e.created, e.preserved, e.manifest)
-        state = _state_for(src_state, list(rows.values()))
+                rows[e.name] = e
+        state = _state_for(src_state, list(rows.values()), claims)
         if state is not None:
             text = format_state(state).encode()
             try:

@@ -47,17 +47,21 @@ from typing import Any
 import numpy as np
 
 from . import adapters, catalog, ownership, retention
+from . import directory as directory_model
 from .arrays import StoreOptions
+from .catalog import Position, read_header
 from .checkpoint import Checkpoint
-from .checkpoint_io import read_manifest, write_checkpoint
+from .checkpoint_io import write_checkpoint
 from .errors import (
     CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    ObjectNotFoundError,
     OwnershipLostError,
 )
 from .group import agree, leader_call, resolve_group
+from .manifest import MANIFEST_KEY, header_of
 from .shards import ShardedArray
 from .statefile import CheckpointState, read_state_file, write_state_file
 from .storage import Storage, open_storage, validate_key
@@ -67,10 +71,15 @@ __all__ = ["CheckpointManager", "latest_checkpoint"]
 
 log = logging.getLogger("cloudckpt")
 
+#: ``max_to_keep`` when it is not given (TF requires it).
+DEFAULT_MAX_TO_KEEP = 5
+
 
 def _as_int(value: Any, what: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{what} must be an integer, got bool")
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} {value!r}")
     try:
         return operator.index(value)
     except TypeError:
@@ -141,7 +150,9 @@ class CheckpointManager:
     Args:
         checkpoint: the :class:`~cloudckpt.Checkpoint` to save and restore.
         directory: any fsspec URL or local path.
-        max_to_keep: how many checkpoints stay in the active set; ``None`` keeps all.
+        max_to_keep: how many checkpoints of this manager's name stay in the
+            active set; ``None`` keeps all. Default 5 (TF requires it; Orbax
+            keeps all by default).
         keep_checkpoint_every_n_hours: a checkpoint leaving the active set is
             preserved for good if it is at least this many hours younger than
             the last preserved one.
@@ -176,10 +187,14 @@ class CheckpointManager:
     file and applies retention; every rank writes its share of the data and
     learns the outcome, and a failure on any rank raises on all of them.
 
-    Checkpoints in the directory that were not written by a manager
-    (``Checkpoint.write``, ``cloudckpt.save``) count for
-    :attr:`latest_checkpoint` and are restored, but are never managed: not
-    listed in :attr:`checkpoints`, never deleted (as in TF).
+    One directory is meant for one run. :attr:`latest_checkpoint` is the
+    most recently committed checkpoint of the directory whatever its name
+    (as ``tf.train.latest_checkpoint(directory)``), and
+    :meth:`restore_or_initialize` restores it; retention only ever deletes
+    checkpoints of this manager's own ``checkpoint_name``. Checkpoints
+    written without a manager (``Checkpoint.write``, ``cloudckpt.save``)
+    count for :attr:`latest_checkpoint` and are restored, but are never
+    managed: not listed in :attr:`checkpoints`, never deleted.
 
     Example:
         >>> import numpy as np, cloudckpt, tempfile
@@ -192,14 +207,14 @@ class CheckpointManager:
         >>> for _ in range(12):
         ...     params["w"] += 1; step += 1
         ...     _ = manager.save(checkpoint_number=step)   # skipped unless 5 steps have passed
-        >>> [url.rsplit("/", 1)[1] for url in manager.checkpoints]
-        ['ckpt-6', 'ckpt-11']
+        >>> manager.all_steps()
+        [6, 11]
 
         A restarted job resumes from the latest checkpoint:
 
         >>> params2, step2 = {"w": np.zeros(2)}, np.array(0)
-        >>> again = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(params=params2, step=step2), run, max_to_keep=2)
-        >>> again.restore_or_initialize().endswith("ckpt-11"), params2["w"], int(step2)
+        >>> with cloudckpt.CheckpointManager(cloudckpt.Checkpoint(params=params2, step=step2), run) as again:
+        ...     again.restore_or_initialize().endswith("ckpt-11"), params2["w"], int(step2)
         (True, array([11., 11.]), 11)
     """
 
@@ -207,7 +222,7 @@ class CheckpointManager:
         self,
         checkpoint: Checkpoint,
         directory: str | os.PathLike[str],
-        max_to_keep: int | None,
+        max_to_keep: int | None = DEFAULT_MAX_TO_KEEP,
         keep_checkpoint_every_n_hours: float | None = None,
         checkpoint_name: str = "ckpt",
         step_counter: Any = None,
@@ -244,9 +259,10 @@ class CheckpointManager:
                 )
         if not isinstance(checkpoint_name, str) or not checkpoint_name or "/" in checkpoint_name:
             raise ValueError(f"checkpoint_name must be a non-empty name without '/', got {checkpoint_name!r}")
-        validate_key(checkpoint_name)
-        if checkpoint_name in (ownership.OWNER_PREFIX, "checkpoint"):
-            raise ValueError(f"checkpoint_name {checkpoint_name!r} is reserved")
+        try:
+            validate_key(checkpoint_name)
+        except ValueError as exc:
+            raise ValueError(f"checkpoint_name {checkpoint_name!r} cannot name a directory: {exc}") from None
         if checkpoint_interval is not None:
             if step_counter is None:
                 raise ValueError("`step_counter` should be passed if `checkpoint_interval` is not None.")
@@ -285,16 +301,19 @@ class CheckpointManager:
 
         self._lock = threading.RLock()
         self._epoch: int | None = None
+        self._seq = 0  # commits made under self._epoch
+        self._entries: dict[str, catalog.Entry] = {}  # every <name>-<N> of the directory, as last known
+        self._claims: list[ownership.Claim] = []
+        self._dir = directory_model.classify([], [])
+        self._ranges: list[tuple[Position, Position]] = []  # abandoned ranges the next save records
+        self._follows: Position | None = None  # the checkpoint the next save continues from
         self._maybe_delete: OrderedDict[int, float] = OrderedDict()
-        self._metrics: dict[int, float | None] = {}
-        self._manifests: dict[int, dict[str, Any]] = {}
-        self._latest: int | None = None
+        self._latest_name: str | None = None
         self._last_preserved = 0.0
         self._recovered: dict[tuple[int, Any], float | None] = {}
         self._failed_attempts: list[tuple[str, str]] = []
         self._pending: threading.Thread | None = None
         self._pending_error: BaseException | None = None
-        self._taken = 0
         self._group = resolve_group(process_group)
         if self._group.size == 1:
             self._reconcile(initial=True)
@@ -304,15 +323,41 @@ class CheckpointManager:
     def _view(self) -> dict[str, Any]:
         """What the other ranks of a distributed job need to know of rank 0's state."""
         with self._lock:
-            return {"latest": self._latest, "active": list(self._maybe_delete), "taken": self._taken}
+            return {"latest": self._latest_name, "active": list(self._maybe_delete)}
 
     def _apply_view(self, view: dict[str, Any] | None) -> None:
         if not view or self._group.rank == 0:
             return
         with self._lock:
-            self._latest = view["latest"]
+            self._latest_name = view["latest"]
             self._maybe_delete = OrderedDict((int(n), 0.0) for n in view["active"])
-            self._taken = int(view["taken"])
+
+    # -- context manager -----------------------------------------------------
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # do not hide the error that is leaving the block; still wait for the upload
+            try:
+                self.close()
+            except Exception as err:
+                log.error("an async save failed while leaving the manager's block: %s", err)
+
+    def close(self) -> None:
+        """Wait for an in-flight async save and re-raise its failure, if any
+        (what leaving a ``with CheckpointManager(...)`` block does). The
+        manager stays usable.
+
+        Example:
+            >>> import numpy as np, cloudckpt, tempfile
+            >>> with cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), tempfile.mkdtemp(), async_save=True) as m:
+            ...     _ = m.save()
+            >>> m.all_steps()
+            [1]
+        """
+        self.sync()
 
     # -- attributes (TF) ---------------------------------------------------
     @property
@@ -354,10 +399,11 @@ class CheckpointManager:
 
     @property
     def checkpoints(self) -> list[str]:
-        """Committed checkpoints in the active set, oldest first, as full URLs.
+        """Committed checkpoints of this manager's name in the active set, oldest first, as full URLs.
 
         Checkpoints preserved by ``keep_checkpoint_every_n_hours`` are not
-        listed (as in TF).
+        listed (as in TF). Checkpoints abandoned by a rollback come first:
+        they retire first.
 
         Example:
             >>> import numpy as np, cloudckpt
@@ -370,9 +416,42 @@ class CheckpointManager:
         with self._lock:
             return [self._url(n) for n in self._maybe_delete]
 
+    def all_steps(self) -> list[int]:
+        """The numbers of the checkpoints in :attr:`checkpoints`, in the same order
+        (Orbax's ``all_steps()``; with ``save(checkpoint_number=step)`` they are steps).
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), "memory://doc-all-steps", 2)
+            >>> for step in (10, 20, 30):
+            ...     _ = m.save(checkpoint_number=step)
+            >>> m.all_steps()
+            [20, 30]
+        """
+        with self._lock:
+            return list(self._maybe_delete)
+
+    def latest_step(self) -> int | None:
+        """The number of :attr:`latest_checkpoint`, or None (Orbax's ``latest_step()``).
+
+        Example:
+            >>> import numpy as np, cloudckpt
+            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=np.ones(1)), "memory://doc-latest-step", 2)
+            >>> m.latest_step() is None, m.save(checkpoint_number=40) is not None, m.latest_step()
+            (True, True, 40)
+        """
+        with self._lock:
+            name = self._latest_name
+        parsed = catalog.parse_name(name) if name else None
+        return parsed[1] if parsed else None
+
     @property
     def latest_checkpoint(self) -> str | None:
-        """URL of the newest committed checkpoint, or None. Moves only when a save commits.
+        """URL of the most recently committed checkpoint of the directory, or None.
+
+        Equal to :func:`cloudckpt.latest_checkpoint` of the directory, as in TF:
+        the newest in commit order, whatever its name (see
+        :mod:`cloudckpt.directory`). Moves when a save commits.
 
         Example:
             >>> import numpy as np, cloudckpt
@@ -383,7 +462,7 @@ class CheckpointManager:
             True
         """
         with self._lock:
-            return None if self._latest is None else self._url(self._latest)
+            return None if self._latest_name is None else self._storage.url_for(self._latest_name)
 
     # -- helpers -----------------------------------------------------------
     def _dirname(self, number: int) -> str:
@@ -400,24 +479,18 @@ class CheckpointManager:
         async save in flight) ends within ``seconds``; none starts after."""
         return self._storage.time_limit(seconds)
 
-    def _scan(self) -> tuple[list[catalog.Entry], list[catalog.Entry], list[catalog.Entry]]:
-        """(valid committed, fenced, others) entries of the directory."""
-        entries = catalog.scan(self._storage, self._name)
-        committed = [e for e in entries if e.status == "committed"]
-        managed = [e for e in committed if e.managed]
-        claims: list[ownership.Claim] = []
-        if managed:
-            claims = ownership.list_claims(self._storage, above=min(e.epoch for e in managed))
-        valid: list[catalog.Entry] = []
-        fenced: list[catalog.Entry] = []
-        for e in committed:
-            (fenced if e.managed and ownership.is_fenced(e.epoch, e.number, claims) else valid).append(e)
-        others = [e for e in entries if e.status != "committed"]
-        return valid, fenced, others
+    def _own(self) -> dict[int, catalog.Entry]:
+        """The valid checkpoints of this manager's name, by number."""
+        return {e.number: e for e in self._dir.valid if e.checkpoint_name == self._name}
 
-    def _reconcile(
-        self, *, initial: bool = False
-    ) -> tuple[list[catalog.Entry], list[catalog.Entry], list[catalog.Entry]]:
+    def _reclassify(self) -> None:
+        """Classify the known entries again (after a commit or a deletion)."""
+        with self._lock:
+            self._dir = directory_model.classify(list(self._entries.values()), self._claims)
+            latest = self._dir.latest
+            self._latest_name = latest.name if latest is not None else None
+
+    def _reconcile(self, *, initial: bool = False) -> directory_model.View:
         """Rebuild the in-memory state from the manifests (the truth).
 
         As TF on recovery: the last preserved timestamp is the newest one
@@ -427,23 +500,21 @@ class CheckpointManager:
         last preservation is warned about and taken as the new preservation
         time, so that nothing recovered is deleted by mistake.
         """
-        valid, fenced, others = self._scan()
-        # numbers that can never be saved again: a manifest is there, whether it
-        # parses or not (damaged, or written by a newer cloudckpt)
-        self._taken = max(
-            [e.number for e in valid] + [e.number for e in others if e.status in ("corrupt", "newer")],
-            default=0,
-        )
+        view = directory_model.read_view(self._storage)
+        with self._lock:
+            self._entries = {e.name: e for e in view.entries}
+            self._claims = list(view.claims)
+        self._reclassify()
+        view = self._dir
+        own = [e for e in view.valid if e.checkpoint_name == self._name]
         now = self._now()
         file_state = read_state_file(self._storage)
         candidates = []
         if file_state is not None and file_state.last_preserved_timestamp is not None:
             candidates.append(file_state.last_preserved_timestamp)
-        for e in valid:
-            assert e.manifest is not None
-            lp = e.manifest["writer"].get("last_preserved_timestamp")
-            if isinstance(lp, (int, float)) and not isinstance(lp, bool) and math.isfinite(lp):
-                candidates.append(float(lp))
+        for e in own:
+            if e.last_preserved is not None:
+                candidates.append(e.last_preserved)
             if e.preserved and e.managed:
                 candidates.append(e.created)
         candidates = [c for c in candidates if math.isfinite(c)]
@@ -457,31 +528,41 @@ class CheckpointManager:
                 last_preserved = now
         else:
             last_preserved = max([self._last_preserved, *(c for c in candidates if c <= now)])
-        active: OrderedDict[int, float] = OrderedDict()
-        for e in sorted(valid, key=lambda e: e.number):
+        for e in own:
             if not e.managed or e.preserved:
                 continue
-            key = (e.number, e.manifest["writer"].get("attempt") if e.manifest else None)
+            key = (e.number, e.attempt)
             if initial or key not in self._recovered:
                 ts = min(e.created, now)
                 self._recovered[key] = ts if ts > last_preserved else None
-            ts_or_none = self._recovered[key]  # decided when first seen, as TF decides at start
-            if ts_or_none is not None:
-                active[e.number] = ts_or_none
         with self._lock:
             self._last_preserved = last_preserved
-            self._maybe_delete = active
-            self._manifests = {e.number: e.manifest for e in valid if e.manifest is not None}
-            self._metrics = {e.number: self._metric_of(e.manifest) for e in valid}
-            self._latest = max((e.number for e in valid), default=None)
+            if self._epoch is None:
+                self._ranges = list(view.ranges)
+        self._rebuild_active()
         if file_state is not None and not self._state_matches(file_state):
             log.debug("state file of %s is stale; rebuilt from the manifests", self._storage.url)
-        return valid, fenced, others
+        return view
 
-    def _metric_of(self, manifest: Mapping[str, Any] | None) -> float | None:
-        if self._best_metric is None or not manifest:
+    def _rebuild_active(self) -> None:
+        """The active set: this name's managed, unpreserved, valid checkpoints
+        known to be newer than the last preservation; abandoned ones first
+        (they retire first), then in commit order."""
+        with self._lock:
+            view = self._dir
+            active: OrderedDict[int, float] = OrderedDict()
+            own = [e for e in view.valid if e.checkpoint_name == self._name and e.managed and not e.preserved]
+            own.sort(key=lambda e: (not view.is_abandoned(e), directory_model.sort_key(e)))
+            for e in own:
+                ts = self._recovered.get((e.number, e.attempt))
+                if ts is not None:
+                    active[e.number] = ts
+            self._maybe_delete = active
+
+    def _metric_of(self, entry: catalog.Entry | None) -> float | None:
+        if self._best_metric is None or entry is None or entry.header is None:
             return None
-        metrics = manifest.get("metadata", {}).get("metrics")
+        metrics = entry.header.get("metadata", {}).get("metrics")
         if not isinstance(metrics, dict):
             return None
         v = metrics.get(self._best_metric)
@@ -490,7 +571,7 @@ class CheckpointManager:
     def _state(self) -> CheckpointState:
         with self._lock:
             return CheckpointState(
-                None if self._latest is None else self._dirname(self._latest),
+                self._latest_name,
                 [self._dirname(n) for n in self._maybe_delete],
                 list(self._maybe_delete.values()),
                 self._last_preserved,
@@ -524,37 +605,47 @@ class CheckpointManager:
         return self._epoch
 
     def _ensure_owner(self) -> None:
+        """Claim the directory (once), or check that this manager still owns it.
+
+        The claim is written first, then the directory is scanned, then what
+        the scan found valid is recorded as accepted (:mod:`cloudckpt.ownership`):
+        a commit of an older owner that this manager did not see lands after
+        the claim, so its writer is told it lost the directory, and it is fenced.
+        """
         if self._epoch is not None:
             ownership.check_owner(self._storage, self._epoch)
             return
-        self._reconcile()
-        # what the claim has seen: the newest checkpoint a manager committed (checkpoints
-        # written without a manager are never fenced, so they do not count)
+        c = ownership.claim(self._storage, writer=self._writer_id, clock=self._clock)
+        view = self._reconcile()
+        table = directory_model.accepted_table(view)
+        mine = ownership.record_accepted(self._storage, c.epoch, table)
         with self._lock:
-            seen = max((n for n, m in self._manifests.items() if m["writer"].get("epoch") is not None), default=None)
-        c = ownership.claim(self._storage, seen_upto=seen, writer=self._writer_id, clock=self._clock)
-        self._epoch = c.epoch
-        log.debug("claimed %s with epoch %d (seen up to %s)", self._storage.url, c.epoch, c.seen_upto)
-        # an older-epoch save may have committed between our scan and our claim: it is fenced now
-        self._collect(*self._reconcile())
+            self._epoch = c.epoch
+            self._seq = 0
+            self._claims = [*(x for x in self._claims if x.epoch != c.epoch), mine]
+        log.debug("claimed %s with epoch %d (accepted %s)", self._storage.url, c.epoch, table)
+        self._collect(view)
         self._write_state()
 
-    def _collect(
-        self, valid: list[catalog.Entry], fenced: list[catalog.Entry], others: list[catalog.Entry]
-    ) -> list[str]:
-        """Remove fenced checkpoints and orphaned data that no live writer can still be using:
-        data of older epochs and this manager's own failed attempts. Returns the URLs removed."""
+    def _collect(self, view: directory_model.View) -> list[str]:
+        """Remove, of this manager's name only, fenced checkpoints and orphaned
+        data that no live writer can still be using: data of older epochs and
+        this manager's own failed attempts. Returns the URLs removed."""
         assert self._epoch is not None
         removed: list[str] = []
-        for e in fenced:
+        for e in view.fenced:
+            if e.checkpoint_name != self._name:
+                continue  # another name's: `cloudckpt gc` removes it, a manager never does
             log.warning(
-                "removing %s: committed by epoch %d after a newer claim (fenced)", self._url(e.number), e.epoch
+                "removing %s: committed by epoch %d after a newer claim had recorded what it accepted (fenced)",
+                self._storage.url_for(e.name),
+                e.epoch,
             )
-            self._delete_checkpoint(e.number)
-            removed.append(self._url(e.number))
-        for e in [*valid, *others]:
-            if e.status in ("newer", "corrupt"):
-                continue  # not ours to judge; left alone
+            self._delete_entry(e.name)
+            removed.append(self._storage.url_for(e.name))
+        for e in [*view.valid, *view.partial]:
+            if e.checkpoint_name != self._name:
+                continue
             old = [p for p in e.orphans if catalog.data_prefix_epoch(p) < self._epoch]
             sub = self._storage.child(e.name)
             for prefix in old:
@@ -569,11 +660,11 @@ class CheckpointManager:
         removed.extend(self._collect_own_failures())
         if self._storage.is_local:
             # a SIGKILL between a temp write and its rename (state file, manifest)
-            for prefix in ["", *(e.name for e in [*valid, *others])]:
+            own = [e.name for e in view.entries if e.checkpoint_name == self._name]
+            for prefix in ["", ownership.OWNER_PREFIX, *own]:
                 for url in self._storage.collect_temporaries(prefix):
                     removed.append(url)
                     log.info("retention: removed the temp file of a killed write %s", url)
-        ownership.prune_claims(self._storage, min([self._epoch, *(e.epoch for e in valid if e.managed)]))
         return removed
 
     def _collect_own_failures(self) -> list[str]:
@@ -584,10 +675,12 @@ class CheckpointManager:
             sub = self._storage.child(dirname)
             try:
                 try:
-                    if read_manifest(sub).get("data") == prefix:
+                    if read_header(sub).get("data") == prefix:
                         continue  # the "failed" commit did land: its data is in use
-                except CheckpointNotFoundError:
+                except ObjectNotFoundError:
                     pass
+                except CorruptCheckpointError:
+                    continue  # not ours to judge
                 sub.delete_prefix(prefix)
                 removed.append(sub.url_for(prefix))
                 log.info("retention: removed data of a failed save %s", removed[-1])
@@ -598,10 +691,12 @@ class CheckpointManager:
         return removed
 
     def gc(self) -> list[str]:
-        """Collect orphaned data of crashed saves and fenced checkpoints (owner only).
+        """Collect orphaned data of crashed saves and fenced checkpoints of this
+        manager's name (owner only).
 
         Claims the directory if this manager has not yet (which collects
-        already). Returns the URLs removed.
+        already). Returns the URLs removed. ``cloudckpt gc`` collects those of
+        every name.
 
         Example:
             >>> import numpy as np, cloudckpt, tempfile
@@ -615,48 +710,48 @@ class CheckpointManager:
             self._ensure_owner()
             assert self._epoch is not None
             ownership.check_owner(self._storage, self._epoch)
-            valid, fenced, others = self._reconcile()
-            return self._collect(valid, fenced, others)
+            view = self._reconcile()
+            removed = self._collect(view)
+            ownership.prune_claims(self._storage, self._claims)
+            return removed
 
         return collect() if self._group.size == 1 else list(leader_call(self._group, collect))
 
     # -- deleting ------------------------------------------------------------
-    def _delete_checkpoint(self, number: int) -> None:
+    def _delete_entry(self, name: str) -> None:
         """Manifest first (invisible at once), then everything else under it."""
-        name = self._dirname(number)
         sub = self._storage.child(name)
-        sub.delete(["manifest.json"])
+        sub.delete([MANIFEST_KEY])
         self._storage.delete_prefix(name)
         with self._lock:
-            self._maybe_delete.pop(number, None)
-            self._manifests.pop(number, None)
-            self._metrics.pop(number, None)
-            if self._latest == number:
-                self._latest = max(self._manifests, default=None)
+            self._entries.pop(name, None)
+        self._reclassify()
+        self._rebuild_active()
 
     def _remove_if_fenced(self, number: int) -> bool:
         """If checkpoint ``number`` is fenced, remove it and return True (also if it is gone)."""
         sub = self._storage.child(self._dirname(number))
         try:
-            manifest = read_manifest(sub)
-        except CheckpointNotFoundError:
+            header = read_header(sub)
+        except ObjectNotFoundError:
             return True
         except CheckpointError:
             return False
-        epoch = manifest["writer"].get("epoch")
+        entry = catalog.Entry(self._dirname(number), self._name, number, "committed", header=header)
         assert self._epoch is not None
-        if epoch is None or epoch >= self._epoch:
+        if not entry.managed or entry.epoch >= self._epoch:
             return False
-        if not ownership.is_fenced(epoch, number, ownership.list_claims(self._storage, above=epoch)):
+        if not ownership.is_fenced(entry.epoch, entry.position[2], ownership.list_claims(self._storage, above=entry.epoch)):
             return False
-        log.warning("removing %s: committed by epoch %d after a newer claim (fenced)", sub.url, epoch)
-        self._delete_checkpoint(number)
+        log.warning("removing %s: committed by epoch %d after a newer claim (fenced)", sub.url, entry.epoch)
+        self._delete_entry(entry.name)
         return True
 
     def _sweep(self) -> bool:
         """Apply retention; return whether anything left the active set."""
         with self._lock:
-            active = [retention.Managed(n, ts, self._metrics.get(n)) for n, ts in self._maybe_delete.items()]
+            own = self._own()
+            active = [retention.Managed(n, ts, self._metric_of(own.get(n))) for n, ts in self._maybe_delete.items()]
         decision = retention.sweep(
             active,
             max_to_keep=self._max_to_keep,
@@ -674,12 +769,15 @@ class CheckpointManager:
             sub.write_if_absent(catalog.PRESERVED_KEY, json.dumps(record).encode())
             with self._lock:
                 self._maybe_delete.pop(m.number, None)
+                entry = self._entries.get(self._dirname(m.number))
+                if entry is not None:
+                    entry.preserved = True
             log.info("retention: preserving %s for good (keep_checkpoint_every_n_hours)", self._url(m.number))
         with self._lock:
             self._last_preserved = decision.last_preserved
         for m in decision.delete:
             log.info("retention: deleting %s", self._url(m.number))
-            self._delete_checkpoint(m.number)
+            self._delete_entry(self._dirname(m.number))
         return True
 
     # -- saving --------------------------------------------------------------
@@ -702,10 +800,11 @@ class CheckpointManager:
 
         Raises :class:`~cloudckpt.OwnershipLostError` if another manager has
         claimed the directory, and :class:`~cloudckpt.CheckpointExistsError`
-        if that number is committed already (nothing is overwritten). With
-        ``async_save`` in a single process, the ownership claim and check run
-        in the background, and their failure is raised by the next ``save()``
-        or :meth:`sync`.
+        if that number is committed already (nothing is overwritten) — except
+        a checkpoint abandoned by a rollback (:meth:`restore`), which the save
+        replaces (logged at WARNING). With ``async_save`` in a single process,
+        the ownership claim and check run in the background, and their failure
+        is raised by the next ``save()`` or :meth:`sync`.
 
         Example:
             >>> import numpy as np, cloudckpt, tempfile
@@ -756,6 +855,21 @@ class CheckpointManager:
         thread.start()
         return url
 
+    def _abandoned_number(self, number: int) -> bool:
+        """Whether this name's checkpoint ``number`` is abandoned (by a rollback
+        on storage, or by one this manager made and has not saved after yet)."""
+        with self._lock:
+            entry = self._own().get(number)
+            return entry is not None and directory_model.in_ranges(entry.position, self._ranges)
+
+    def _check_number(self, number: int) -> None:
+        """Refuse a number that is committed, unless that checkpoint is abandoned."""
+        with self._lock:
+            known = number in self._own()
+        if known and not self._abandoned_number(number):
+            # the view of an owner is current: no request is needed to know, nothing is written
+            raise CheckpointExistsError(_exists_message(self._url(number)))
+
     def _decide(self, number_arg: int | None, check_interval: bool) -> int | None:
         """The number of the next checkpoint, or None to skip (interval); in a
         distributed job rank 0 decides and every rank follows."""
@@ -774,10 +888,7 @@ class CheckpointManager:
                 self._last_checkpoint_step = current_step
             self._checkpoint.save_counter = self._checkpoint.save_counter + 1
             number = self._checkpoint.save_counter if number_arg is None else number_arg
-            with self._lock:
-                known = number in self._manifests
-            if known:  # the view of an owner is current: no request is needed to know, nothing is written
-                raise CheckpointExistsError(_exists_message(self._url(number)))
+            self._check_number(number)
             return {"number": number, "save_counter": self._checkpoint.save_counter, "step": self._last_checkpoint_step}
 
         if self._group.size == 1:
@@ -801,10 +912,7 @@ class CheckpointManager:
         try:
             if self._owner_in_background():
                 self._ensure_owner()
-                with self._lock:
-                    known = number in self._manifests
-                if known:  # committed by another writer before our claim
-                    raise CheckpointExistsError(_exists_message(self._url(number)))
+                self._check_number(number)  # committed by another writer before our claim
             self._commit(number, node, leaves, meta)
         except BaseException as exc:
             log.error("async save of %s failed: %s", self._url(number), exc)
@@ -814,10 +922,36 @@ class CheckpointManager:
             with _PENDING_LOCK:
                 _PENDING.discard(threading.current_thread())
 
+    def _replace_abandoned(self, number: int) -> None:
+        """Rank 0, before committing ``number``: remove the abandoned checkpoint
+        that holds that number (the one case of a number reused)."""
+        if not self._abandoned_number(number):
+            return
+        log.warning(
+            "removing %s: it was abandoned by a rollback, and this save takes its number", self._url(number)
+        )
+        self._delete_entry(self._dirname(number))
+
+    def _writer_record(self) -> dict[str, Any]:
+        """Rank 0: what this save's manifest records of its writer (sequence, lineage, retention clock)."""
+        with self._lock:
+            self._seq += 1
+            positions = [e.position for e in self._dir.valid]
+            ranges = [(lo, hi) for lo, hi in self._ranges if any(lo < p <= hi for p in positions)]
+            self._ranges = ranges
+            return {
+                "seq": self._seq,
+                "follows": None if self._follows is None else list(self._follows),
+                "abandoned": [[list(lo), list(hi)] for lo, hi in ranges] or None,
+                "last_preserved_timestamp": self._last_preserved,
+            }
+
     def _commit(self, number: int, node: dict[str, Any], leaves: list[Leaf], meta: dict[str, Any]) -> None:
         name = self._dirname(number)
         sub = self._storage.child(name)
         leader = self._group.rank == 0
+        if leader:
+            self._replace_abandoned(number)
         for first_try in (True, False):
             epoch = self._epoch if leader else None
             attempt = f"e{epoch}-{uuid.uuid4().hex[:16]}"
@@ -832,7 +966,7 @@ class CheckpointManager:
                     options=self._options,
                     attempt=attempt,
                     created=self._now(),
-                    writer_extra={"last_preserved_timestamp": self._last_preserved},
+                    writer_extra=self._writer_record() if leader else None,
                     check_exists=False,  # known above; a commit race still fails create-only
                     group=self._group,
                     after_commit=lambda manifest: self._after_commit(number, manifest) if leader else None,
@@ -862,38 +996,36 @@ class CheckpointManager:
         checkpoint, write the state file, apply retention. Returns the view
         the other ranks take over."""
         assert self._epoch is not None
-        sub = self._storage.child(self._dirname(number))
+        name = self._dirname(number)
+        sub = self._storage.child(name)
         unconfirmed: CheckpointError | None = None
         try:
             ownership.check_owner(self._storage, self._epoch)
         except OwnershipLostError as exc:
             raise OwnershipLostError(
-                f"{exc}. The checkpoint {sub.url} committed meanwhile belongs to no owner: it is fenced "
-                "(never listed or restored) and the new owner removes it"
+                f"{exc}. The checkpoint {sub.url} committed meanwhile belongs to no owner: unless the new "
+                "owner accepted it, it is fenced (never listed or restored) and `cloudckpt gc` removes it"
             ) from None
         except CheckpointError as exc:
             # committed, but ownership could not be re-checked (storage trouble):
             # record the commit so that latest_checkpoint and retention know it, then raise
             unconfirmed = exc
+        entry = catalog.Entry(name, self._name, number, "committed", header=header_of(manifest))
+        entry.data_prefixes = [str(manifest["data"])]
         with self._lock:
-            if self._latest is not None and number < self._latest:
-                log.warning(
-                    "saved %s below the latest checkpoint %s: checkpoints are ordered by number, so it "
-                    "is the oldest and retires first (did the job skip restore_or_initialize()?)",
-                    sub.url,
-                    self._url(self._latest),
-                )
-            self._maybe_delete[number] = float(manifest["created"])
-            self._maybe_delete = OrderedDict(sorted(self._maybe_delete.items()))
-            self._manifests[number] = manifest
-            self._metrics[number] = self._metric_of(manifest)
-            self._latest = number if self._latest is None else max(self._latest, number)
+            self._entries[name] = entry
+            self._recovered[(number, entry.attempt)] = float(manifest["created"])
+            self._follows = entry.position
+        self._reclassify()
+        self._rebuild_active()
         if unconfirmed is not None:
             raise unconfirmed
         self._write_state()  # before retention, as TF: a crash while deleting still names the new one
         if self._sweep():
             self._write_state()
         self._collect_own_failures()
+        if self._seq == 1:  # the first commit of this owner: older claims are redundant from now on
+            ownership.prune_claims(self._storage, self._claims)
         return self._view()
 
     def _raise_pending(self, *, wait: bool) -> None:
@@ -921,12 +1053,14 @@ class CheckpointManager:
 
     # -- restoring -----------------------------------------------------------
     def restore_or_initialize(self, *, partial: bool = False, fallback: bool = False) -> str | None:
-        """Restore the latest checkpoint and return its URL; else call ``init_fn`` and return None.
+        """Restore the latest checkpoint of the directory and return its URL; else call ``init_fn`` and return None.
 
-        Claims the directory for this manager. Restore is strict unless
-        ``partial``. A damaged latest checkpoint raises
+        Claims the directory for this manager. The latest checkpoint is that
+        of :attr:`latest_checkpoint`, whatever its name. Restore is strict
+        unless ``partial``. A damaged latest checkpoint raises
         :class:`~cloudckpt.CorruptCheckpointError`; with ``fallback=True`` the
         newest checkpoint that restores is used instead (logged as an error).
+        ``save_counter`` is restored as it was saved.
 
         Example:
             >>> import numpy as np, cloudckpt, tempfile
@@ -940,38 +1074,152 @@ class CheckpointManager:
         def candidates() -> dict[str, Any]:
             self._ensure_owner()
             with self._lock:
-                return {"numbers": sorted(self._manifests, reverse=True), "taken": self._taken}
+                view = self._dir
+                order = [] if view.latest is None or view.latest is view.restorable else [view.latest]
+                order += view.newest_first()
+                return {"names": [e.name for e in order], "damaged": {e.name: e.error for e in view.damaged}}
 
         plan = candidates() if self._group.size == 1 else leader_call(self._group, candidates)
-        numbers = [int(n) for n in plan["numbers"]]
-        for n in numbers:
-            sub = self._storage.child(self._dirname(n))
+        return self._restore_first(list(plan["names"]), dict(plan["damaged"]), partial=partial, fallback=fallback)
+
+    def restore(self, checkpoint: Any, *, partial: bool = False) -> str:
+        """Restore a chosen checkpoint of the directory — a number of this
+        manager's name or a URL — and make it the one the next save follows.
+        Returns its URL.
+
+        This is a rollback when the checkpoint is older than the latest: the
+        checkpoints committed after it become *abandoned* when the next save
+        commits — never again latest, first to retire, and a save that reaches
+        the number of an abandoned checkpoint replaces it (logged at
+        WARNING). Until the next save commits nothing on storage changes.
+        (TF's ``checkpoint.restore(path)``; Orbax's ``restore(step)``.)
+
+        Example:
+            >>> import numpy as np, cloudckpt, tempfile
+            >>> w = np.zeros(1); m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=w), tempfile.mkdtemp(), 5)
+            >>> for step in (100, 200, 300):
+            ...     w[:] = step; _ = m.save(checkpoint_number=step)
+            >>> m.restore(100).endswith("ckpt-100"), w
+            (True, array([100.]))
+            >>> _ = m.save(checkpoint_number=200)            # replaces the abandoned ckpt-200
+            >>> m.latest_step(), m.all_steps()               # ckpt-300 is abandoned: retires first
+            (200, [300, 100, 200])
+        """
+        self.sync()
+        if isinstance(checkpoint, (str, os.PathLike)):
+            text = os.fspath(checkpoint).rstrip("/")
+            name = text.rsplit("/", 1)[-1]
+            if "/" in text and self._storage.url_for(name) != text and os.path.normpath(text) != os.path.normpath(
+                os.path.join(self._directory, name)
+            ):
+                raise ValueError(
+                    f"{text} is not a checkpoint of {self._storage.url}: a manager restores its own directory's "
+                    "checkpoints (read another one with Checkpoint.read(url))"
+                )
+        else:
+            name = self._dirname(_as_int(checkpoint, "checkpoint"))
+
+        def plan() -> dict[str, Any]:
+            self._ensure_owner()
+            with self._lock:
+                entry = self._entries.get(name)
+                view = self._dir
+                if entry is None or entry.status == "partial":
+                    raise CheckpointNotFoundError(
+                        f"no checkpoint {self._storage.url_for(name)}: the directory holds "
+                        f"{[e.name for e in view.valid] or 'no checkpoint'}"
+                    )
+                if entry in view.fenced:
+                    raise CheckpointNotFoundError(
+                        f"{self._storage.url_for(name)} was committed by a manager that had lost the directory "
+                        "(fenced): it is not restored"
+                    )
+                return {"names": [name], "damaged": {e.name: e.error for e in view.damaged}}
+
+        p = plan() if self._group.size == 1 else leader_call(self._group, plan)
+        url = self._restore_first(list(p["names"]), dict(p["damaged"]), partial=partial, fallback=False)
+        assert url is not None
+        return url
+
+    def _restore_first(
+        self, names: list[str], damaged: dict[str, str | None], *, partial: bool, fallback: bool
+    ) -> str | None:
+        """Restore the first of ``names`` that restores (all ranks); None (after
+        ``init_fn``) if there is none."""
+        skipped: list[str] = []
+        for name in names:
+            sub = self._storage.child(name)
+            if name in damaged:
+                exc: CheckpointError = CorruptCheckpointError(
+                    f"the latest checkpoint {sub.url} is damaged: {damaged[name]}"
+                )
+                if not fallback:
+                    raise exc
+                log.error("cannot restore %s (%s); falling back to the previous checkpoint", sub.url, exc)
+                skipped.append(name)
+                continue
             try:
                 self._checkpoint.restore_from(sub, self._group, partial=partial)
             except CorruptCheckpointError as exc:
                 if not fallback:
                     raise
                 log.error("cannot restore %s (%s); falling back to the previous checkpoint", sub.url, exc)
+                skipped.append(name)
                 continue
-            taken = int(plan["taken"])
-            if self._checkpoint.save_counter < taken:
-                # a newer checkpoint is damaged (skipped): number the next save past it,
-                # or every save would collide with it
-                log.warning(
-                    "restored %s, but %s exists and does not restore: the next save is numbered %d",
-                    sub.url,
-                    self._url(taken),
-                    taken + 1,
-                )
-                self._checkpoint.save_counter = taken
+            except ValueError as exc:
+                parsed = catalog.parse_name(name)
+                if parsed is None or parsed[0] == self._name:
+                    raise
+                raise ValueError(
+                    f"{exc}. The latest checkpoint of {self._storage.url} is {sub.url}, of another checkpoint_name "
+                    f"than this manager's ({self._name!r}): one directory is meant for one run — give this job "
+                    "its own directory, or restore with partial=True if the states overlap"
+                ) from None
+            if self._group.rank == 0:
+                self._restored(name, skipped)
             if self._checkpoint_interval is not None:
                 self._last_checkpoint_step = _evaluate_step(self._step_counter)
             return sub.url
-        if numbers and fallback:
+        if names and fallback:
             raise CorruptCheckpointError(f"no checkpoint of {self._storage.url} restores: all are damaged")
         if self._init_fn is not None:
             self._init_fn()
         return None
+
+    def _restored(self, name: str, skipped: list[str]) -> None:
+        """Rank 0, after restoring ``name``: the next save follows it; if it is
+        older than the newest commit, the ones after it are abandoned by that save."""
+        with self._lock:
+            entry = self._entries[name]
+            pos = entry.position
+            valid = self._dir.valid
+            newest = valid[-1].position if valid else None
+            ranges = []
+            for lo, hi in self._ranges:  # restoring an abandoned checkpoint takes back what led to it
+                ranges.append((pos, hi) if lo < pos <= hi else (lo, hi))
+            ranges = [(lo, hi) for lo, hi in ranges if lo < hi]
+            if newest is not None and pos < newest:
+                ranges.append((pos, newest))
+                log.warning(
+                    "restored %s, older than the newest checkpoint %s: the checkpoints committed after it are "
+                    "abandoned when the next save commits (never latest again, retired first)",
+                    self._storage.url_for(name),
+                    self._storage.url_for(valid[-1].name),
+                )
+            self._ranges = ranges
+            self._follows = pos
+        own_skipped = [catalog.parse_name(n) for n in skipped]
+        past = max((p[1] for p in own_skipped if p is not None and p[0] == self._name), default=0)
+        if past > self._checkpoint.save_counter:
+            # a newer checkpoint of this name is damaged (skipped): number the next save past it,
+            # or every save would collide with it
+            log.warning(
+                "restored %s, but %s does not restore: the next save is numbered %d",
+                self._storage.url_for(name),
+                self._url(past),
+                past + 1,
+            )
+            self._checkpoint.save_counter = past
 
 
 def _exists_message(url: str) -> str:
@@ -1010,11 +1258,14 @@ def _json_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def latest_checkpoint(directory: str, storage_options: dict[str, Any] | None = None) -> str | None:
-    """URL of the newest committed checkpoint in ``directory`` (None if there is none).
+def latest_checkpoint(directory: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> str | None:
+    """URL of the most recently committed checkpoint in ``directory`` (None if there is none).
 
     Looks at the manifests, not the state file, so it is right even after a
-    crash between commit and state-file update. Fenced checkpoints are skipped.
+    crash between commit and state-file update. Commit order, not numbers,
+    decides; fenced and abandoned checkpoints are skipped; a damaged manifest
+    numbered above the latest counts as the newest (see :mod:`cloudckpt.directory`).
+    Equal to a :class:`CheckpointManager`'s ``latest_checkpoint`` of the directory.
 
     Example:
         >>> import numpy as np, cloudckpt
@@ -1023,13 +1274,5 @@ def latest_checkpoint(directory: str, storage_options: dict[str, Any] | None = N
         'memory://doc-latest/ckpt-4'
     """
     storage = open_storage(directory, storage_options)
-    entries = [e for e in catalog.scan(storage) if e.status == "committed"]
-    if not entries:
-        return None
-    managed = [e for e in entries if e.managed]
-    claims = ownership.list_claims(storage, above=min(e.epoch for e in managed)) if managed else []
-    valid = [e for e in entries if not (e.managed and ownership.is_fenced(e.epoch, e.number, claims))]
-    if not valid:
-        return None
-    best = max(valid, key=lambda e: (e.number, e.created))
-    return storage.url_for(best.name)
+    latest = directory_model.read_view(storage).latest
+    return None if latest is None else storage.url_for(latest.name)

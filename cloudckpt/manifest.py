@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -42,6 +43,11 @@ __all__ = [
     "build_manifest",
     "encode_manifest",
     "parse_manifest",
+    "parse_header",
+    "header_of",
+    "check_manifest_size",
+    "max_manifest_bytes",
+    "HEADER_FIELDS",
 ]
 
 FORMAT_VERSION = 3  # the newest version this library reads; it writes the oldest that holds the tree
@@ -114,6 +120,7 @@ def build_manifest(
         "checkpoint_number": checkpoint_number,
         "data": data,
         "nbytes": sum(int(a["nbytes"]) for a in arrays),
+        "stored": {"objects": len(objects) + 1, "bytes": sum(int(o["size"]) for o in objects)},
         "metadata": dict(metadata or {}),
         "tree": tree,
         "arrays": arrays,
@@ -123,21 +130,81 @@ def build_manifest(
 
 
 _SELF_CRC = re.compile(rb',"crc32c":([0-9]{1,10})\}\s*$')
+_HEADER_CRC = re.compile(rb'^"header_crc32c":([0-9]{1,10}),')
+
+#: The fields of a manifest's header: everything a directory listing needs
+#: (number, times, writer with its epoch and sequence, user metadata). The
+#: writer puts them first, on the first line (see :func:`encode_manifest`).
+HEADER_FIELDS = (
+    "format",
+    "format_version",
+    "created",
+    "created_utc",
+    "writer",
+    "checkpoint_number",
+    "data",
+    "nbytes",
+    "stored",
+    "metadata",
+)
+#: Bytes read from the start of a manifest to find its header (a header that
+#: does not fit makes the reader fall back to the whole manifest).
+HEADER_READ_BYTES = 64 * 1024
+#: Default of the manifest size limit (``CLOUDCKPT_MAX_MANIFEST_BYTES``).
+DEFAULT_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def max_manifest_bytes() -> int:
+    """The manifest size limit in bytes: env ``CLOUDCKPT_MAX_MANIFEST_BYTES``, default 16 MiB.
+
+    A manifest over it is refused before it is parsed (read) or committed
+    (save): it bounds the memory and time any operation spends on one manifest.
+
+    Example:
+        >>> max_manifest_bytes() >= 1024
+        True
+    """
+    text = os.environ.get("CLOUDCKPT_MAX_MANIFEST_BYTES")
+    if not text:
+        return DEFAULT_MAX_MANIFEST_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"CLOUDCKPT_MAX_MANIFEST_BYTES must be a number of bytes, got {text!r}") from None
+    if value < 1024:
+        raise ValueError(f"CLOUDCKPT_MAX_MANIFEST_BYTES must be at least 1024, got {value}")
+    return value
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
 
 
 def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     """Serialize a manifest to UTF-8 JSON (no NaN: floats in the tree are hex strings).
 
-    The last field, ``crc32c``, is the crc32c of the bytes before it plus the
-    closing brace — the manifest with that field removed — so that a flipped
-    bit anywhere in the manifest is detected even where the JSON still parses.
+    The header fields (:data:`HEADER_FIELDS`) come first, followed by a
+    newline (the only raw newline: compact JSON escapes those in strings) and
+    ``header_crc32c``, the crc32c of the bytes before the newline; a listing
+    reads and checks just that first line. The last field, ``crc32c``, is the
+    crc32c of the bytes before it plus the closing brace — the manifest with
+    that field removed — so that a flipped bit anywhere in the manifest is
+    detected even where the JSON still parses.
 
     Example:
         >>> encode_manifest({"a": 1})
         b'{"a":1,"crc32c":3489125738}'
+        >>> encode_manifest({"format": "cloudckpt", "tree": {}}).split(b"\\n")[0]
+        b'{"format":"cloudckpt",'
     """
-    body = {k: v for k, v in manifest.items() if k != "crc32c"}
-    data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+    body = {k: v for k, v in manifest.items() if k not in ("crc32c", "header_crc32c")}
+    head = {k: body[k] for k in HEADER_FIELDS if k in body}
+    rest = {k: v for k, v in body.items() if k not in head}
+    if head and rest:
+        first = _dumps(head)[:-1] + b","
+        data = first + b'\n"header_crc32c":' + str(crc32c_of(first)).encode() + b"," + _dumps(rest)[1:]
+    else:
+        data = _dumps(body)
     if not data.endswith(b"}") or data == b"{}":
         return data
     return data[:-1] + b',"crc32c":' + str(crc32c_of(data)).encode() + b"}"
@@ -266,7 +333,7 @@ def _check_tree(
             raise _Bad("tree: float node without a hex string value")
         try:
             float.fromhex(v)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise _Bad(f"tree: float node with malformed value {v!r}") from None
         bits = node.get("bits")
         if bits is not None and not (isinstance(bits, str) and re.fullmatch(r"0x[0-9a-f]{16}", bits) and v == "nan"):
@@ -322,7 +389,21 @@ def _check_partition(boxes: list[tuple[list[int], list[int]]], shape: list[int],
         raise _Bad(f"{where}.shards: {problem.replace('pieces', 'shards')}")
 
 
-def _validate(m: Any) -> dict[str, Any]:
+_MAX_RANGES = 1000
+
+
+def _position(v: Any, where: str) -> None:
+    if not (
+        isinstance(v, list)
+        and len(v) == 3
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < _MAX_SIZE for x in v)
+        and v[0] in (0, 1)
+    ):
+        raise _Bad(f"{where}: expected a commit position [managed (0 or 1), epoch, sequence], got {v!r}")
+
+
+def _validate_header(m: Any) -> dict[str, Any]:
+    """The header fields (:data:`HEADER_FIELDS`): everything but the tree, arrays and objects."""
     if not isinstance(m, dict):
         raise _Bad("manifest is not a JSON object")
     if m.get("format") != "cloudckpt":
@@ -338,15 +419,53 @@ def _validate(m: Any) -> dict[str, Any]:
     data = _req(m, "data", str, "manifest")
     if not _DATA_RE.match(data) or data in (".", ".."):
         raise _Bad(f"data prefix {data!r} is not a plain directory name")
-    _req(m, "created", (int, float), "manifest")
+    created = _req(m, "created", (int, float), "manifest")
+    if not 0 <= created < 1e12:
+        raise _Bad(f"created: {created!r} is not a time in seconds since the epoch")
     writer = _req(m, "writer", dict, "manifest")
     epoch = writer.get("epoch")
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-        raise _Bad("writer.epoch: expected int or null")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < _MAX_SIZE):
+        raise _Bad("writer.epoch: expected a non-negative int or null")
+    seq = writer.get("seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < _MAX_SIZE or epoch is None):
+        raise _Bad("writer.seq: expected a positive int, and only beside an epoch")
+    if writer.get("follows") is not None:
+        _position(writer["follows"], "writer.follows")
+    ranges = writer.get("abandoned")
+    if ranges is not None:
+        if not isinstance(ranges, list) or len(ranges) > _MAX_RANGES:
+            raise _Bad(f"writer.abandoned: expected a list of at most {_MAX_RANGES} ranges")
+        for r in ranges:
+            if not isinstance(r, list) or len(r) != 2:
+                raise _Bad("writer.abandoned: every range is [after, upto]")
+            _position(r[0], "writer.abandoned")
+            _position(r[1], "writer.abandoned")
+    lp = writer.get("last_preserved_timestamp")
+    if lp is not None and (isinstance(lp, bool) or not isinstance(lp, (int, float))):
+        raise _Bad("writer.last_preserved_timestamp: expected a number")
     number = m.get("checkpoint_number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
-        raise _Bad("checkpoint_number: expected int or null")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < _MAX_SIZE):
+        raise _Bad("checkpoint_number: expected a non-negative int or null")
     _req(m, "metadata", dict, "manifest")
+    nbytes = m.get("nbytes")
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes < _MAX_SIZE):
+        raise _Bad("nbytes: expected a non-negative int")
+    stored = m.get("stored")
+    if stored is not None and not (
+        isinstance(stored, dict)
+        and all(
+            isinstance(stored.get(k), int) and not isinstance(stored.get(k), bool) and 0 <= stored[k] < _MAX_SIZE
+            for k in ("objects", "bytes")
+        )
+    ):
+        raise _Bad("stored: expected {objects, bytes} counts")
+    return m
+
+
+def _validate(m: Any) -> dict[str, Any]:
+    _validate_header(m)
+    version = int(m["format_version"])
+    data = str(m["data"])
 
     objects = _req(m, "objects", list, "manifest")
     keys: set[str] = set()
@@ -379,7 +498,8 @@ def _validate(m: Any) -> dict[str, Any]:
         for o in objects[lo:hi]:
             if o["size"] != csize:
                 raise _Bad(f"pack: object {o['key']} has size {o['size']}, chunks are {csize}")
-        _req(pack, "path", str, "pack")
+        if _req(pack, "path", str, "pack") != "_pack":
+            raise _Bad(f"pack.path: {pack['path']!r} is not the pack array '_pack'")
 
     arrays = _req(m, "arrays", list, "manifest")
     for n, a in enumerate(arrays):
@@ -450,14 +570,44 @@ def _validate(m: Any) -> dict[str, Any]:
     return m
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a manifest")
+
+
+def _loads(data: bytes | str) -> Any:
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+def check_manifest_size(size: int, url: str) -> None:
+    """Raise :class:`CorruptCheckpointError` if a manifest of ``size`` bytes is over the limit.
+
+    Example:
+        >>> check_manifest_size(100, "memory://x/manifest.json")
+    """
+    limit = max_manifest_bytes()
+    if size > limit:
+        raise CorruptCheckpointError(
+            f"manifest {url} is over the manifest size limit ({size} > {limit} bytes); it is not read. "
+            "If it is genuine (a state of very many leaves), raise CLOUDCKPT_MAX_MANIFEST_BYTES"
+        )
+
+
 def parse_manifest(data: bytes, url: str) -> dict[str, Any]:
     """Parse and validate manifest bytes read from ``url``.
 
     Raises :class:`CorruptCheckpointError` (naming ``url``) for anything
-    malformed and :class:`FormatVersionError` for a newer format.
+    malformed or over the size limit (:func:`max_manifest_bytes`), and
+    :class:`FormatVersionError` for a newer format.
+
+    Example:
+        >>> parse_manifest(b"{", "memory://x/manifest.json")
+        Traceback (most recent call last):
+        ...
+        cloudckpt.errors.CorruptCheckpointError: manifest memory://x/manifest.json is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); the checkpoint is damaged
     """
+    check_manifest_size(len(data), url)
     try:
-        m = json.loads(data)
+        m = _loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptCheckpointError(f"manifest {url} is not valid JSON ({exc}); the checkpoint is damaged") from None
     try:
@@ -471,3 +621,53 @@ def parse_manifest(data: bytes, url: str) -> dict[str, Any]:
         raise CorruptCheckpointError(f"manifest {url} is invalid: {exc}") from None
     except FormatVersionError as exc:
         raise FormatVersionError(f"checkpoint {url.rsplit('/', 1)[0]}: {exc}") from None
+
+
+def parse_header(prefix: bytes, url: str) -> dict[str, Any] | None:
+    """The validated header of a manifest from the first bytes of it, or None
+    when they hold no complete header line (a manifest written before headers
+    existed, or one whose metadata is larger than ``prefix``): then the whole
+    manifest must be read.
+
+    Raises :class:`CorruptCheckpointError` if the header line is there but
+    damaged, :class:`FormatVersionError` for a newer format.
+
+    Example:
+        >>> m = build_manifest(tree={"t": "none"}, arrays=[], pack=None, objects=[],
+        ...                    data="data-0123456789abcdef", attempt="0123456789abcdef", checkpoint_number=3)
+        >>> parse_header(encode_manifest(m)[:4096], "memory://x/manifest.json")["checkpoint_number"]
+        3
+    """
+    nl = prefix.find(b"\n")
+    if nl < 0:
+        return None
+    first = prefix[:nl]
+    match = _HEADER_CRC.match(prefix[nl + 1 :])
+    if match is None or not first.endswith(b","):
+        if len(prefix) > nl + 30:  # the header crc fits in 30 bytes: it is not there
+            raise CorruptCheckpointError(f"manifest {url} is invalid: its header line is not followed by header_crc32c")
+        return None
+    want, got = int(match.group(1)), crc32c_of(first)
+    if want != got:
+        raise CorruptCheckpointError(
+            f"manifest {url} is invalid: header crc32c mismatch (recorded {want}, computed {got}): the manifest is damaged"
+        )
+    try:
+        head = _loads(first[:-1] + b"}")
+        return _validate_header(head)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptCheckpointError(f"manifest {url} is invalid: its header is not valid JSON ({exc})") from None
+    except _Bad as exc:
+        raise CorruptCheckpointError(f"manifest {url} is invalid: {exc}") from None
+    except FormatVersionError as exc:
+        raise FormatVersionError(f"checkpoint {url.rsplit('/', 1)[0]}: {exc}") from None
+
+
+def header_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The header fields of a parsed manifest (what :func:`parse_header` returns for it).
+
+    Example:
+        >>> sorted(header_of({"format": "cloudckpt", "tree": {}, "metadata": {}}))
+        ['format', 'metadata']
+    """
+    return {k: manifest[k] for k in HEADER_FIELDS if k in manifest}

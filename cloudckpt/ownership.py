@@ -1,24 +1,42 @@
 """Who may write a directory of checkpoints: ownership claims with increasing epochs.
 
-A manager claims a directory by creating ``ownership/epoch-<E>.json``
-create-only, with ``E`` one above the highest claim it sees; of two managers
-racing for the same epoch exactly one wins and the other tries the next.
-The owner is the highest epoch. Every manifest records its writer's epoch.
+A manager takes a directory in three steps:
 
-A claim records the highest checkpoint number that was committed and valid
-when it was made (``seen_upto``). A checkpoint written under an older epoch
-and numbered above ``seen_upto`` of a later claim was committed after that
-claim by a writer that had already lost the directory: it is *fenced* —
-never listed, never restored, and removed by the owner.
+1. **claim**: create ``ownership/epoch-<E>.json`` create-only, with ``E`` one
+   above the highest claim it sees; of two managers racing for the same
+   epoch exactly one wins and the other tries the next. The owner is the
+   highest epoch. From this instant an older owner that commits learns that
+   it lost the directory (it re-checks ownership after every commit).
+2. **scan** the directory (every checkpoint name) — after the claim, so
+   everything committed before the claim became visible is seen.
+3. **record what was accepted**: create ``ownership/epoch-<E>.accepted.json``
+   naming, for every older epoch, the last commit position the scan found
+   valid. Every manifest records its writer's epoch and a sequence number
+   within it, which grows with each commit of that writer.
+
+A commit of an older epoch that is not accepted by the record of a newer
+claim is *fenced*: it landed after that record (its writer had lost the
+directory and was told so), and no reader lists, restores or counts it.
+A commit that lands between a claim and its record may be accepted (then it
+is listed like any other); either way its writer gets
+:class:`~cloudckpt.OwnershipLostError`. A save that returned was committed
+before any newer claim was visible, so the claim's scan saw it: it is
+accepted, never fenced.
+
+Claims written by the first release (``seen_upto``, no record) fence nothing:
+they were made per checkpoint name and cannot be trusted across names.
+Checkpoints written without a manager carry no epoch and are never fenced.
 
 Example:
     >>> from cloudckpt.storage import open_storage
     >>> s = open_storage("memory://doc-own")
-    >>> c1 = claim(s, seen_upto=None, writer="a"); c2 = claim(s, seen_upto=None, writer="b")
+    >>> c1 = claim(s, writer="a"); _ = record_accepted(s, c1.epoch, {})
+    >>> c2 = claim(s, writer="b"); _ = record_accepted(s, c2.epoch, {1: 3})
     >>> (c1.epoch, c2.epoch, current_epoch(s))
     (1, 2, 2)
-    >>> is_fenced(1, 5, list_claims(s))
-    True
+    >>> claims = list_claims(s)
+    >>> is_fenced(1, 3, claims), is_fenced(1, 4, claims), is_fenced(2, 9, claims)
+    (False, True, False)
 """
 
 from __future__ import annotations
@@ -28,102 +46,196 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import ObjectNotFoundError, OwnershipLostError
 from .storage import Storage
 
-__all__ = ["OWNER_PREFIX", "Claim", "claim", "list_claims", "current_epoch", "check_owner", "is_fenced", "prune_claims"]
+__all__ = [
+    "OWNER_PREFIX",
+    "Claim",
+    "claim",
+    "record_accepted",
+    "list_claims",
+    "current_epoch",
+    "check_owner",
+    "is_fenced",
+    "prune_claims",
+]
 
 OWNER_PREFIX = "ownership"
 _CLAIM_RE = re.compile(r"^epoch-(?P<epoch>[0-9]{10,})\.json$")
+_RECORD_RE = re.compile(r"^epoch-(?P<epoch>[0-9]{10,})\.accepted\.json$")
+_MAX_EPOCHS_IN_RECORD = 100_000
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One ownership claim."""
+    """One ownership claim.
+
+    ``accepted`` maps each older epoch to the last commit position (sequence
+    number) of it that the claim accepted; None while the claim has no
+    record (being made, or its maker died first, or a first-release claim):
+    such a claim fences nothing.
+
+    Example:
+        >>> Claim(3, accepted={1: 5}).accepts(1, 5), Claim(3, accepted={1: 5}).accepts(2, 1)
+        (True, False)
+    """
 
     epoch: int
-    seen_upto: int | None = None
     writer: str = ""
     time: float = 0.0
-    readable: bool = True  # False: the record does not parse; it fences nothing
+    accepted: Mapping[int, int] | None = None
+
+    def accepts(self, epoch: int, position: int) -> bool:
+        """Whether a commit at ``position`` of the older ``epoch`` stands under this claim."""
+        if self.accepted is None or epoch >= self.epoch:
+            return True
+        return position <= self.accepted.get(epoch, 0)
 
 
-def _key(epoch: int) -> str:
+def _claim_key(epoch: int) -> str:
     return f"{OWNER_PREFIX}/epoch-{epoch:010d}.json"
 
 
-def _epochs(storage: Storage) -> list[int]:
+def _record_key(epoch: int) -> str:
+    return f"{OWNER_PREFIX}/epoch-{epoch:010d}.accepted.json"
+
+
+def _listing(storage: Storage) -> tuple[list[int], set[int]]:
     files, _ = storage.list_dir(OWNER_PREFIX)
-    out = []
+    claims, records = [], set()
     for name in files:
         m = _CLAIM_RE.match(name)
         if m:
-            out.append(int(m.group("epoch")))
-    return sorted(out)
+            claims.append(int(m.group("epoch")))
+            continue
+        m = _RECORD_RE.match(name)
+        if m:
+            records.add(int(m.group("epoch")))
+    return sorted(claims), records
 
 
 def current_epoch(storage: Storage) -> int:
-    """The owner's epoch (0 if nobody has claimed the directory). One listing."""
-    epochs = _epochs(storage)
+    """The owner's epoch (0 if nobody has claimed the directory). One listing.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> current_epoch(open_storage("memory://doc-own-none"))
+        0
+    """
+    epochs, _ = _listing(storage)
     return epochs[-1] if epochs else 0
 
 
-def _read_claim(storage: Storage, epoch: int) -> Claim | None:
+def _read_json(storage: Storage, key: str) -> object:
     try:
-        data = json.loads(storage.read(_key(epoch)))
+        data = storage.read(key, 0, 1 << 20)
+        return json.loads(data)
     except ObjectNotFoundError:
         return None
     except (ValueError, RecursionError):  # unparsable, however hostile
-        data = None
-    upto = data.get("seen_upto", 0) if isinstance(data, dict) else 0
-    if not isinstance(data, dict) or not (upto is None or (isinstance(upto, int) and not isinstance(upto, bool))):
-        # An unreadable claim still counts for ownership (its epoch is its name),
-        # but fences nothing: treating it as "saw nothing" would delete history.
-        return Claim(epoch, None, readable=False)
-    t = data.get("time")
-    return Claim(epoch, upto, str(data.get("writer", "")), float(t) if isinstance(t, (int, float)) else 0.0)
+        return None
+
+
+def _read_claim(storage: Storage, epoch: int, has_record: bool) -> Claim:
+    data = _read_json(storage, _claim_key(epoch))
+    writer, t = "", 0.0
+    if isinstance(data, dict):
+        writer = str(data.get("writer", ""))[:200]
+        tv = data.get("time")
+        t = float(tv) if isinstance(tv, (int, float)) and not isinstance(tv, bool) else 0.0
+    accepted: dict[int, int] | None = None
+    if has_record:
+        rec = _read_json(storage, _record_key(epoch))
+        table = rec.get("accepted") if isinstance(rec, dict) else None
+        if isinstance(table, dict) and len(table) <= _MAX_EPOCHS_IN_RECORD:
+            parsed: dict[int, int] = {}
+            for k, v in table.items():
+                if not (isinstance(k, str) and k.isdigit() and isinstance(v, int) and not isinstance(v, bool)):
+                    parsed = {}
+                    break
+                parsed[int(k)] = v
+            else:
+                accepted = parsed
+        # an unreadable record fences nothing: treating it as "accepted nothing"
+        # would hide history
+    return Claim(epoch, writer, t, accepted)
 
 
 def list_claims(storage: Storage, *, above: int = 0) -> list[Claim]:
-    """The claims with an epoch above ``above``, oldest first (one listing plus one read each)."""
-    epochs = [e for e in _epochs(storage) if e > above]
-    claims = storage.map(lambda e: _read_claim(storage, e), epochs)
-    return [c for c in claims if c is not None]
+    """The claims with an epoch above ``above``, oldest first (one listing plus
+    one or two small reads each).
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> list_claims(open_storage("memory://doc-own-list"))
+        []
+    """
+    epochs, records = _listing(storage)
+    wanted = [e for e in epochs if e > above]
+    return storage.map(lambda e: _read_claim(storage, e, e in records), wanted)
 
 
 def claim(
     storage: Storage,
     *,
-    seen_upto: int | None,
     writer: str,
     clock: Callable[[], float] = time.time,
     attempts: int = 20,
 ) -> Claim:
-    """Claim the directory with the next epoch; returns the claim won."""
+    """Claim the directory with the next epoch (step 1); returns the claim won.
+
+    The caller then scans the directory and calls :func:`record_accepted`.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> claim(open_storage("memory://doc-own-claim"), writer="w").epoch
+        1
+    """
     for _ in range(attempts):
         epoch = current_epoch(storage) + 1
-        record = {
-            "epoch": epoch,
-            "seen_upto": seen_upto,
-            "writer": writer,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "time": clock(),
-        }
-        now = float(record["time"])  # type: ignore[arg-type]
-        if storage.write_if_absent(_key(epoch), json.dumps(record).encode()):
-            return Claim(epoch, seen_upto, writer, now)
+        now = float(clock())
+        record = {"epoch": epoch, "writer": writer, "host": socket.gethostname(), "pid": os.getpid(), "time": now}
+        if storage.write_if_absent(_claim_key(epoch), json.dumps(record).encode()):
+            return Claim(epoch, writer, now)
     raise OwnershipLostError(
         f"could not claim {storage.url}: {attempts} other managers claimed it first; "
         "only one manager should write a directory"
     )
 
 
+def record_accepted(storage: Storage, epoch: int, accepted: Mapping[int, int]) -> Claim:
+    """Record (create-only) the last position of every older epoch that claim
+    ``epoch`` accepted (step 3): from then on, a commit of an older epoch past
+    it is fenced. Returns the completed claim.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> s = open_storage("memory://doc-own-record")
+        >>> record_accepted(s, claim(s, writer="w").epoch, {}).accepted
+        {}
+    """
+    table = {str(e): int(p) for e, p in sorted(accepted.items()) if e < epoch}
+    body = json.dumps({"epoch": epoch, "accepted": table}).encode()
+    if not storage.write_if_absent(_record_key(epoch), body):
+        raise OwnershipLostError(
+            f"the ownership record {storage.url_for(_record_key(epoch))} was written by someone else; "
+            "only one manager should write a directory"
+        )
+    return Claim(epoch, accepted={int(k): v for k, v in table.items()})
+
+
 def check_owner(storage: Storage, epoch: int) -> None:
-    """Raise :class:`OwnershipLostError` unless ``epoch`` is still the owner's."""
+    """Raise :class:`OwnershipLostError` unless ``epoch`` is still the owner's.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> s = open_storage("memory://doc-own-check"); c = claim(s, writer="w")
+        >>> check_owner(s, c.epoch)
+    """
     now = current_epoch(storage)
     if now != epoch:
         raise OwnershipLostError(
@@ -132,16 +244,34 @@ def check_owner(storage: Storage, epoch: int) -> None:
         )
 
 
-def is_fenced(epoch: int, number: int, claims: Sequence[Claim]) -> bool:
-    """Whether checkpoint ``number`` written under ``epoch`` was committed after a later claim."""
-    for c in claims:
-        if c.readable and c.epoch > epoch and (c.seen_upto is None or number > c.seen_upto):
-            return True
-    return False
+def is_fenced(epoch: int, position: int, claims: Sequence[Claim]) -> bool:
+    """Whether the commit at ``position`` of ``epoch`` is fenced by a newer claim's record.
+
+    Example:
+        >>> is_fenced(1, 4, [Claim(2, accepted={1: 3})]), is_fenced(1, 4, [Claim(2)])
+        (True, False)
+    """
+    return any(not c.accepts(epoch, position) for c in claims)
 
 
-def prune_claims(storage: Storage, below: int) -> None:
-    """Delete claims with an epoch below ``below`` (they can fence no existing checkpoint)."""
-    old = [_key(e) for e in _epochs(storage) if e < below]
+def prune_claims(storage: Storage, claims: Sequence[Claim]) -> None:
+    """Delete the claims and records older than the newest claim that has a
+    record: that record alone fences everything the older ones did (it
+    accepted only what they left standing).
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> s = open_storage("memory://doc-own-prune")
+        >>> for w in "ab":
+        ...     _ = record_accepted(s, claim(s, writer=w).epoch, {})
+        >>> prune_claims(s, list_claims(s)); [c.epoch for c in list_claims(s)]
+        [2]
+    """
+    recorded = [c.epoch for c in claims if c.accepted is not None]
+    if not recorded:
+        return
+    below = max(recorded)
+    epochs, records = _listing(storage)
+    old = [_claim_key(e) for e in epochs if e < below] + [_record_key(e) for e in records if e < below]
     if old:
         storage.delete(old)

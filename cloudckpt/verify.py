@@ -33,10 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import catalog, ownership
+from . import directory as directory_model
 from .checksum import crc32c_of
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, ObjectNotFoundError
-from .manifest import MANIFEST_KEY, parse_manifest
+from .manifest import MANIFEST_KEY, max_manifest_bytes, parse_manifest
 from .statefile import STATE_KEY, parse_state
 from .storage import Storage, open_storage
 
@@ -234,27 +234,6 @@ def read_checked(
         return None, "missing"
 
 
-def _is_managed(e: catalog.Entry) -> bool:
-    """Written by a manager (its manifest names an ownership epoch)."""
-    return e.manifest is not None and e.manifest["writer"].get("epoch") is not None
-
-
-def fenced_entries(storage: Storage, entries: list[catalog.Entry]) -> set[str]:
-    """Names of the committed entries that are fenced: committed by a manager
-    after a newer one had claimed the directory. Checkpoints written without a
-    manager are never fenced (as :class:`~cloudckpt.CheckpointManager` sees it).
-
-    Example:
-        >>> fenced_entries(open_storage("memory://doc-fenced"), [])
-        set()
-    """
-    managed = [e for e in entries if e.status == "committed" and _is_managed(e)]
-    if not managed:
-        return set()
-    claims = ownership.list_claims(storage, above=min(e.epoch for e in managed))
-    return {e.name for e in managed if ownership.is_fenced(e.epoch, e.number, claims)}
-
-
 def _size_problem(got: int, want: int) -> str:
     return f"truncated: {got} bytes, expected {want}" if got < want else f"too long: {got} bytes, expected {want}"
 
@@ -275,7 +254,7 @@ def verify_checkpoint(
     report = CheckpointReport(storage.url)
     murl = storage.url_for(MANIFEST_KEY)
     try:
-        raw = storage.read(MANIFEST_KEY)
+        raw = storage.read(MANIFEST_KEY, 0, max_manifest_bytes() + 1)
     except ObjectNotFoundError:
         raise CheckpointNotFoundError(f"no checkpoint at {storage.url}: {murl} does not exist") from None
     report.objects, report.bytes = 1, len(raw)
@@ -309,9 +288,10 @@ def verify_checkpoint(
     return report
 
 
-def _check_state_file(storage: Storage, valid: list[catalog.Entry], files: Mapping[str, int]) -> list[str]:
-    """Warnings about the state file of a directory whose valid checkpoints are ``valid``."""
+def _check_state_file(storage: Storage, view: directory_model.View, files: Mapping[str, int]) -> list[str]:
+    """Warnings about the state file of a directory as :func:`cloudckpt.directory.read_view` sees it."""
     url = storage.url_for(STATE_KEY)
+    valid = view.valid
     if STATE_KEY not in files:
         return [f"state file {url} is missing (a manager rebuilds it from the manifests)"] if valid else []
     try:
@@ -322,10 +302,8 @@ def _check_state_file(storage: Storage, valid: list[catalog.Entry], files: Mappi
         return [f"state file {url} does not parse ({exc}); a manager rebuilds it from the manifests"]
     out = []
     names = {e.name for e in valid}
-    if valid:
-        cname = catalog.parse_name(state.model_checkpoint_path or "") or ("", 0)
-        mine = [e for e in valid if e.checkpoint_name == cname[0]] or valid
-        latest = max(mine, key=lambda e: (e.number, e.created)).name
+    if view.latest is not None:
+        latest = view.latest.name
         if _base(state.model_checkpoint_path) != latest:
             out.append(
                 f"state file {url} names {state.model_checkpoint_path!r} as the latest checkpoint, "
@@ -404,24 +382,22 @@ def verify(
 def _verify_directory(storage: Storage, buffer_bytes: int, on_object: Callable[[int], None] | None) -> VerifyReport:
     report = VerifyReport(storage.url, "directory")
     files, _ = storage.list_dir()
-    entries = catalog.scan(storage)
+    view = directory_model.read_view(storage)
+    entries = view.entries
     if not entries and STATE_KEY not in files:
         raise CheckpointNotFoundError(
             f"no checkpoint at {storage.url}: neither {storage.url_for(MANIFEST_KEY)} nor any "
             "<name>-<N> checkpoint directory exists"
         )
-    fenced = fenced_entries(storage, entries)
-    valid = []
+    fenced = {e.name for e in view.fenced}
     for e in entries:
         sub = storage.child(e.name)
         if e.status == "committed":
             if e.name in fenced:
                 report.warnings.append(
                     f"{sub.url} was committed by a manager that had lost the directory (fenced): "
-                    "managers ignore it and its owner removes it"
+                    "every reader ignores it and `cloudckpt gc` removes it"
                 )
-            else:
-                valid.append(e)
             try:
                 report.checkpoints.append(verify_checkpoint(sub, buffer_bytes=buffer_bytes, on_object=on_object))
             except CheckpointNotFoundError:
@@ -439,5 +415,5 @@ def _verify_directory(storage: Storage, buffer_bytes: int, on_object: Callable[[
                 f"{sub.url} has no manifest: a save in progress or a crashed one (not a checkpoint; "
                 "`cloudckpt gc` collects crashed saves)"
             )
-    report.warnings.extend(_check_state_file(storage, valid, files))
+    report.warnings.extend(_check_state_file(storage, view, files))
     return report

@@ -374,7 +374,8 @@ def test_fenced_checkpoints_are_not_copied_and_owned_destination_is_protected(lo
     ckpt = cloudckpt.Checkpoint(w=np.ones(2))
     m1 = cloudckpt.CheckpointManager(ckpt, src.root, max_to_keep=5)
     m1.save()  # ckpt-1, epoch 1
-    ownership.claim(s, seen_upto=1, writer="other")  # epoch 2 takes over after ckpt-1
+    c = ownership.claim(s, writer="other")  # epoch 2 takes over after ckpt-1 (sequence 1 of epoch 1)
+    ownership.record_accepted(s, c.epoch, {1: 1})
     # the displaced writer commits ckpt-2 anyway (a zombie): fenced
     write_checkpoint(s.child("ckpt-2"), {"w": np.zeros(2)}, checkpoint_number=2, epoch=1)
     report = cloudckpt.copy(src.root, dst.root)
@@ -384,8 +385,8 @@ def test_fenced_checkpoints_are_not_copied_and_owned_destination_is_protected(lo
     # a destination owned by a newer manager would fence (and delete) these: refused
     dst2 = locs("memory")
     d2 = open_storage(dst2.root)
-    ownership.claim(d2, seen_upto=None, writer="a")
-    ownership.claim(d2, seen_upto=None, writer="b")
+    for w in "ab":
+        ownership.record_accepted(d2, ownership.claim(d2, writer=w).epoch, {})
     with pytest.raises(cloudckpt.CheckpointExistsError, match="owned by a manager"):
         cloudckpt.copy(src.root, dst2.root)
     assert not d2.exists("ckpt-1/manifest.json")

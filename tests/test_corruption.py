@@ -117,14 +117,28 @@ def test_damage_is_never_restored_silently(backend, kind, damage):
         assert [d.url for d in report.damaged] == [obj_url]
         assert m.restore_or_initialize(fallback=True) == backend.url("run", "ckpt-2")
         assert int(ckpt.step) == 2 and crashlib.bit_exact(live, 2)
-    elif kind == "manifest":
-        # not a checkpoint any more (it exists iff its manifest exists and parses)
+    elif kind == "manifest" and damage == "delete":
+        # not a checkpoint any more (it exists iff its manifest exists)
         assert m.latest_checkpoint == backend.url("run", "ckpt-2")
         assert cloudckpt.latest_checkpoint(backend.url("run"), storage_options=so) == backend.url("run", "ckpt-2")
-        with pytest.raises((cloudckpt.CorruptCheckpointError, cloudckpt.CheckpointNotFoundError)) as info:
+        with pytest.raises(cloudckpt.CheckpointNotFoundError) as info:
             cloudckpt.load(backend.url("run", "ckpt-3"), storage_options=so)
         assert obj_url in str(info.value)
         assert m.restore_or_initialize() == backend.url("run", "ckpt-2")
+        assert crashlib.bit_exact(live, 2)
+    elif kind == "manifest":
+        # a damaged manifest numbered above the latest counts as the newest: a crash never leaves
+        # one (it is written in one create-only request), so it is damage, and it is not skipped
+        # silently: restoring raises, fallback=True goes back to the newest that restores
+        assert m.latest_checkpoint == backend.url("run", "ckpt-3")
+        assert cloudckpt.latest_checkpoint(backend.url("run"), storage_options=so) == backend.url("run", "ckpt-3")
+        with pytest.raises(cloudckpt.CorruptCheckpointError) as info:
+            cloudckpt.load(backend.url("run", "ckpt-3"), storage_options=so)
+        assert obj_url in str(info.value)
+        with pytest.raises(cloudckpt.CorruptCheckpointError, match=re.escape(backend.url("run", "ckpt-3"))):
+            m.restore_or_initialize()
+        assert _untouched(live) and int(ckpt.step) == 0
+        assert m.restore_or_initialize(fallback=True) == backend.url("run", "ckpt-2")
         assert crashlib.bit_exact(live, 2)
         if damage != "delete":
             report = cloudckpt.verify(backend.url("run"), storage_options=so)
@@ -177,11 +191,13 @@ def test_training_goes_on_after_a_damaged_manifest(backend):
     s = _three_checkpoints(backend)
     _damage(s, "ckpt-3/manifest.json", "truncate")
     m, ckpt, live = _manager(backend)
-    assert m.restore_or_initialize() == backend.url("run", "ckpt-2")
+    assert m.restore_or_initialize(fallback=True) == backend.url("run", "ckpt-2")
     crashlib.fill(live, 3)
     ckpt.step = 3
-    url = m.save()
+    url = m.save()  # numbered past the damaged ckpt-3, which stays as it is
+    assert url == backend.url("run", "ckpt-4")
     assert crashlib.bit_exact(cloudckpt.load(url, storage_options=backend.storage_options), 3)
+    assert m.latest_checkpoint == cloudckpt.latest_checkpoint(backend.url("run"), storage_options=backend.storage_options) == url
 
 
 def _same(a, b) -> bool:

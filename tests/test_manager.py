@@ -182,8 +182,11 @@ def test_custom_checkpoint_name(backend):
     m = manager(backend, ckpt, 2, checkpoint_name="ckpt_name")
     assert name(m.save(checkpoint_number=5)) == "ckpt_name-5"
     other = manager(backend, ckpt, 2)
-    assert other.latest_checkpoint is None  # another name is another series
+    # latest is the directory's, whatever its name (as TF); retention is per name
+    assert other.latest_checkpoint == m.latest_checkpoint and name(other.latest_checkpoint) == "ckpt_name-5"
     assert name(other.save(checkpoint_number=5)) == "ckpt-5"
+    assert [name(u) for u in other.checkpoints] == ["ckpt-5"]
+    assert name(other.latest_checkpoint) == "ckpt-5"
 
 
 @on(*NOT_S3)
@@ -277,8 +280,11 @@ def test_constructor_validation(tmp_path):
         cloudckpt.CheckpointManager(ckpt, str(tmp_path), 2, checkpoint_interval=2)
     with pytest.raises(ValueError, match="max_to_keep"):
         cloudckpt.CheckpointManager(ckpt, str(tmp_path), 0)
-    with pytest.raises(ValueError, match="reserved"):
-        cloudckpt.CheckpointManager(ckpt, str(tmp_path), 2, checkpoint_name="checkpoint")
+    # as in TF, "checkpoint" is a name like any other: checkpoint-1/ does not collide with the state file
+    named = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(v=np.ones(1)), str(tmp_path / "named"), 2, checkpoint_name="checkpoint")
+    assert named.save().endswith("checkpoint-1")
+    with pytest.raises(TypeError, match="max_to_keep"):
+        cloudckpt.CheckpointManager(ckpt, str(tmp_path), "3")
     with pytest.raises(TypeError, match="Checkpoint"):
         cloudckpt.CheckpointManager({"v": np.ones(1)}, str(tmp_path), 2)
     with pytest.raises(ValueError, match="checkpoint_number"):

@@ -23,7 +23,8 @@ def test_claim_happens_at_restore_or_first_save(backend):
     m = manager(backend, cloudckpt.Checkpoint(w=np.ones(1)), 2)
     assert m.epoch is None and _owner_files(backend, d) == []  # constructing reads only
     m.save()
-    assert m.epoch == 1 and _owner_files(backend, d) == ["ownership/epoch-0000000001.json"]
+    assert m.epoch == 1
+    assert _owner_files(backend, d) == ["ownership/epoch-0000000001.accepted.json", "ownership/epoch-0000000001.json"]
     m2 = manager(backend, cloudckpt.Checkpoint(w=np.ones(1)), 2)
     m2.restore_or_initialize()
     assert m2.epoch == 2
@@ -138,10 +139,12 @@ def test_gc_removes_fenced_checkpoint(backend):
     assert cloudckpt.latest_checkpoint(d, storage_options=so) == f"{d}/ckpt-1"
     assert owner.gc() == [f"{d}/ckpt-7"]
     assert not committed(backend, f"{d}/ckpt-7")
-    # a checkpoint written without a manager is never fenced (and never deleted)
+    # a checkpoint written without a manager is never fenced (and never deleted); it has no
+    # place in the commit order of the managers' checkpoints, so it is ordered before them
     cloudckpt.save(f"{d}/ckpt-8", {"w": np.ones(1), "save_counter": 8}, storage_options=so)
     assert owner.gc() == []
-    assert cloudckpt.latest_checkpoint(d, storage_options=so) == f"{d}/ckpt-8"
+    assert committed(backend, f"{d}/ckpt-8")
+    assert cloudckpt.latest_checkpoint(d, storage_options=so) == f"{d}/ckpt-1"
 
 
 def test_orphaned_data_collected_by_the_owner(backend):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from manager_helpers import NOT_S3, FakeClock, committed, files, manager, on, read_text, remove, write_bytes
@@ -109,8 +111,10 @@ def test_corrupt_manifest_is_not_listed_and_left_alone(backend):
     _, urls = _three(backend)
     write_bytes(backend, f"{urls[2]}/manifest.json", b'{"format": "not really"')
     m = manager(backend, cloudckpt.Checkpoint(w=np.zeros(1)), 1)
-    assert m.latest_checkpoint == urls[1]
-    m.restore_or_initialize()
+    assert m.latest_checkpoint == urls[2]  # damaged, numbered above the latest: counts as the newest
+    with pytest.raises(cloudckpt.CorruptCheckpointError, match=re.escape(urls[2])):
+        m.restore_or_initialize()
+    assert m.restore_or_initialize(fallback=True) == urls[1]
     m.save(checkpoint_number=4)
     assert read_text(backend, f"{urls[2]}/manifest.json") == '{"format": "not really"'  # never destroyed
     assert any(k.startswith("data-") for k in files(backend, urls[2]))

@@ -810,6 +810,23 @@ class Storage:
         self.map(one, uploads)
         return len(uploads)
 
+    def temporaries(self, prefix: str = "") -> list[tuple[str, int, float]]:
+        """The temp files of killed or running writes in the directory ``prefix``
+        (local disk; object stores have none): ``(key, size, age in seconds)``.
+
+        Example:
+            >>> open_storage("memory://doc-temps-list").temporaries()
+            []
+        """
+        if prefix:
+            validate_key(prefix)
+        lister = getattr(self._s.backend, "list_temps", None)
+        if lister is None:
+            return []
+        path = self._path(prefix) if prefix else self._root
+        found: list[tuple[str, int, float]] = self._request("list", prefix, lambda: lister(path))
+        return [(f"{prefix}/{n}" if prefix else n, size, age) for n, size, age in found]
+
     def collect_temporaries(self, prefix: str = "", min_age: float = TEMP_MIN_AGE) -> list[str]:
         """Remove what a killed write left in the directory ``prefix`` (local disk:
         the temp file of a write-then-rename; object stores: nothing). Returns

@@ -7,6 +7,7 @@ disk gets its own small backend. Every path here is absolute.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import re
@@ -54,6 +55,29 @@ def _writeback(fd: int, offset: int, nbytes: int) -> None:
     still the fsync's job, so a failure here is ignored."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+# renameat2(olddirfd, oldpath, newdirfd, newpath, flags) with RENAME_NOREPLACE: an
+# atomic rename that refuses an existing target (Python's os.rename replaces it)
+_renameat2: Callable[[int, bytes, int, bytes, int], int] | None = _libc(
+    "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], ctypes.c_int
+)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+# link() errors that mean "this filesystem has no hard links", not "this went wrong"
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` atomically unless ``dst`` exists (FileExistsError).
+
+    Raises OSError(ENOTSUP) where the system has no such rename: then a
+    create-only write cannot be made atomic on this filesystem."""
+    if _renameat2 is None:
+        raise OSError(errno.ENOTSUP, "no renameat2(RENAME_NOREPLACE) on this system", dst)
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
 
 
 # mmap(addr, length, prot, flags, fd, offset), to place a file's mapping at addr
@@ -279,26 +303,39 @@ class LocalBackend:
     def put_create(self, path: str, data: Buffer) -> None:
         """Create-only: the complete, fsynced file appears atomically or not at all.
 
-        Raises FileExistsError if ``path`` exists.
+        ``link()`` of an fsynced temp file; on a filesystem without hard links,
+        ``renameat2(RENAME_NOREPLACE)``; where neither exists the write fails
+        (OSError ENOTSUP) rather than make a partial file visible. Raises
+        FileExistsError if ``path`` exists.
         """
         if os.path.lexists(path):
             raise FileExistsError(path)
-        tmp = self._write_temp(path, data)
+        tmp: str | None = self._write_temp(path, data)
+        assert tmp is not None
         try:
-            os.link(tmp, path)  # atomic, fails if path exists
-        except FileExistsError:
-            raise
-        except OSError:
-            # filesystems without hard links: exclusive create (content appears
-            # after the name; readers treat an unparsable manifest as damage).
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, [data])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                os.link(tmp, path)  # atomic, fails if path exists
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise  # e.g. the temp file was removed: nothing was made visible
+                try:
+                    _rename_noreplace(tmp, path)
+                except OSError as exc2:
+                    if exc2.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise OSError(
+                            errno.ENOTSUP,
+                            "this filesystem has neither hard links nor an atomic rename that refuses an existing "
+                            "file: a create-only commit cannot be made here without a moment where a partial "
+                            "file is visible; use another filesystem",
+                            path,
+                        ) from None
+                    raise
+                tmp = None  # renamed: nothing to remove
         finally:
-            _unlink_quiet(tmp)
+            if tmp is not None:
+                _unlink_quiet(tmp)
         self._fsync_dir(os.path.dirname(path))
 
     def size(self, path: str) -> int:
@@ -353,6 +390,24 @@ class LocalBackend:
     def delete_prefix(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         self._fsync_dir(os.path.dirname(path.rstrip("/")))
+
+    def list_temps(self, path: str) -> list[tuple[str, int, float]]:
+        """The temp files of write-temp-then-rename in ``path``: (name, size, age in seconds)."""
+        out: list[tuple[str, int, float]] = []
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return out
+        now = time.time()
+        for e in entries:
+            if not (_TEMP_RE.search(e.name) and e.is_file(follow_symlinks=False)):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # its write finished (renamed) meanwhile
+            out.append((e.name, st.st_size, max(0.0, now - st.st_mtime)))
+        return out
 
     def clean_temps(self, path: str, min_age: float) -> list[str]:
         """Remove the temp files a killed write-temp-then-rename left in ``path``:
