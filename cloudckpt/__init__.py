@@ -24,6 +24,7 @@ from .errors import (
     CorruptCheckpointError,
     FormatVersionError,
     ObjectNotFoundError,
+    OversizedObjectError,
     OwnershipLostError,
     StorageError,
     StoragePermissionError,
@@ -63,5 +64,6 @@ __all__ = [
     "StorageError",
     "StoragePermissionError",
     "TruncatedObjectError",
+    "OversizedObjectError",
     "frameworks",
 ]

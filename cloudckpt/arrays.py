@@ -45,7 +45,12 @@ import numpy as np
 
 from .checksum import crc32c_many, crc32c_of
 from .dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
-from .errors import CorruptCheckpointError, ObjectNotFoundError, TruncatedObjectError
+from .errors import (
+    CorruptCheckpointError,
+    ObjectNotFoundError,
+    OversizedObjectError,
+    TruncatedObjectError,
+)
 from .storage import Storage
 from .tree import Leaf, format_path
 from .zarr_meta import array_doc, chunk_key, encode_doc, group_doc
@@ -686,12 +691,14 @@ def _damage(storage: Storage, key: str) -> Iterator[None]:
         raise _corrupt(storage, key, "object is missing") from None
     except TruncatedObjectError:
         raise _corrupt(storage, key, "object is truncated") from None
+    except OversizedObjectError:
+        raise _corrupt(storage, key, "object is longer than its recorded size") from None
 
 
-def _read_into(storage: Storage, key: str, out: memoryview, start: int) -> None:
-    """``storage.read_into`` with a missing or short object reported as damage."""
+def _read_into(storage: Storage, key: str, out: memoryview, start: int, size: int | None = None) -> None:
+    """``storage.read_into`` with a missing, short (or, given its ``size``, long) object reported as damage."""
     with _damage(storage, key):
-        storage.read_into(key, out, start)
+        storage.read_into(key, out, start, size=size)
 
 
 def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: int) -> Callable[[], None]:
@@ -700,13 +707,13 @@ def _chunk_task(storage: Storage, obj: dict[str, Any], out: memoryview, size: in
     def run() -> None:
         _check_size_declared(storage, obj, size)
         if out.nbytes == size:
-            _read_into(storage, key, out, 0)
+            _read_into(storage, key, out, 0, size)
             _check_crc(storage, obj, crc32c_of(out))
             return
         # the padded edge chunk: the padding goes to a small scratch buffer, and
         # the object's crc32c covers both
         pad = memoryview(bytearray(size - out.nbytes))
-        _read_many(storage, key, [(out, 0), (pad, out.nbytes)])
+        _read_many(storage, key, [(out, 0), (pad, out.nbytes)], size)
         _check_crc(storage, obj, crc32c_many([out, pad]))
 
     return run
@@ -770,7 +777,7 @@ def _damage_of_any(storage: Storage, keys: Sequence[str]) -> Iterator[None]:
     """:func:`_damage` for a request over several objects: the error names the one it was about."""
     try:
         yield
-    except (ObjectNotFoundError, TruncatedObjectError) as exc:
+    except (ObjectNotFoundError, TruncatedObjectError, OversizedObjectError) as exc:
         key = next((k for k in keys if storage.url_for(k) == getattr(exc, "url", None)), keys[0])
         with _damage(storage, key):
             raise
@@ -783,10 +790,10 @@ def _check_size_declared(storage: Storage, obj: dict[str, Any], size: int) -> No
         )
 
 
-def _read_many(storage: Storage, key: str, pieces: list[tuple[memoryview, int]]) -> None:
-    """``storage.read_into_many`` with a missing or short object reported as damage."""
+def _read_many(storage: Storage, key: str, pieces: list[tuple[memoryview, int]], size: int | None = None) -> None:
+    """``storage.read_into_many`` with a missing, short (or, given its ``size``, long) object reported as damage."""
     with _damage(storage, key):
-        storage.read_into_many(key, pieces)
+        storage.read_into_many(key, pieces, size=size)
 
 
 def _pack_key(pack: dict[str, Any] | None, objects: Sequence[dict[str, Any]], off: int, nb: int) -> str:
@@ -925,7 +932,7 @@ def _pack_full_task(storage: Storage, obj: dict[str, Any], csize: int, pieces: l
             for k, n in gaps:
                 views[k] = scratch[at : at + n]
                 at += n
-        _read_many(storage, key, _back_to_back(views))
+        _read_many(storage, key, _back_to_back(views), csize)
         _check_crc(storage, obj, crc32c_many(views))
 
     return run

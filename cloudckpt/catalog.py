@@ -183,11 +183,11 @@ def read_header(storage: Storage, size: int | None = None) -> dict[str, Any]:
     if size is not None:
         check_manifest_size(size, url)
     limit = max_manifest_bytes()
-    first = storage.read(MANIFEST_KEY, 0, min(HEADER_READ_BYTES, limit + 1))
+    first = storage.read(MANIFEST_KEY, max_bytes=min(HEADER_READ_BYTES, limit + 1))
     head = parse_header(first, url)
     if head is not None:
         return head
-    data = first if len(first) < HEADER_READ_BYTES else storage.read(MANIFEST_KEY, 0, limit + 1)
+    data = first if len(first) < HEADER_READ_BYTES else storage.read(MANIFEST_KEY, max_bytes=limit + 1)
     return header_of(parse_manifest(data, url))
 
 

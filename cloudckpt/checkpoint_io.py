@@ -41,7 +41,7 @@ from .errors import (
     ObjectNotFoundError,
 )
 from .group import SINGLE, raise_remote
-from .manifest import MANIFEST_KEY, build_manifest, encode_manifest, parse_manifest
+from .manifest import MANIFEST_KEY, build_manifest, encode_manifest, max_manifest_bytes, parse_manifest
 from .shard_io import is_region_record, read_regions
 from .shards import Box, ShardedArray
 from .storage import Storage
@@ -118,7 +118,7 @@ def write_checkpoint(
     error: BaseException | None = None
     try:
         node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
-        _check_json(node, metadata)
+        _check_json(node, metadata, storage)
         if check_exists and rank == 0 and storage.exists(MANIFEST_KEY):
             raise CheckpointExistsError(
                 f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
@@ -244,6 +244,9 @@ def _commit(storage: Storage, manifest: dict[str, Any], prefix: str) -> None:
     """Write the manifest create-only: the commit. Removes the attempt's data
     when it certainly did not commit."""
     payload = encode_manifest(manifest)
+    if len(payload) > max_manifest_bytes():
+        _cleanup(storage, prefix)
+        raise ValueError(_too_large(storage, len(payload)))
     try:
         created_it = storage.write_if_absent(MANIFEST_KEY, payload)
     except BaseException:
@@ -271,14 +274,25 @@ def _commit(storage: Storage, manifest: dict[str, Any], prefix: str) -> None:
         )
 
 
-def _check_json(node: dict[str, Any], metadata: Mapping[str, Any] | None) -> None:
-    """Fail before anything is written if the manifest could not be encoded."""
+def _too_large(storage: Storage, size: int) -> str:
+    return (
+        f"the manifest of {storage.url} would be {size} bytes, over the manifest size limit "
+        f"({max_manifest_bytes()} bytes); nothing was committed. A state of this many leaves is better saved "
+        "as fewer, larger arrays; or raise the limit with CLOUDCKPT_MAX_MANIFEST_BYTES (every reader needs the same)"
+    )
+
+
+def _check_json(node: dict[str, Any], metadata: Mapping[str, Any] | None, storage: Storage | None = None) -> None:
+    """Fail before anything is written if the manifest could not be encoded, or
+    would be over the size limit already for its tree and metadata."""
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a dict of JSON values or None, got {type(metadata).__name__}")
     try:
-        encode_manifest({"tree": node, "metadata": dict(metadata or {})})
+        size = len(encode_manifest({"tree": node, "metadata": dict(metadata or {})}))
     except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(f"the state or metadata cannot be stored in the manifest as JSON: {exc}") from None
+        raise TypeError(f"the state or metadata cannot be stored in the manifest as JSON (no NaN or infinity): {exc}") from None
+    if storage is not None and size > max_manifest_bytes():
+        raise ValueError(_too_large(storage, size))
 
 
 def _cleanup(storage: Storage, prefix: str) -> None:
@@ -294,7 +308,7 @@ def read_manifest(storage: Storage) -> dict[str, Any]:
     Raises :class:`CheckpointNotFoundError` if there is none.
     """
     try:
-        data = storage.read(MANIFEST_KEY)
+        data = storage.read(MANIFEST_KEY, max_bytes=max_manifest_bytes() + 1)
     except ObjectNotFoundError:
         hint = ""
         try:
@@ -408,7 +422,7 @@ def _manifest_gone(storage: Storage, manifest: Mapping[str, Any]) -> bool:
     """Whether the checkpoint whose manifest was ``manifest`` is no longer there
     (its manifest deleted, or replaced by another save's)."""
     try:
-        now = parse_manifest(storage.read(MANIFEST_KEY), storage.url_for(MANIFEST_KEY))
+        now = parse_manifest(storage.read(MANIFEST_KEY, max_bytes=max_manifest_bytes() + 1), storage.url_for(MANIFEST_KEY))
     except ObjectNotFoundError:
         return True
     except Exception:

@@ -68,7 +68,7 @@ from .errors import (
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
-from .manifest import MANIFEST_KEY, header_of, parse_manifest
+from .manifest import MANIFEST_KEY, header_of, max_manifest_bytes, parse_manifest
 from .statefile import STATE_KEY, CheckpointState, format_state, parse_state, read_state_file
 from .storage import Storage, open_storage
 from .verify import BUFFER_BYTES, ByteBudget, read_checked
@@ -200,7 +200,7 @@ def _plan_checkpoint(
     """Read the source manifest and decide what is left to copy; None if nothing."""
     murl = src.url_for(MANIFEST_KEY)
     try:
-        raw = src.read(MANIFEST_KEY)
+        raw = src.read(MANIFEST_KEY, max_bytes=max_manifest_bytes() + 1)
     except ObjectNotFoundError:
         raise CheckpointNotFoundError(f"no checkpoint at {src.url}: {murl} does not exist") from None
     manifest = parse_manifest(raw, murl)

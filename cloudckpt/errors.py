@@ -25,6 +25,7 @@ __all__ = [
     "ObjectNotFoundError",
     "StoragePermissionError",
     "TruncatedObjectError",
+    "OversizedObjectError",
 ]
 
 
@@ -148,5 +149,14 @@ class TruncatedObjectError(StorageError):
 
     Example:
         >>> issubclass(TruncatedObjectError, StorageError)
+        True
+    """
+
+
+class OversizedObjectError(StorageError):
+    """An object holds more bytes than the size it was read as (its recorded size).
+
+    Example:
+        >>> issubclass(OversizedObjectError, StorageError)
         True
     """

@@ -254,7 +254,7 @@ def verify_checkpoint(
     report = CheckpointReport(storage.url)
     murl = storage.url_for(MANIFEST_KEY)
     try:
-        raw = storage.read(MANIFEST_KEY, 0, max_manifest_bytes() + 1)
+        raw = storage.read(MANIFEST_KEY, max_bytes=max_manifest_bytes() + 1)
     except ObjectNotFoundError:
         raise CheckpointNotFoundError(f"no checkpoint at {storage.url}: {murl} does not exist") from None
     report.objects, report.bytes = 1, len(raw)

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from ..errors import (
     ObjectNotFoundError,
+    OversizedObjectError,
     StorageError,
     StoragePermissionError,
     TruncatedObjectError,
@@ -489,37 +490,50 @@ class Storage:
             ) from _scrubbed(exc, self)
 
     # -- verbs ----------------------------------------------------------
-    def read(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+    def read(self, key: str, start: int | None = None, end: int | None = None, *, max_bytes: int | None = None) -> bytes:
         """Read a whole object, or the byte range ``[start, end)`` of it.
+
+        ``max_bytes``: read a whole object, but at most this many bytes of it
+        (a reader that refuses objects over a size limit asks for one byte
+        more than the limit: memory stays bounded whatever the object holds).
 
         Example:
             >>> s = open_storage("memory://doc-read"); s.write("k", b"abcdef")
-            >>> s.read("k", 1, 3)
-            b'bc'
+            >>> s.read("k", 1, 3), s.read("k", max_bytes=4)
+            (b'bc', b'abcd')
         """
         validate_key(key)
         path = self._path(key)
-        data: bytes = self._request(
-            "read" if start is None and end is None else "read_range",
-            key,
-            lambda: self._s.backend.get(path, start, end),
-        )
+        if max_bytes is not None:
+            if start is not None or end is not None:
+                raise ValueError("read: max_bytes reads from the start of the object; give no range with it")
+            start, end = 0, max_bytes
+            op = "read"
+        else:
+            op = "read" if start is None and end is None else "read_range"
+        data: bytes = self._request(op, key, lambda: self._s.backend.get(path, start, end))
         self._s.stats.add_bytes_read(len(data))
         return data
 
-    def read_into(self, key: str, out: memoryview, start: int = 0) -> None:
+    def read_into(self, key: str, out: memoryview, start: int = 0, *, size: int | None = None) -> None:
         """Fill ``out`` with ``out.nbytes`` bytes of ``key`` from offset ``start``.
 
-        Raises :class:`StorageError` if the object is shorter than that.
+        Raises :class:`TruncatedObjectError` if the object is shorter than
+        that. ``size``: the object's recorded size, when the read ends there;
+        then an object that is longer raises :class:`OversizedObjectError`
+        (one more byte is asked for in the same request).
 
         Example:
             >>> s = open_storage("memory://doc-into"); s.write("k", b"abcdef")
             >>> buf = bytearray(3); s.read_into("k", memoryview(buf), 2); bytes(buf)
             b'cde'
         """
+        view = _byte_view(out)
+        if size is not None:
+            self.read_into_many(key, [(view, start)], size=size)
+            return
         validate_key(key)
         path = self._path(key)
-        view = _byte_view(out)
         n: int = self._request("read", key, lambda: self._s.backend.get_into(path, view, start))
         self._s.stats.add_bytes_read(min(n, view.nbytes))
         if n < view.nbytes:
@@ -530,14 +544,18 @@ class Storage:
                 operation="read",
             )
 
-    def read_into_many(self, key: str, pieces: Sequence[tuple[memoryview, int]]) -> None:
+    def read_into_many(
+        self, key: str, pieces: Sequence[tuple[memoryview, int]], *, size: int | None = None
+    ) -> None:
         """Scatter-read: fill each ``out`` of ``pieces`` (``(out, offset)``) with
         ``out.nbytes`` bytes of ``key`` from ``offset``, straight into ``out``.
 
         Pieces that lie back to back in the object are read by one request (on
         local disk one ``preadv`` into all of them); pieces with gaps between
-        them cost one request per run. Raises :class:`StorageError` if the
-        object is shorter than a piece needs.
+        them cost one request per run. Raises :class:`TruncatedObjectError`
+        if the object is shorter than a piece needs. ``size``: the object's
+        recorded size; the run that ends there asks for one byte more, and
+        an object longer than ``size`` raises :class:`OversizedObjectError`.
 
         Example:
             >>> s = open_storage("memory://doc-into-many"); s.write("k", b"abcdefgh")
@@ -562,10 +580,17 @@ class Storage:
             end = offset + out.nbytes
         for start, views in runs:
             want = sum(v.nbytes for v in views)
+            probe = size is not None and size > 0 and start + want == size
+            asked = [*views, memoryview(bytearray(1))] if probe else views
             n: int = self._request(
-                "read", key, lambda start=start, views=views: backend.get_into_many(path, views, start)  # type: ignore[misc]
+                "read", key, lambda start=start, asked=asked: backend.get_into_many(path, asked, start)  # type: ignore[misc]
             )
             self._s.stats.add_bytes_read(min(n, want))
+            if n > want:
+                url = self.url_for(key)
+                raise OversizedObjectError(
+                    f"read {url}: the object is longer than its recorded size of {size} bytes", url=url, operation="read"
+                )
             if n < want:
                 url = self.url_for(key)
                 raise TruncatedObjectError(
@@ -580,28 +605,37 @@ class Storage:
         return getattr(self._s.backend, "map_private", None) is not None
 
     def map_object(self, key: str, size: int) -> memoryview:
-        """The first ``size`` bytes of ``key`` as a private, copy-on-write
+        """The object ``key`` of ``size`` bytes as a private, copy-on-write
         memory mapping: no copy and no zero-filled page, the page cache is
         mapped. Writes to the view stay in this process; the object is
         never changed. Unlinking the file later is safe; truncating it in
         place while the view lives is not (SIGBUS), which cloudckpt never does
         to a data object. Only where :attr:`maps_objects`.
 
-        Raises :class:`TruncatedObjectError` if the object is shorter than ``size``.
+        Raises :class:`TruncatedObjectError` if the object is shorter than
+        ``size``, :class:`OversizedObjectError` if it is longer.
 
         Example:
             >>> import tempfile
             >>> s = open_storage(tempfile.mkdtemp()); s.write("k", b"abcdef")
-            >>> v = s.map_object("k", 4); bytes(v), v.readonly
-            (b'abcd', False)
+            >>> v = s.map_object("k", 6); bytes(v), v.readonly
+            (b'abcdef', False)
         """
         validate_key(key)
         mapper = getattr(self._s.backend, "map_private", None)
         if mapper is None:
             raise NotImplementedError(f"{self._s.backend.name} storage cannot map objects: read them")
         path = self._path(key)
-        view: memoryview = self._request("read", key, lambda: mapper(path, size))
+        view, have = self._request("read", key, lambda: mapper(path, size))
         self._s.stats.add_bytes_read(min(view.nbytes, size))
+        if have > size:
+            view.release()
+            url = self.url_for(key)
+            raise OversizedObjectError(
+                f"read {url}: the object is longer than its recorded size of {size} bytes ({have})",
+                url=url,
+                operation="read",
+            )
         if view.nbytes < size:
             url = self.url_for(key)
             raise TruncatedObjectError(
@@ -633,14 +667,16 @@ class Storage:
         :meth:`map_object` maps one (the same caveats). None where
         :meth:`maps_together` says they cannot be; then the caller reads them.
 
-        Raises :class:`TruncatedObjectError` naming the first object shorter
-        than its size, :class:`ObjectNotFoundError` for a missing one.
+        Raises :class:`TruncatedObjectError` (:class:`OversizedObjectError`)
+        naming the first object shorter (longer) than its size,
+        :class:`ObjectNotFoundError` for a missing one, :class:`StorageError`
+        when the sizes cannot be mapped (out of address space).
 
         Example:
             >>> import mmap, tempfile
             >>> s = open_storage(tempfile.mkdtemp()); p = mmap.PAGESIZE
             >>> s.write("a", b"x" * p); s.write("b", b"yz!")
-            >>> v = s.map_objects([("a", p), ("b", 2)])
+            >>> v = s.map_objects([("a", p), ("b", 3)])
             >>> v is None or bytes(v[p - 1 : p + 2]) == b"xyz"
             True
         """
@@ -650,12 +686,28 @@ class Storage:
         for key, _ in objects:
             validate_key(key)
         backend = self._s.backend
-        region = backend.reserve_mapping(sum(sizes))
+        try:
+            region = backend.reserve_mapping(sum(sizes))
+        except OSError as exc:  # e.g. ENOMEM: sizes a manifest declares that no object has
+            self._check_sizes(objects)
+            url = self.url_for(objects[0][0])
+            raise StorageError(
+                f"read {url}: cannot map {sum(sizes)} bytes for {len(objects)} objects ({exc.strerror})",
+                url=url,
+                operation="read",
+            ) from None
         try:
             offset = 0
             for key, size in objects:
                 place = functools.partial(backend.map_private_at, region, offset, self._path(key), size)
                 have: int = self._request("read", key, place)
+                if have > size:
+                    url = self.url_for(key)
+                    raise OversizedObjectError(
+                        f"read {url}: the object is longer than its recorded size of {size} bytes ({have})",
+                        url=url,
+                        operation="read",
+                    )
                 if have < size:
                     url = self.url_for(key)
                     raise TruncatedObjectError(
@@ -667,6 +719,15 @@ class Storage:
             region.close()
             raise
         return memoryview(region)
+
+    def _check_sizes(self, objects: Sequence[tuple[str, int]]) -> None:
+        """Raise naming the first object whose size is not ``size``."""
+        for key, size in objects:
+            have = self.size(key)
+            if have != size:
+                url = self.url_for(key)
+                cls = TruncatedObjectError if have < size else OversizedObjectError
+                raise cls(f"read {url}: the object holds {have} bytes, its recorded size is {size}", url=url, operation="read")
 
     def write(self, key: str, data: Buffer | Sequence[Buffer], *, atomic: bool = False) -> None:
         """Write an object (overwriting). ``data`` may be a list of buffers.

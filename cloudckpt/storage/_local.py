@@ -224,17 +224,19 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def map_private(self, path: str, size: int) -> memoryview:
+    def map_private(self, path: str, size: int) -> tuple[memoryview, int]:
         """A copy-on-write mapping of the first ``size`` bytes of the file
-        (fewer if the file is shorter: the caller reports the truncation)."""
+        (fewer if the file is shorter), and the file's size: the caller
+        reports a file shorter or longer than ``size``."""
         with open(path, "rb", buffering=0) as f:
-            n = min(size, os.fstat(f.fileno()).st_size)
-            if n == 0:
-                return memoryview(bytearray(0))
+            have = os.fstat(f.fileno()).st_size
+            n = min(size, have)
+            if n == 0 or have > size:
+                return memoryview(bytearray(0)), have
             m = mmap.mmap(f.fileno(), n, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         if hasattr(m, "madvise"):
             m.madvise(mmap.MADV_WILLNEED)  # read ahead what is not in the page cache yet
-        return memoryview(m)
+        return memoryview(m), have
 
     places_mappings = _mmap_fixed is not None  # map_private_at works here
 
@@ -246,12 +248,12 @@ class LocalBackend:
     def map_private_at(self, region: mmap.mmap, offset: int, path: str, size: int) -> int:
         """Map the first ``size`` bytes of the file copy-on-write over
         ``region`` from ``offset`` (a multiple of the page size), replacing
-        its pages; closing the region unmaps them. Returns ``size``, or the
-        file's smaller size, in which case nothing is mapped."""
+        its pages; closing the region unmaps them. Returns the file's size;
+        nothing is mapped unless it is ``size``."""
         assert _mmap_fixed is not None and offset % mmap.PAGESIZE == 0 and offset + size <= len(region)
         with open(path, "rb", buffering=0) as f:
             have = os.fstat(f.fileno()).st_size
-            if have < size:
+            if have != size:
                 return have
             if size == 0:
                 return 0
