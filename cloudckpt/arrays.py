@@ -94,6 +94,13 @@ class StoreOptions:
     buffer_bytes: int = 128 * MiB
 
     def __post_init__(self) -> None:
+        for name in ("pack_threshold", "chunk_bytes", "buffer_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"StoreOptions.{name} must be a whole number of bytes, got {type(v).__name__} {v!r}")
+            object.__setattr__(self, name, int(v))
+        if self.buffer_bytes < 1:
+            raise ValueError(f"buffer_bytes must be >= 1, got {self.buffer_bytes}")
         if self.chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes}")
         if self.pack_threshold < 0:

@@ -119,6 +119,8 @@ def write_checkpoint(
     try:
         node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
         _check_json(node, metadata, storage)
+        if rank == 0:
+            _refuse_inside_data(storage)
         if check_exists and rank == 0 and storage.exists(MANIFEST_KEY):
             raise CheckpointExistsError(
                 f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
@@ -220,6 +222,22 @@ def write_checkpoint(
         requests,
     )
     return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {})
+
+
+def _refuse_inside_data(storage: Storage) -> None:
+    """Refuse a save at or below the ``data-*`` prefix of a committed checkpoint:
+    it would add to (or change) that checkpoint's data. Costs one request per
+    ``data-*`` component of the URL, none for any other."""
+    here: Storage | None = storage
+    while here is not None:
+        name = here.url.rstrip("/").rsplit("/", 1)[-1]
+        up = here.parent()
+        if name.startswith("data-") and up is not None and up.exists(MANIFEST_KEY):
+            raise ValueError(
+                f"refusing to save at {storage.url}: it lies inside {here.url}, the data of the committed "
+                f"checkpoint {up.url}, which must not change. Save somewhere else"
+            )
+        here = up
 
 
 def _needs_plan(leaves: Sequence[Leaf]) -> bool:

@@ -32,6 +32,7 @@ import functools
 import logging
 import mmap
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1007,11 +1008,48 @@ def _secrets_of(options: dict[str, Any]) -> list[str]:
     return sorted(set(found), key=len, reverse=True)
 
 
+# "s3:/bucket/run" (one slash) or "gs:bucket" is a typo of a URL, not a local folder named "s3:"
+_SCHEME_TYPO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?!//)(?P<rest>.*)$")
+_KNOWN_SCHEMES = {
+    "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "file", "local", "http", "https", "hf",
+    "hdfs", "ftp", "sftp", "ssh", "oss", "r2", "wasb", "wasbs",
+}
+# object stores whose first path component is a bucket (or container), which ".." cannot leave
+_BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "wasb", "wasbs"}
+
+
 def _split_url(url: str) -> tuple[str | None, str]:
     if "://" in url:
         protocol, rest = url.split("://", 1)
         return protocol.lower(), rest
+    typo = _SCHEME_TYPO.match(url)
+    if typo and typo.group("scheme").lower() in _KNOWN_SCHEMES:
+        scheme, rest = typo.group("scheme"), typo.group("rest").lstrip("/")
+        raise ValueError(f"{url!r} looks like a mistyped URL: did you mean '{scheme}://{rest}'?")
     return None, url
+
+
+def _normalise_key_path(protocol: str, rest: str) -> str:
+    """``rest`` of an object-store URL with ``.``, ``..`` and empty components
+    resolved, as a local path is; ``..`` may not leave the bucket."""
+    query = ""
+    if protocol not in ("memory",) and "?" in rest:
+        rest, query = rest.split("?", 1)
+        query = "?" + query
+    absolute = protocol == "memory" and rest.startswith("/")
+    parts: list[str] = []
+    for part in rest.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts or (protocol in _BUCKETED and len(parts) == 1):
+                raise ValueError(
+                    f"{protocol}://{rest}: '..' leaves the {'bucket' if protocol in _BUCKETED else 'store'}"
+                )
+            parts.pop()
+            continue
+        parts.append(part)
+    return ("/" if absolute else "") + "/".join(parts) + query
 
 
 def open_storage(
@@ -1061,11 +1099,15 @@ def open_storage(
         conc = max_concurrency or (int(env_conc) if env_conc else 8)
         backend: Any = LocalBackend(fsync=fsync)
         shared = _Shared(backend, "local", conc, retry, secrets, request_timeout)
-        display = url if protocol else root
+        # a path is shown as given (normalised, relative stays relative, as TF's names are);
+        # a file:// URL too, its path normalised
+        display = f"{url.split('://', 1)[0]}://{os.path.normpath(rest)}" if protocol else os.path.normpath(rest)
         if os.path.exists(root) and not os.path.isdir(root):
             raise NotADirectoryError(f"{display} exists and is not a directory")
         return Storage(shared, root, display)
     assert protocol is not None
+    rest = _normalise_key_path(protocol, rest)
+    url = f"{protocol}://{rest}"
     from ._fsspec import FsspecBackend
 
     try:
