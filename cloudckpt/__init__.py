@@ -1,8 +1,9 @@
 """cloudckpt: fast, crash-safe training checkpoints on any fsspec URL.
 
-Tensors are stored as zarr v3 arrays; a create-only ``manifest.json``
+Tensors are stored in a zarr v3 group; a create-only ``manifest.json``
 written last is the commit, so a checkpoint is either whole or invisible on
-S3, GCS, local disk and every other fsspec backend.
+local disk, ``memory://``, S3 and GCS (what the test suite checks), and on
+any other fsspec backend whose create-only write is atomic (untested).
 
 Example:
     >>> import numpy as np, cloudckpt

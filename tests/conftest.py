@@ -1,11 +1,13 @@
 # These env vars MUST be set before anything imports gcsfs / botocore.
 # gcsfs decides at *import time* whether GCSFileSystem is the ExtendedGcsFileSystem,
-# which against an emulator stalls ~60 s per write (STACK.md §5).
+# which probes a gRPC storage-layout API per bucket; an emulator has none, so
+# every write stalls ~60 s (docs/cloud.md, "Google Cloud Storage").
 import os
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # Fake credentials so botocore never picks up real ones; region only via env
-# (client_kwargs region_name breaks s3fs.mkdir against moto, STACK.md §3).
+# (with client_kwargs={"region_name": "us-east-1"}, s3fs.mkdir sends a
+# LocationConstraint that moto refuses when creating a bucket).
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ.pop("AWS_SESSION_TOKEN", None)

@@ -255,7 +255,7 @@ def start_fake_gcs_server(timeout: float = 30.0) -> ServerProcess:
 
 def s3_storage_options(endpoint_url: str) -> dict:
     # No client_kwargs={"region_name": ...}: s3fs.mkdir would then send a
-    # LocationConstraint that moto rejects for us-east-1 (STACK.md §3).
+    # LocationConstraint that moto rejects for us-east-1 (docs/cloud.md, "Amazon S3").
     return dict(key="testing", secret="testing", endpoint_url=endpoint_url, anon=False)
 
 

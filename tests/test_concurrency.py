@@ -1,4 +1,4 @@
-"""Two writers on one directory, and readers racing a writer (DESIGN invariant 4).
+"""Two writers on one directory, and readers racing a writer (invariant 4 of docs/reliability.md).
 
 Each writer saves a distinct constant pattern (every array all 1.0, or all
 2.0): a checkpoint that mixed their data would hold both values. Of two

@@ -3,7 +3,7 @@
 Each kind of object of the newest checkpoint (a chunk of a chunked tensor,
 a chunk of the pack of small tensors, the manifest, a zarr.json, the
 directory's state file) is flipped, truncated or deleted; then a fresh
-manager restores (DESIGN invariant 1):
+manager restores (invariant 1 of docs/reliability.md):
 
 * tensor data: ``restore_or_initialize()`` raises CorruptCheckpointError
   naming the object and changes nothing; ``fallback=True`` restores the

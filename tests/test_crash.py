@@ -5,7 +5,7 @@ state of each step with a CheckpointManager (max_to_keep=2, one chunked and
 several packed arrays). Warm-up saves 1 and 2 run clean; before save 3
 (whose retention deletes ckpt-1) the child arms ``CLOUDCKPT_FAULTS=kill_after=k``
 and dies by SIGKILL just before its k-th request. A fresh process
-(tests/scripts/crash_verify.py) then checks DESIGN's invariant 2: only
+(tests/scripts/crash_verify.py) then checks invariant 2 of docs/reliability.md: only
 committed checkpoints are listed, the latest is the last save that committed,
 everything listed restores bit-exactly, and no orphaned object survives its
 ``gc()`` or its next save.

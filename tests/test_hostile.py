@@ -1,4 +1,4 @@
-"""Bad and hostile input (DESIGN invariants 5 and 6).
+"""Bad and hostile input (invariants 5 and 6 of docs/reliability.md).
 
 * BAD_ARGS: every wrong argument of every public entry point -> an error of
   a stated type whose message says what (the argument) and where (the URL or

@@ -3,6 +3,11 @@
 Only ``cloudckpt.save``/``cloudckpt.info`` (to write and to find the data
 group) come from cloudckpt; the reading side below uses zarr, numpy and
 ml_dtypes alone, as a user without cloudckpt installed would.
+
+``test_what_zarr_shows_of_a_small_model`` is what README.md, docs/index.md
+and docs/quickstart.md say a user sees with ``zarr.open_group``: with the
+default options, tensors under 16 MiB are one ``_pack`` uint8 array; with
+``StoreOptions(pack_threshold=0)``, one array per tensor at its key path.
 """
 
 from __future__ import annotations
@@ -171,3 +176,42 @@ def test_packed_tensors_need_only_the_pack_and_its_attributes(local_backend):
     assert got[("b", 0)].shape == () and got[("b", 0)] == 3
     assert got[("b", 1)].shape == (0,)
     np.testing.assert_array_equal(got[("c", "d")], state["c"]["d"])
+
+
+def test_what_zarr_shows_of_a_small_model(local_backend):
+    """The statement of README.md and docs/index.md, as a user would check it."""
+    model = {"w": np.ones((64, 32), "<f4"), "b": np.zeros(32, "<f4"), "norm": np.ones(32, ml_dtypes.bfloat16)}
+    state = {"model": model, "step": 3}
+
+    # default options: every tensor under 16 MiB is packed into one flat uint8 array
+    assert cloudckpt.StoreOptions().pack_threshold == 16 * 2**20
+    url = cloudckpt.save(local_backend.url("default"), state)
+    group = zarr.open_group(cloudckpt.info(url).data_url, mode="r")
+    assert [(name, type(node)) for name, node in group.members(max_depth=None)] == [("_pack", zarr.Array)]
+    pack = group["_pack"]
+    assert pack.dtype == np.uint8 and pack.ndim == 1
+    table = {tuple(e["path"]): e for e in pack.attrs["cloudckpt"]["packed"]}  # offset, nbytes, dtype, shape
+    assert set(table) == {("model", "w"), ("model", "b"), ("model", "norm")}  # "step" is JSON in the manifest
+    e = table[("model", "w")]
+    w = from_stored(pack[e["offset"] : e["offset"] + e["nbytes"]], e["dtype"], e["shape"])
+    np.testing.assert_array_equal(w, model["w"])
+
+    # a tensor of 16 MiB or more is an array of its own, even with the default options
+    big = {"model": {**model, "embed": np.zeros((4096, 1024), "<f4")}}
+    group = zarr.open_group(cloudckpt.info(cloudckpt.save(local_backend.url("big"), big)).data_url, mode="r")
+    assert sorted(name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)) == [
+        "_pack",
+        "model/embed",
+    ]
+
+    # pack_threshold=0: one zarr array per tensor, at its key path, in its own dtype when zarr has it
+    url = cloudckpt.save(local_backend.url("unpacked"), state, options=cloudckpt.StoreOptions(pack_threshold=0))
+    group = zarr.open_group(cloudckpt.info(url).data_url, mode="r")
+    arrays = {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
+    assert sorted(arrays) == ["model/b", "model/norm", "model/w"]
+    assert group["model/w"].dtype == np.float32 and group["model/w"].shape == (64, 32)
+    np.testing.assert_array_equal(group["model/w"][...], model["w"])
+    # a dtype zarr does not know (bfloat16, float8) is stored as the unsigned int of its size, named in the attributes
+    norm = group["model/norm"]
+    assert norm.dtype == np.uint16 and norm.attrs["cloudckpt"] == {"path": ["model", "norm"], "dtype": "bfloat16"}
+    np.testing.assert_array_equal(norm[...].view(ml_dtypes.bfloat16), model["norm"])

@@ -16,8 +16,9 @@ than :data:`GATHER_BELOW` bytes whose shards are all in this process are
 gathered instead (they are then packed with the other small tensors; one
 object per shard of a tiny array would cost one request each). Arrays
 spanning several processes (``jax.distributed``) need every process to call
-the save with a group of those processes:
-:func:`cloudckpt.frameworks.jax_group.group_for`. Typed PRNG keys
+the save; its group of those processes
+(:func:`cloudckpt.frameworks.jax_group.group_for`) is the default once
+``jax.distributed`` is initialized. Typed PRNG keys
 (``jax.random.key``) are refused: store ``jax.random.key_data(key)``.
 Custom pytree nodes (flax ``struct`` dataclasses) are not containers
 cloudckpt knows: store ``flax.serialization.to_state_dict(x)`` and restore

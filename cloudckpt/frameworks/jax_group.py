@@ -9,9 +9,11 @@ group::
     cloudckpt.save(url, state, process_group=group)
     manager = cloudckpt.CheckpointManager(ckpt, directory, process_group=group)
 
-(cloudckpt does not pick it up by itself: without ``process_group`` a save
-in a JAX job is a single-process save, which refuses arrays sharded over
-other processes.)
+(Without ``process_group``, :func:`cloudckpt.group.resolve_group` picks this
+group by itself once ``jax.distributed`` is initialized with several
+processes, unless torch.distributed is too.
+``process_group=cloudckpt.SINGLE_PROCESS`` saves from one process alone,
+which refuses arrays sharded over other processes.)
 
 The few agreements a collective save needs (every rank's description of its
 state, every rank's result, rank 0's outcome) go through the key-value store

@@ -2,8 +2,11 @@
 
 Paths here are the backend's own paths without protocol (``bucket/key``).
 The filesystem instance is created by cloudckpt itself with
-``skip_instance_cache=True`` so that no instance bound to another event loop
-is ever shared by surprise (see STACK.md, sharp edge 1).
+``skip_instance_cache=True``: fsspec's own instance cache hands an existing
+instance to any caller with the same arguments, and one that another caller
+(zarr, user code) created for its own event loop (``asynchronous=True``)
+cannot be used from fsspec's IO loop. cloudckpt keeps its own cache of
+synchronous instances instead (see ``make_filesystem``).
 """
 
 from __future__ import annotations
