@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import cloudckpt
+from cloudckpt import cli
 from cloudckpt.storage import BARE_MIN, RetryPolicy, _field_kind, _redact_text, _secrets_of, open_storage
 
 
@@ -83,6 +84,21 @@ def test_secrets_of_options_and_environment():
         "token": "anon",  # a gcsfs mode, not a secret
     }
     assert _secrets_of(options, {"AWS_SECRET_ACCESS_KEY": "test", "HOME": "/root"}) == ["tok-123", "s3cr3t", "AKID", "test"]
+
+
+def test_cli_redact_leaves_normal_output_alone(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    cli._reset()
+    try:
+        cli.storage_options_for("s3://b/run", ["secret=test", "key=test"])
+        line = "3 committed checkpoints in s3://b/test/run; latest: s3://b/test/run/ckpt-5"
+        assert cli.redact(line) == line
+        assert cli.redact("retrying with secret=test, key=test as testing-key-id") == (
+            "retrying with secret=***, key=*** as ***"
+        )
+    finally:
+        cli._reset()
 
 
 def test_storage_errors_mask_a_short_secret_only_where_it_is_one(tmp_path):
