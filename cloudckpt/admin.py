@@ -24,6 +24,11 @@ States of a ``<name>-<N>`` entry of a directory:
 ``corrupt``
     its manifest does not parse. ``newer``: written by a newer cloudckpt.
 
+A sub-directory under another name that holds a ``manifest.json`` (``c4/``,
+``best/``: saved with :func:`cloudckpt.save`) is listed too, as an
+*unmanaged* checkpoint: readable with :func:`cloudckpt.load`, never listed,
+restored or deleted by a manager, never the latest.
+
 Example:
     >>> import numpy as np, cloudckpt
     >>> from cloudckpt.storage import open_storage
@@ -76,17 +81,27 @@ class RefusedError(CheckpointError):
 
 @dataclass
 class ListedEntry:
-    """One ``<name>-<N>`` entry of a directory, as ``cloudckpt ls`` shows it.
+    """One entry of a directory, as ``cloudckpt ls`` shows it: a ``<name>-<N>``
+    sub-directory, or (``unmanaged``) a sub-directory under another name that
+    holds a ``manifest.json``.
 
-    ``size`` is the stored bytes (every object the manifest lists plus the
-    manifest; for an entry without a manifest, what a listing finds).
+    ``size`` is the stored bytes of every object the manifest lists (the
+    manifest itself not counted; for an entry without a usable manifest,
+    what a recursive listing finds). ``number`` is the ``N`` of the name (of
+    an unmanaged checkpoint: the number its manifest records, often None).
     ``orphaned_bytes`` counts data prefixes of failed attempts inside it.
+
+    Example:
+        >>> e = ListedEntry("c4", None, "memory://run/c4", "committed", unmanaged=True)
+        >>> e.unmanaged, e.latest
+        (True, False)
     """
 
     name: str
-    number: int
+    number: int | None
     url: str
     state: str
+    unmanaged: bool = False
     latest: bool = False
     preserved: bool = False
     created: float | None = None
@@ -103,7 +118,15 @@ class ListedEntry:
 
 @dataclass
 class Listing:
-    """The entries of a directory, its latest checkpoint and its state file."""
+    """The entries of a directory, its latest checkpoint and its state file.
+
+    ``entries`` holds the ``<name>-<N>`` entries sorted by name and number,
+    then the unmanaged checkpoints sorted by name.
+
+    Example:
+        >>> Listing("memory://x", [], None, 0, None, False).latest is None
+        True
+    """
 
     url: str
     entries: list[ListedEntry]
@@ -152,19 +175,37 @@ def _scan(storage: Storage) -> directory_model.View:
 
 
 def list_directory(storage: Storage) -> Listing:
-    """Every ``<name>-<N>`` entry of the directory ``storage`` with its state and size.
+    """Every entry of the directory ``storage`` with its state and size: the
+    ``<name>-<N>`` entries, then the other sub-directories that hold a
+    ``manifest.json`` (unmanaged checkpoints, e.g. saved with :func:`cloudckpt.save`
+    as ``run/c4``).
 
     Costs one listing of the directory, one listing and one manifest read
-    per entry, and one recursive listing per entry without a manifest and
-    per orphaned data prefix. Raises
-    :class:`~cloudckpt.CheckpointNotFoundError` if there is nothing at all.
+    per entry, one listing per other sub-directory (plus one manifest read
+    where it holds one; data objects are never read), and one recursive
+    listing per entry without a usable manifest and per orphaned data
+    prefix. Sub-directories that cannot be listed (permission denied) are
+    skipped. Raises :class:`~cloudckpt.CheckpointNotFoundError` if there is
+    no checkpoint, no ``<name>-<N>`` entry and no state file.
+
+    Example:
+        >>> import numpy as np, cloudckpt
+        >>> from cloudckpt.storage import open_storage
+        >>> _ = cloudckpt.save("memory://doc-list/c4", {"w": np.ones(2)})
+        >>> [(e.name, e.state, e.unmanaged) for e in list_directory(open_storage("memory://doc-list")).entries]
+        [('c4', 'committed', True)]
     """
-    files, _ = storage.list_dir()
+    files, dirs = storage.list_dir()
     view = _scan(storage)
     entries, owner_epoch = view.entries, view.owner_epoch
-    if not entries and STATE_KEY not in files:
+    others = sorted(
+        (d for d in dirs if catalog.parse_name(d) is None and d != ownership.OWNER_PREFIX), key=_natural
+    )
+    unmanaged = [row for row in storage.map(lambda d: _unmanaged_entry(storage, d), others) if row is not None]
+    if not entries and not unmanaged and STATE_KEY not in files:
         raise CheckpointNotFoundError(
-            f"no checkpoints at {storage.url}: it holds no <name>-<N> entry and no state file"
+            f"no checkpoints at {storage.url}: it holds no <name>-<N> entry, no sub-directory with a "
+            f"{MANIFEST_KEY} and no state file"
         )
     out: list[ListedEntry] = []
     for e in entries:
@@ -173,14 +214,7 @@ def list_directory(storage: Storage) -> Listing:
         )
         row.error = e.error
         if e.header is not None:
-            m = e.header
-            row.created = float(m["created"])
-            row.created_utc = m.get("created_utc")
-            stored = e.stored or _stored(storage.child(e.name))
-            row.objects, row.size = stored
-            row.nbytes = int(m["nbytes"])
-            row.epoch = m["writer"].get("epoch")
-            row.data = m["data"]
+            _fill_from_header(row, e.header, e.stored or _stored(storage.child(e.name)))
             row.orphaned = e.orphans
             for p in e.orphans:
                 row.orphaned_bytes += sum(storage.list_all(f"{e.name}/{p}").values())
@@ -191,6 +225,7 @@ def list_directory(storage: Storage) -> Listing:
     if view.latest is not None:
         latest = next(r for r in out if r.name == view.latest.name)
         latest.latest = True
+    out.extend(unmanaged)
     state = read_state_file(storage) if STATE_KEY in files else None
     return Listing(storage.url, out, latest.url if latest else None, owner_epoch, state, STATE_KEY in files)
 
@@ -201,6 +236,51 @@ def _stored(sub: Storage) -> tuple[int, int]:
 
     m = read_manifest(sub)
     return len(m["objects"]) + 1, sum(int(o["size"]) for o in m["objects"])
+
+
+def _natural(name: str) -> list[Any]:
+    """Sort key putting ``c9`` before ``c10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"([0-9]+)", name)]
+
+
+def _fill_from_header(row: ListedEntry, m: dict[str, Any], stored: tuple[int, int]) -> None:
+    row.created = float(m["created"])
+    row.created_utc = m.get("created_utc")
+    row.objects, row.size = stored
+    row.nbytes = int(m["nbytes"])
+    row.epoch = m["writer"].get("epoch")
+    row.data = m["data"]
+
+
+def _unmanaged_entry(storage: Storage, name: str) -> ListedEntry | None:
+    """The sub-directory ``name`` as an unmanaged checkpoint, or None if it holds no manifest."""
+    from .errors import ObjectNotFoundError, StoragePermissionError
+
+    try:
+        sub = storage.child(name)
+    except ValueError:  # a name that is not a valid key (an object store lists anything)
+        return None
+    try:
+        files, _ = sub.list_dir()
+    except StoragePermissionError as exc:
+        log.debug("ls: skipping %s: %s", sub.url, exc)
+        return None
+    if MANIFEST_KEY not in files:
+        return None
+    row = ListedEntry(name, None, sub.url, "committed", unmanaged=True, preserved=catalog.PRESERVED_KEY in files)
+    try:
+        head = catalog.read_header(sub, files[MANIFEST_KEY])
+        stored = catalog.Entry(name, "", 0, "committed", header=head).stored or _stored(sub)
+    except (CheckpointNotFoundError, ObjectNotFoundError):
+        return None  # deleted between the listing and the read
+    except (FormatVersionError, CorruptCheckpointError) as exc:
+        row.state = "newer" if isinstance(exc, FormatVersionError) else "corrupt"
+        row.error = str(exc)
+        row.size = sum(sub.list_all().values())
+        return row
+    _fill_from_header(row, head, stored)
+    row.number = head.get("checkpoint_number")
+    return row
 
 
 @dataclass

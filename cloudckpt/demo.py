@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "initial_state", "train_step"]
+__all__ = ["main", "run", "initial_state", "train_step"]
 
 FEATURES = 8
 SEED = 1234
@@ -105,35 +105,92 @@ def _run_worker(directory: str, steps: int, every: int, delay: float, kill_at: i
     return proc.wait()
 
 
+#: defaults of the demo's options (``cloudckpt demo`` and ``python -m cloudckpt.demo``)
+DEFAULT_STEPS = 60
+DEFAULT_EVERY = 5
+DEFAULT_KILL_AT = 33
+DEFAULT_DELAY = 0.02
+
+HELP = {
+    "dir": "checkpoint directory: a local path or any URL (s3://bucket/run, ...); default: a new temporary directory",
+    "steps": "training steps of the whole run",
+    "every": "save a checkpoint every N steps",
+    "kill_at": "kill the first training process (SIGKILL, as a preempted machine) after this step",
+    "delay": "seconds per training step, so that the kill lands mid-run",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns the process exit status."""
-    p = argparse.ArgumentParser(prog="cloudckpt demo", description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--dir", default=None, help="checkpoint directory URL (default: a new temporary directory)")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--every", type=int, default=5, help="save every N steps")
-    p.add_argument("--kill-at", type=int, default=33, help="kill the first run after this step")
-    p.add_argument("--delay", type=float, default=0.02, help="seconds per step (to make the kill land mid-run)")
+    """Run the demo with command-line arguments (``python -m cloudckpt.demo --help``);
+    returns the process exit status.
+
+    Example:
+        >>> main(["--steps", "0"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m cloudckpt.demo", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    p.add_argument("--dir", default=None, metavar="URL", help=HELP["dir"])
+    p.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help=f"{HELP['steps']} (default {DEFAULT_STEPS})")
+    p.add_argument("--every", type=_positive, default=DEFAULT_EVERY, help=f"{HELP['every']} (default {DEFAULT_EVERY})")
+    p.add_argument(
+        "--kill-at", type=int, default=DEFAULT_KILL_AT, metavar="STEP", help=f"{HELP['kill_at']} (default {DEFAULT_KILL_AT})"
+    )
+    p.add_argument(
+        "--delay", type=float, default=DEFAULT_DELAY, metavar="SECONDS", help=f"{HELP['delay']} (default {DEFAULT_DELAY})"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         logging.basicConfig(level=logging.WARNING)
         return _worker(args.dir, args.steps, args.every, args.delay)
+    return run(args.dir, steps=args.steps, every=args.every, kill_at=args.kill_at, delay=args.delay)
 
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def run(
+    directory: str | None = None,
+    *,
+    steps: int = DEFAULT_STEPS,
+    every: int = DEFAULT_EVERY,
+    kill_at: int | None = DEFAULT_KILL_AT,
+    delay: float = DEFAULT_DELAY,
+) -> int:
+    """Train, kill with SIGKILL after step ``kill_at``, resume in a new process
+    and compare with an uninterrupted run; returns 0 if bit-identical, else 1.
+    Prints what happens. ``directory`` defaults to a new temporary directory.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     status = run(steps=4, every=2, kill_at=None, delay=0.0)
+        >>> status, "bit for bit: True" in out.getvalue()
+        (0, True)
+    """
     import cloudckpt
 
-    directory = args.dir or os.path.join(tempfile.mkdtemp(prefix="cloudckpt-demo-"), "run")
-    print(f"cloudckpt {cloudckpt.__version__} demo — checkpoints in {directory}\n")
-    print("1. training, saving every", args.every, "steps, max_to_keep=3; killed at step", args.kill_at)
-    _run_worker(directory, args.steps, args.every, args.delay, args.kill_at)
+    directory = directory or os.path.join(tempfile.mkdtemp(prefix="cloudckpt-demo-"), "run")
+    print(f"cloudckpt {cloudckpt.__version__} demo — checkpoints in {directory}\n", flush=True)
+    print("1. training, saving every", every, "steps, max_to_keep=3; killed at step", kill_at, flush=True)
+    _run_worker(directory, steps, every, delay, kill_at)
     latest = cloudckpt.latest_checkpoint(directory)
     print(f"\n2. after the kill: latest committed checkpoint is {latest}")
-    print("\n3. a new process resumes from it")
-    status = _run_worker(directory, args.steps, args.every, 0.0, None)
+    print("\n3. a new process resumes from it", flush=True)
+    status = _run_worker(directory, steps, every, 0.0, None)
     if status != 0:
         print(f"resumed run failed with status {status}")
         return 1
     reference = initial_state()
-    for step in range(args.steps):
+    for step in range(steps):
         train_step(reference, step)
     final: Any = cloudckpt.load(cloudckpt.latest_checkpoint(directory) or "", keys=["model"])["model"]
     same = all(np.array_equal(final[k], reference[k]) for k in reference)

@@ -1273,6 +1273,6 @@ def latest_checkpoint(directory: str | os.PathLike[str], storage_options: dict[s
         >>> cloudckpt.latest_checkpoint("memory://doc-latest")
         'memory://doc-latest/ckpt-4'
     """
-    storage = open_storage(directory, storage_options)
+    storage = open_storage(os.fspath(directory), storage_options)
     latest = directory_model.read_view(storage).latest
     return None if latest is None else storage.url_for(latest.name)

@@ -13,6 +13,7 @@ import pty
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 import cloudckpt
 from cloudckpt import cli, ownership
 from cloudckpt.manifest import MANIFEST_KEY
-from cloudckpt.storage import open_storage
+from cloudckpt.storage import add_global_hook, open_storage
 
 SMALL = cloudckpt.StoreOptions(pack_threshold=1024, chunk_bytes=32 * 1024)
 COMMANDS = ["ls", "inspect", "verify", "cp", "rm", "gc"]
@@ -34,10 +35,13 @@ def run(*args, env=None):
 
 
 def script(*args, env=None, module=False, stderr=subprocess.PIPE):
-    """Run the console script (or ``python -m cloudckpt.cli``) in a real process."""
+    """Run the console script (or ``python -m cloudckpt.cli``) in a real process,
+    importing the cloudckpt under test (not another installed copy)."""
     exe = shutil.which("cloudckpt")
     argv = [sys.executable, "-m", "cloudckpt.cli"] if module or exe is None else [exe]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(cloudckpt.__file__)))
     full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (here, full_env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [*argv, *map(str, args)], stdout=subprocess.PIPE, stderr=stderr, text=True, env=full_env, timeout=120
     )
@@ -83,25 +87,49 @@ def test_every_subcommand_has_help():
     assert top.exit_code == 0
     for c in [*COMMANDS, "demo"]:
         assert c in top.output
-    assert "Exit statuses" in top.output and "STORAGE_EMULATOR_HOST" in top.output
-    for c in COMMANDS:
+    # the exit statuses and storage options: once, in the command's own help
+    assert "Exit statuses" in top.output and "5  refused" in top.output and "STORAGE_EMULATOR_HOST" in top.output
+    for c in [*COMMANDS, "demo"]:
         r = run(c, "--help")
         assert r.exit_code == 0, c
         assert "Usage: main" in r.output or "Usage: cloudckpt" in r.output
-        assert "Exit statuses:" in r.output and "5  refused" in r.output
+        assert "5  refused" not in r.output and "STORAGE_EMULATOR_HOST" not in r.output, c
+        assert "see `cloudckpt --help`" in " ".join(r.output.split()), c
     assert "--src-option" in run("cp", "--help").output
     assert "--yes" in run("gc", "--help").output and "--all" in run("gc", "--help").output
+    for c in ("verify", "cp", "gc", "rm"):
+        assert "--quiet" in run(c, "--help").output, c
+
+
+def test_demo_help_is_a_click_command_with_help_for_every_option():
     demo = run("demo", "--help")
-    assert demo.exit_code == 0 and "--dir" in demo.output
+    assert demo.exit_code == 0
+    assert demo.output.startswith("Usage: main demo [OPTIONS]") or demo.output.startswith("Usage: cloudckpt demo")
+    helps = {}
+    for line in demo.output.splitlines():
+        words = line.split()
+        if words and words[0].startswith("--"):
+            helps[words[0]] = " ".join(words[2:] if len(words) > 1 and words[1].isupper() else words[1:])
+    assert set(helps) >= {"--dir", "--steps", "--every", "--kill-at", "--delay"}
+    for option, text in helps.items():
+        assert len(text) > 10, (option, text)
+    assert "SIGKILL" in demo.output and "[default: 33]" in demo.output and "[default: 60" in demo.output
+    # python -m cloudckpt.demo keeps its own (argparse) options, each with help
+    p = subprocess.run(
+        [sys.executable, "-m", "cloudckpt.demo", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "--kill-at STEP" in p.stdout and "(default 60)" in p.stdout and "--worker" not in p.stdout
 
 
-def test_demo_passes_arguments_and_exit_status(monkeypatch):
+def test_demo_passes_options_and_exit_status(monkeypatch):
     import cloudckpt.demo
 
     seen = []
-    monkeypatch.setattr(cloudckpt.demo, "main", lambda argv=None: seen.append(argv) or 7)
-    r = CliRunner().invoke(cli.main, ["demo", "--dir", "/tmp/x", "--steps", "3"])
-    assert r.exit_code == 7 and seen == [["--dir", "/tmp/x", "--steps", "3"]]
+    monkeypatch.setattr(cloudckpt.demo, "run", lambda directory, **kw: seen.append((directory, kw)) or 7)
+    r = CliRunner().invoke(cli.main, ["demo", "--dir", "/tmp/x", "--steps", "3", "--kill-at", "2"])
+    assert r.exit_code == 7
+    assert seen == [("/tmp/x", {"steps": 3, "every": 5, "kill_at": 2, "delay": 0.02})]
+    assert run("demo", "--steps", "0").exit_code == 2  # click checks the range
 
 
 # -- ls / inspect / verify ----------------------------------------------------------------
@@ -155,7 +183,7 @@ def test_ls_inspect_verify_on_gcs_configured_from_the_environment(gcsloc, gcs_se
     assert rd.exit_code == 0 and json.loads(rd.stdout)["url"] == f"{root}/ckpt-3"
 
     ok = run("verify", root, env=env)
-    assert ok.exit_code == 0 and "OK: 2 checkpoint(s)" in ok.output
+    assert ok.exit_code == 0 and "OK: 2 checkpoints verified" in ok.output
     assert "ckpt-4 has no manifest" in ok.output
     assert run("verify", root, "--strict", env=env).exit_code == 1  # the partial save is a warning
     bad_key = next(o["key"] for o in m["objects"] if "/c/" in o["key"])
@@ -165,7 +193,7 @@ def test_ls_inspect_verify_on_gcs_configured_from_the_environment(gcsloc, gcs_se
     bad = run("verify", root, env=env)
     assert bad.exit_code == 1
     assert f"damaged: {root}/ckpt-3/{bad_key}: crc32c mismatch" in bad.output
-    assert "FAILED: 1 damaged object(s) in 1 of 2 checkpoint(s)" in bad.output
+    assert "FAILED: 1 damaged object in 1 of 2 checkpoints" in bad.output
     jb = json.loads(run("verify", f"{root}/ckpt-3", "--json", env=env).stdout)
     assert jb["ok"] is False and [d["url"] for d in jb["damaged"]] == [f"{root}/ckpt-3/{bad_key}"]
 
@@ -225,11 +253,11 @@ def test_cp_s3_to_gcs_with_options_and_gcs_to_s3_with_environment(s3loc, gcsloc,
     assert script("verify", f"{s3root}/run", env=env, module=True).returncode == 0
 
 
-def test_cp_draws_a_progress_bar_on_a_terminal(tmp_path):
-    src = cloudckpt.save(str(tmp_path / "a" / "ckpt-1"), {"w": np.ones(300_000)}, options=SMALL)
+def _on_a_terminal(*args):
+    """Run the command with stderr on a pseudo-terminal: (exit status, what the terminal got)."""
     master, slave = pty.openpty()
     try:
-        p = script("cp", src, tmp_path / "b" / "ckpt-1", stderr=slave)
+        p = script(*args, stderr=slave)
         os.close(slave)
         slave = -1
         chunks = []
@@ -245,10 +273,25 @@ def test_cp_draws_a_progress_bar_on_a_terminal(tmp_path):
         if slave != -1:
             os.close(slave)
         os.close(master)
-    tty = b"".join(chunks).decode(errors="replace")
-    assert p.returncode == 0
+    return p.returncode, b"".join(chunks).decode(errors="replace")
+
+
+def test_cp_draws_a_progress_bar_on_a_terminal(tmp_path):
+    src = cloudckpt.save(str(tmp_path / "a" / "ckpt-1"), {"w": np.ones(300_000)}, options=SMALL)
+    status, tty = _on_a_terminal("cp", src, tmp_path / "b" / "ckpt-1")
+    assert status == 0
     assert "100%" in tty and "B/s" in tty and "|" in tty  # tqdm: bar, bytes, rate
     assert "cp: " in tty and "ETA" not in tty  # not the plain log line
+
+
+def test_verify_draws_a_progress_bar_on_a_terminal(tmp_path):
+    src = cloudckpt.save(str(tmp_path / "a" / "ckpt-1"), {"w": np.ones(300_000)}, options=SMALL)
+    status, tty = _on_a_terminal("verify", src)
+    assert status == 0
+    assert "verify: 100%" in tty and "B/s" in tty and "|" in tty and "2.29M/2.29M" in tty
+    assert "ETA" not in tty  # not the plain lines
+    status, quiet = _on_a_terminal("verify", src, "--quiet")
+    assert status == 0 and "verify:" not in quiet
 
 
 def test_cp_errors(tmp_path):
@@ -337,11 +380,11 @@ def test_gc_on_s3_with_incomplete_multipart_uploads(s3loc):
         f"{root}/ckpt-9/data-e2-x/c/0": ("incomplete-upload", True),
     }
     assert "keep (--all)" in r.output
-    assert "dry run: 3 item(s)" in r.output
+    assert "dry run: 3 items" in r.output
     assert s.exists("ckpt-7/data-e1-00000000000000aa/zarr.json") and len(s.list_incomplete_uploads()) == 1
 
     r = run("gc", root, "--yes", *opts(so))
-    assert r.exit_code == 0 and "removed 3 item(s)" in r.output
+    assert r.exit_code == 0 and "removed 3 items" in r.output
     assert s.list_incomplete_uploads() == []
     assert s.list_all("ckpt-7") == {} and s.list_all("ckpt-1/data-e1-00000000000000cc") == {}
     assert s.exists("ckpt-8/data-e2-00000000000000bb/zarr.json")
@@ -349,7 +392,7 @@ def test_gc_on_s3_with_incomplete_multipart_uploads(s3loc):
     assert [u["UploadId"] for u in uploads] == [other]  # outside the directory: untouched
     fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=f"elsewhere-{prefix}/big", UploadId=other)
 
-    j = json.loads(run("gc", root, "--yes", "--all", "--json", *opts(so)).output)
+    j = json.loads(run("gc", root, "--yes", "--all", "--json", *opts(so)).stdout)
     assert j["removed"] == [f"{root}/ckpt-8"] and j["dry_run"] is False
     assert s.list_all("ckpt-8") == {}
     assert run("gc", root, *opts(so)).output.startswith("no garbage")
@@ -405,7 +448,7 @@ def test_credentials_never_in_output(s3loc):
     outputs.append(r.output)
     # failures: an unknown option with a secret-looking name, an unreachable endpoint
     r = run("ls", root, *opts({**so, "bogus_password": secret}))
-    assert r.exit_code == 4 and "bogus_password" in r.output
+    assert r.exit_code == 2 and "unknown storage option 'bogus_password'" in r.output
     outputs.append(r.output)
     port = servers.free_port()
     dead = {
@@ -450,3 +493,208 @@ def test_inspect_lists_per_rank_values_by_rank(tmp_path):
     assert [(r["path"], r.get("rank"), r["kind"]) for r in rows] == [
         (["rng", "x"], 0, "array"), (["rng", "n"], 0, "json"), (["w"], None, "array"),
     ]
+
+
+# -- a new user's first hour ----------------------------------------------------------------
+
+
+def test_an_emulator_secret_like_test_leaves_the_output_clean_on_s3(s3loc):
+    """AWS_SECRET_ACCESS_KEY=test and -o secret=test: `latest`, a directory
+    named test and every other word keep their letters; where `test` appears
+    as a credential (a backend error quoting its configuration), it is masked."""
+    base, so = s3loc
+    root = f"{base}/test"  # a path component equal to the secret
+    creds = {**so, "key": "test", "secret": "test"}
+    _managed(root, creds, saves=3)  # ckpt-2, ckpt-3
+    env = {"AWS_SECRET_ACCESS_KEY": "test", "AWS_ACCESS_KEY_ID": "test"}
+    args = ["-o", f"endpoint_url={so['endpoint_url']}", "-o", "secret=test", "-o", "key=test"]
+
+    ls = run("ls", root, *args, env=env)
+    assert ls.exit_code == 0, ls.output
+    assert f"2 committed checkpoints in {root}; latest: {root}/ckpt-3" in ls.stdout
+    inspect = run("inspect", root, *args, env=env)
+    assert inspect.exit_code == 0, inspect.output
+    assert f"checkpoint      {root}/ckpt-3" in inspect.stdout and "latest checkpoint" in inspect.stderr
+    verify = run("-vv", "verify", root, *args, env=env)  # the debug log lines too
+    assert verify.exit_code == 0, verify.output
+    assert f"ok       {root}/ckpt-3" in verify.stdout and "OK: 2 checkpoints verified" in verify.stdout
+    listing = json.loads(run("ls", root, "--json", *args, env=env).stdout)
+    assert listing["latest"] == f"{root}/ckpt-3"
+    for r in (ls, inspect, verify):
+        assert "***" not in r.output, r.output
+
+    # where it is a credential, it is masked: a backend's error text quoting its configuration
+    def leaky(op, url):
+        raise PermissionError(f"SignatureDoesNotMatch on the latest request: key=test secret=test "
+                              f"{url}?X-Amz-Signature=f00dfeed")  # fmt: skip
+
+    remove = add_global_hook(leaky)
+    try:
+        bad = run("-v", "ls", root, *args, env=env)
+    finally:
+        remove()
+    assert bad.exit_code == 4
+    assert "on the latest request: key=*** secret=***" in bad.output and f"{root}/manifest.json" in bad.output
+    assert "X-Amz-Signature=***" in bad.output and "f00dfeed" not in bad.output
+    assert "secret=test" not in bad.output and "key=test" not in bad.output
+
+
+def test_verify_progress_counts_and_no_raw_log_lines(tmp_path):
+    root = str(tmp_path / "run")
+    _managed(root, None, saves=3)  # ckpt-2, ckpt-3
+    r = run("verify", root)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.startswith("verify: ") and "(100%)" in r.stderr  # plain progress lines: not a terminal
+    read = 0
+    for name in ("ckpt-2", "ckpt-3"):
+        m = json.loads(open(f"{root}/{name}/{MANIFEST_KEY}").read())
+        size = os.path.getsize(f"{root}/{name}/{MANIFEST_KEY}") + sum(o["size"] for o in m["objects"])
+        n = len(m["objects"]) + 1
+        assert f"ok       {root}/{name}  ({n} objects, {cli.human(size)})" in r.stdout
+        read += size
+    summary = r.stdout.splitlines()[-1]
+    assert summary.startswith(f"OK: 2 checkpoints verified ({2 * n} objects, {cli.human(read)} read and checked) in ")
+    assert run("verify", root, "-q").stderr == ""
+
+    # a damaged manifest is named as such, not "(1 objects, 0 B)"
+    with open(f"{root}/ckpt-2/{MANIFEST_KEY}", "w") as f:
+        f.write("{broken")
+    p = script("verify", root, module=True)  # a real process: no logging handler but the command's own
+    assert p.returncode == 1
+    assert f"DAMAGED  {root}/ckpt-2  (its manifest is damaged: no object checked)" in p.stdout
+    assert "1 objects" not in p.stdout and "0 B)" not in p.stdout
+    assert "FAILED: 1 damaged object in 1 of 2 checkpoints" in p.stdout
+    # stderr holds progress lines only: no raw "ignoring ..." / "verified ..." log record
+    assert p.stderr and all(line.startswith("verify: ") for line in p.stderr.splitlines()), p.stderr
+    logged = script("-v", "verify", root, "-q", module=True)  # asked for: the log lines
+    assert "ERROR cloudckpt: verified " in logged.stderr
+
+
+def test_gc_of_a_missing_directory_exits_3(tmp_path, s3loc):
+    r = run("gc", tmp_path / "nothing")
+    assert r.exit_code == 3 and r.output.startswith(f"cloudckpt: error: no checkpoints at {tmp_path / 'nothing'}")
+    (tmp_path / "empty").mkdir()
+    assert run("gc", tmp_path / "empty").exit_code == 3
+    root, so = s3loc
+    r = run("gc", root, *opts(so))
+    assert r.exit_code == 3 and f"no checkpoints at {root}" in r.output
+    # a directory with checkpoints and nothing to collect: exit 0
+    cloudckpt.save(f"{root}/ckpt-1", {"w": np.ones(2)}, storage_options=so)
+    r = run("gc", root, *opts(so))
+    assert r.exit_code == 0 and r.output == f"no garbage under {root}\n"
+
+
+def test_gc_and_rm_show_progress(tmp_path):
+    root = str(tmp_path / "run")
+    _managed(root, None, saves=3)  # epoch 1: ckpt-2, ckpt-3
+    s = open_storage(root)
+    s.write("ckpt-8/data-e0-00000000000000aa/zarr.json", b"{}")  # older epoch: a crashed save
+    s.write("ckpt-9/data-e0-00000000000000bb/zarr.json", b"{}")
+    r = run("gc", root, "--yes")
+    assert r.exit_code == 0 and "removed 2 items" in r.stdout
+    assert "gc: 2 of 2 items (100%)" in r.stderr
+    assert run("gc", root, "--yes").stderr == ""  # nothing to remove: no progress
+
+    def slow(op, url):  # a slow object store: every delete takes 0.8 s
+        if op == "delete":
+            time.sleep(0.8)
+
+    remove = add_global_hook(slow)
+    try:
+        r = run("rm", f"{root}/ckpt-2")
+    finally:
+        remove()
+    assert r.exit_code == 0 and f"removed {root}/ckpt-2 (committed)" in r.stdout
+    assert r.stderr.startswith(f"rm: removing {root}/ckpt-2 (1 s so far)"), r.stderr
+    fast = run("rm", f"{root}/ckpt-3", "--yes")
+    assert fast.exit_code == 0 and fast.stderr == ""  # done within a second: nothing to show
+
+
+def test_ls_lists_checkpoints_saved_under_other_names(s3loc, tmp_path):
+    root, so = s3loc
+    names = ["c4", "c5", "c6", "c7", "c10"]
+    for i, name in enumerate(names):
+        cloudckpt.save(f"{root}/{name}", {"w": np.full(30_000, i)}, storage_options=so, options=SMALL)
+    s = open_storage(root, so)
+    s.write("notes/readme.txt", b"not a checkpoint")
+    seen = []
+    remove = add_global_hook(lambda op, url: seen.append((op, url)))
+    try:
+        r = run("ls", root, *opts(so))
+    finally:
+        remove()
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:-1]]
+    assert [row[0] for row in rows] == names
+    assert all(row[1] == "-" and "committed" in row and row[-1] == "unmanaged" and "*" not in row for row in rows)
+    assert r.stdout.splitlines()[-1].startswith(f"5 unmanaged checkpoints in {root} (not named <name>-<N>")
+    # one listing per sub-directory and one manifest read per checkpoint: no data object is read
+    reads = sorted(url for op, url in seen if op.startswith("read"))
+    assert reads == sorted(f"{root}/{n}/{MANIFEST_KEY}" for n in names)
+    lists = [url for op, url in seen if op == "list"]
+    assert all(lists.count(f"{root}/{n}") == 1 for n in [*names, "notes"])
+    entries = json.loads(run("ls", root, "--json", *opts(so)).stdout)["entries"]
+    assert [(e["name"], e["unmanaged"], e["number"], e["latest"]) for e in entries] == [
+        (n, True, None, False) for n in names
+    ]
+    # verify reads them all; inspect of the directory points to them
+    v = run("verify", root, *opts(so))
+    assert v.exit_code == 0 and "OK: 5 checkpoints verified" in v.stdout
+    i = run("inspect", root, *opts(so))
+    assert i.exit_code == 3 and f"inspect one of {root}/c4, {root}/c5, {root}/c6, ..." in i.output
+
+    # beside a manager's checkpoints: listed after them, never the latest
+    local = str(tmp_path / "run")
+    _managed(local, None, saves=3)
+    cloudckpt.save(f"{local}/best", {"w": np.ones(3)})
+    r = run("ls", local)
+    assert r.exit_code == 0
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:-1]}
+    assert list(lines) == ["ckpt-2", "ckpt-3", "best"]
+    assert lines["ckpt-3"].split()[7] == "*" and "*" not in lines["best"] and lines["best"].endswith("unmanaged")
+    assert r.stdout.splitlines()[-1] == (
+        f"2 committed checkpoints in {local}; latest: {local}/ckpt-3; 1 unmanaged checkpoint "
+        "(not named <name>-<N>: no manager lists or restores them; `cloudckpt inspect` reads one)"
+    )
+
+
+def test_an_unknown_storage_option_is_a_usage_error(tmp_path, s3loc, gcsloc):
+    local = str(tmp_path / "run")
+    cloudckpt.save(f"{local}/ckpt-1", {"w": np.ones(2)})
+    for args in (["ls", local], ["inspect", local], ["verify", local], ["gc", local], ["rm", f"{local}/ckpt-1"],
+                 ["cp", local, tmp_path / "copy"]):  # fmt: skip
+        r = run(*args, "-o", "bogus_option=1")
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("cloudckpt: error: unknown storage option 'bogus_option' for "), r.output
+        assert "auto_mkdir" in r.output  # what a local path takes
+    assert os.path.exists(f"{local}/ckpt-1/{MANIFEST_KEY}") and not os.path.exists(tmp_path / "copy")
+    assert run("ls", local, "-o", "auto_mkdir=true").exit_code == 0  # what a local filesystem takes is fine
+    assert run("ls", "memory://cli-unknown-option", "-o", "bogus_option=1").exit_code == 2
+
+    gsroot, go = gcsloc  # gcsfs ignores unknown options: checked against what GCSFileSystem takes
+    r = run("ls", gsroot, *opts(go), "-o", "bogus_option=1")
+    assert r.exit_code == 2 and f"unknown storage option 'bogus_option' for {gsroot}: gs://" in r.output
+    assert run("ls", gsroot, *opts(go), "-o", "requester_pays=false").exit_code == 3  # known: nothing there
+    s3root, so = s3loc  # s3fs hands them to aiobotocore, which rejects them at the first request
+    cloudckpt.save(f"{s3root}/ckpt-1", {"w": np.ones(2)}, storage_options=so)
+    r = run("ls", s3root, *opts(so), "-o", "bogus_option=1")
+    assert r.exit_code == 2 and f"unknown storage option 'bogus_option' for {s3root} (s3 backend)" in r.output
+    r = run("cp", f"{s3root}/ckpt-1", f"{gsroot}/ckpt-1", *opts(so, "--src-option"), *opts(go, "--dst-option"),
+            "--dst-option", "bogus_option=1")  # fmt: skip
+    assert r.exit_code == 2 and "unknown storage option 'bogus_option'" in r.output
+    assert run("ls", s3root, *opts(so), "-o", "max_concurrency=4").exit_code == 0  # an S3FileSystem option
+
+
+def test_a_missing_bucket_is_named(s3loc, gcsloc):
+    for base, so, endpoint in ((*s3loc, "AWS_ENDPOINT_URL"), (*gcsloc, "STORAGE_EMULATOR_HOST")):
+        proto = base.split("://")[0]
+        url = f"{proto}://no-such-bucket-{uuid.uuid4().hex[:8]}/run"
+        bucket = url.split("/")[2]
+        for args in (["ls", url], ["inspect", url], ["verify", url], ["gc", url]):
+            r = run(*args, *opts(so))
+            assert r.exit_code == 3, (args, r.output)
+            assert f"no such bucket: '{bucket}' does not exist, so there is nothing at {url}" in r.output
+            assert endpoint in r.output
+        # an existing bucket with nothing under the prefix: not "no such bucket"
+        r = run("ls", base, *opts(so))
+        assert r.exit_code == 3 and "no such bucket" not in r.output and f"no checkpoints at {base}" in r.output
