@@ -1273,6 +1273,8 @@ def latest_checkpoint(directory: str | os.PathLike[str], storage_options: dict[s
         >>> cloudckpt.latest_checkpoint("memory://doc-latest")
         'memory://doc-latest/ckpt-4'
     """
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a URL or path string, got {type(directory).__name__}")
     storage = open_storage(os.fspath(directory), storage_options)
     latest = directory_model.read_view(storage).latest
     return None if latest is None else storage.url_for(latest.name)
