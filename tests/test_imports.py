@@ -20,6 +20,7 @@ whatever other tests imported).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -89,11 +90,14 @@ def _python(code: str, *args: str, timeout: float = 300) -> dict:
 
 
 @pytest.fixture(scope="module")
-def collected_without_frameworks() -> dict:
-    out = subprocess.run([sys.executable, "-c", COLLECT], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def collected_without_frameworks(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    skip_log = tmp_path_factory.mktemp("collect") / "skipped.json"
+    env = {**os.environ, "CLOUDCKPT_SKIP_LOG": str(skip_log)}
+    out = subprocess.run([sys.executable, "-c", COLLECT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     lines = [line for line in out.stdout.splitlines() if line.startswith("@@")]
     assert lines, f"exit {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     result: dict = json.loads(lines[-1][2:])
+    result["skip_log"] = json.loads(skip_log.read_text()) if skip_log.exists() else None
     pytest_output = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("@@"))
     result["output"] = pytest_output[-6000:] + out.stderr[-2000:]
     return result
@@ -127,6 +131,15 @@ def test_every_module_imports_or_skips_naming_its_framework(collected_without_fr
     # the framework parts are there and say why they do not run
     for rel, fw in [("tests/test_torch.py", "torch"), ("tests/test_jax_sharded.py", "jax"), ("cloudckpt/frameworks/torch.py", "torch"), ("cloudckpt/frameworks/jax.py", "jax")]:  # fmt: skip
         assert fw in skipped.get(rel, ""), (rel, skipped.get(rel))
+
+
+def test_the_skip_log_lists_what_skipped_for_a_framework(collected_without_frameworks: dict) -> None:
+    """CLOUDCKPT_SKIP_LOG (tests/conftest.py) is how .ci/run finds the tests to run again with the frameworks."""
+    log = collected_without_frameworks["skip_log"]
+    assert log is not None, "tests/conftest.py wrote no CLOUDCKPT_SKIP_LOG"
+    reasons = {entry["nodeid"]: entry["reason"] for entry in log}
+    for rel, fw in [("tests/test_torch.py", "torch"), ("tests/test_multihost.py", "torch"), ("tests/test_jax_sharded.py", "jax"), ("cloudckpt/frameworks/jax_group.py", "jax")]:  # fmt: skip
+        assert fw in reasons.get(rel, ""), (rel, reasons.get(rel))
 
 
 FIRST_LOCAL_SAVE = textwrap.dedent("""
