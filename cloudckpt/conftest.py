@@ -7,7 +7,7 @@ framework they are reported as skipped instead.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -18,26 +18,29 @@ _NEEDS = {"torch.py": "torch", "torch_dist.py": "torch", "torch_group.py": "torc
 
 
 def _missing(file_path: Path) -> str | None:
+    """Why the framework a framework module needs does not import, or None if it does."""
     if file_path.parent.name == "frameworks" and file_path.name in _NEEDS:
         name = _NEEDS[file_path.name]
-        if importlib.util.find_spec(name) is None:
-            return name
+        try:  # imported, not just found: an installed framework that fails to import is skipped too
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"{name} is not installed ({exc})"
     return None
 
 
 class _Skipped(pytest.File):
-    framework = ""
+    reason = ""
 
     def collect(self) -> Any:
-        pytest.skip(f"{self.framework} is not installed: its doctests are not run")
+        pytest.skip(f"{self.reason}: its doctests are not run")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Generator[None, Any, Any]:
     result = yield
-    name = _missing(file_path)
-    if name is None:
+    reason = _missing(file_path)
+    if reason is None:
         return result
     item = _Skipped.from_parent(parent, path=file_path)
-    item.framework = name
+    item.reason = reason
     return [item]

@@ -134,11 +134,12 @@ def parse_dtype(name: object) -> np.dtype:
 @lru_cache(maxsize=256)
 def _parse_dtype_name(name: str) -> np.dtype:
     """parse_dtype for a str: cached, as a manifest names the same few dtypes for
-    thousands of arrays and a load parses each name more than once."""
-    ml = _ml_dtypes()
-    if name in ml:
-        return ml[name]
+    thousands of arrays and a load parses each name more than once. ml_dtypes
+    (a second or so of import) is imported only for a name numpy lacks."""
     if not _NUMPY_NAME.match(name):
+        ml = _ml_dtypes() if name in _ML_DTYPE_NAMES else {}
+        if name in ml:
+            return ml[name]
         raise ValueError(f"unsupported dtype name {name!r}")
     dt = np.dtype(name)
     reason = check_supported(dt)

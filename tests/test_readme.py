@@ -21,11 +21,25 @@ def test_readme_shows_exactly_two_setup_commands():
     assert blocks[1].startswith("pip install") and "pytest" in blocks[1]
 
 
-def test_ci_runs_the_readme_test_command_verbatim():
-    test_command = _bash_blocks()[1]
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert test_command in [line.strip() for line in ci]
-    assert "set -euo pipefail" in (ROOT / ".ci" / "run").read_text()
+def test_ci_runs_the_readme_commands_verbatim_in_fresh_virtual_environments():
+    demo_command, test_command = _bash_blocks()
+    text = (ROOT / ".ci" / "run").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert "set -euo pipefail" in lines
+    for command in (demo_command, test_command):
+        assert command in lines, command
+        at = lines.index(command)
+        venv = max(i for i, line in enumerate(lines[:at]) if line.startswith("python -m venv "))
+        between = lines[venv:at]
+        assert any(line.startswith(". ") and "/bin/activate" in line for line in between), command
+        assert not any("pip install" in line for line in between), f"installed into the venv before {command!r}"
+        # the status of the `a && b` list is checked (set -e does not stop at a failing `a`)
+        assert lines[at + 1].startswith("check "), lines[at + 1]
+    # the frameworks come after the README's test command, into the same environment, and their tests run
+    after = lines[lines.index(test_command) + 1 :]
+    assert any(line.startswith("pip install 'torch==") and "jax" in line for line in after)
+    assert not any("torch" in line and "pip install" in line for line in lines[: lines.index(test_command)])
+    assert any(line.startswith("python -m pytest") for line in after)
 
 
 def test_demo_runs_and_resumes_bit_exactly(tmp_path):

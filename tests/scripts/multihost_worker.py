@@ -7,6 +7,10 @@ CLOUDCKPT_TEST_STORAGE_OPTIONS (JSON, for s3:// and gs:// URLs);
 CLOUDCKPT_COLLECTIVE_TIMEOUT (seconds). Every rank prints JSON lines; the
 last one is its result. Exit status 0 on success, 3 when the scenario
 expects (and got) an error, which the line reports.
+
+torch is imported when the worker runs, not when this file is imported:
+pytest (``--doctest-modules``) imports every file under tests/, also
+without torch (tests/test_imports.py checks that).
 """
 
 from __future__ import annotations
@@ -20,11 +24,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 import cloudckpt
 from cloudckpt.storage import add_global_hook
@@ -284,6 +283,12 @@ SCENARIOS = {
 RANK = int(os.environ.get("RANK", "0"))
 
 if __name__ == "__main__":
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
     SCENARIO, URL = sys.argv[1], sys.argv[2]
     ARGS = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     OPTS = json.loads(os.environ.get("CLOUDCKPT_TEST_STORAGE_OPTIONS") or "null")
