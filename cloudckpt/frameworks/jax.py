@@ -113,8 +113,9 @@ def to_numpy(x: Any) -> np.ndarray | None:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> to_numpy(jnp.arange(3, dtype=jnp.bfloat16))
-        array([0, 1, 2], dtype=bfloat16)
+        >>> a = to_numpy(jnp.arange(3, dtype=jnp.bfloat16))
+        >>> type(a).__name__, a.dtype.name, a.tolist()
+        ('ndarray', 'bfloat16', [0.0, 1.0, 2.0])
     """
     if not isinstance(x, jax.Array):
         return None
