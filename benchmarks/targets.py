@@ -111,7 +111,7 @@ class LocalTarget(Target):
         shutil.rmtree(url, ignore_errors=True)
 
     def describe(self) -> str:
-        return f"local disk ({self.workdir}{', cold page cache' if self.cold else ', warm page cache on load'})"
+        return f"local disk ({self.workdir})"
 
 
 class MemoryTarget(Target):
