@@ -435,6 +435,11 @@ def headline(rows: dict[Key, dict[str, Any]]) -> list[str]:
         for sc in scales(t, lambda r: "fresh-client" in r["loads"])[-1:]:
             w(f"* **First load of a new process, {t}, scale {sc:g}** (process start -> state in memory, new client): "
               + per_workload(t, sc, lambda r: _load(r, "fresh-client", "first_s"), True, sec) + ".")
+    legacy = sorted({(k[0], k[2]) for k, r in rows.items() if "legacy" in r["loads"]}, key=lambda x: (_order(x[0], TARGETS), x[1]))
+    if legacy:
+        w("* **Loads marked `legacy`** (" + ", ".join(f"{t} scale {sc:g}" for t, sc in legacy) + ") are not first loads "
+          "of a new process: the library was imported before the timer and the checkpoint was in the page cache "
+          "from the save. They are kept apart from the cold and warm figures; re-run those tables to replace them.")
     for sc in scales("local", lambda r: r.get("save_mbs"))[-1:]:
         w(f"* **Steady-state save throughput, local disk, scale {sc:g}** (library imported before the timer, save "
           "made durable): " + per_workload("local", sc, lambda r: r.get("save_mbs"), False, mbs) + ".")
