@@ -263,8 +263,9 @@ STATIC_METHOD = """\
   resolves to the CPU wheel here; an unpinned torch pulls a multi-GB CUDA build). A peer that is not installed is
   skipped with a note. moto and fake-gcs-server come from the `test` extra.
 * **One command** runs it: `python -m benchmarks.run --workload W --target T --reps N [--scale S] [--peers all]
-  [--out results.json] [--markdown docs/benchmarks.md]`. `python -m benchmarks.report` regenerates this page from
-  a results file.
+  [--out results.json] [--markdown docs/benchmarks.md]`; every table below prints the commands that measured it.
+  `--loads cold` or `--loads warm` keeps one of the two local loads (default both), `--no-first-save` skips the
+  time to the first checkpoint. `python -m benchmarks.report` regenerates this page from a results file.
 * **Workloads** (deterministic, `benchmarks/workloads.py`; float32 standard-normal, i.e. incompressible like weights):
   `small-many` 500 tensors log-spaced 256 B .. 4 MiB (218 MB); `large-few` 8 x 128 MiB (1,074 MB);
   `llm-like` GPT-2-shaped (24 layers, d_model 448, vocab 50257) + Adam `exp_avg`/`exp_avg_sq`/`step` per
