@@ -82,7 +82,8 @@ def _diff(a: Counter[str] | None, b: Counter[str] | None) -> dict[str, int] | No
 
 
 def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One save + load (+ async) cycle of one library; returns the records."""
+    """One library's turn in a repetition: save, its fresh-process loads (local: cold and warm, in alternating
+    order; object stores: fresh-client), the first save of a new process, async; returns the records."""
     lib = LIBS[lib_name]
     key = f"{lib_name.replace('.', '_')}-{workload}-r{rep}-{int(time.time() * 1000) % 10**8}"
     url = target.url(key)
