@@ -12,6 +12,23 @@ Every measurement is a fresh subprocess (``benchmarks.child``). Repetitions are
 interleaved: rep 1 of every library, then rep 2 (with the library order
 rotated), and so on; reported numbers are medians over reps. MB/s is tensor
 payload (1 MB = 10^6 bytes) over wall time of the save (made durable) or load.
+
+Per library and repetition, each in its own new process:
+
+* ``save``: steady-state save (library imported before the timer starts).
+* ``load``, local disk, twice: ``cold`` (every file of the checkpoint evicted
+  from the page cache with POSIX_FADV_DONTNEED after os.sync(), then 0 resident
+  pages checked with mincore and fincore; a failed eviction is recorded as
+  ``not-cold``, never as cold) and ``warm`` (every file read once, all pages
+  checked resident); the order alternates by repetition. Object stores: one
+  load, ``fresh-client`` (new process, new client; moto serves objects from its
+  memory, so the server has no cold state to reproduce). Each load times the
+  library's imports and its first call: ``first_load_s`` = process start ->
+  state in memory, ``import_s``, ``load_s`` (open + read).
+* ``first-save``: time to the first committed checkpoint of a new process
+  (process start -> imports -> client creation -> save committed), local disk
+  and object stores.
+* ``async`` as before.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from . import pagecache
 from .libs import ALL_LIBS, BASELINES, LIBS
 from .targets import ROOT, TARGETS, Target, make_target, moto_available
 from .workloads import WORKLOADS, spec_nbytes, workload_spec
@@ -40,16 +58,17 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = dict(os.environ)
     env.update(spec.get("env") or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # the child's clock of "process start": CLOCK_MONOTONIC is one clock for every process
+    t_spawn = time.clock_gettime(time.CLOCK_MONOTONIC)
+    argv = [sys.executable, "-m", "benchmarks.child", json.dumps({**spec, "t_spawn": t_spawn})]
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.child", json.dumps(spec)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-        )
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
+    wall = time.clock_gettime(time.CLOCK_MONOTONIC) - t_spawn
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return {**json.loads(line[len("RESULT "):]), "process_wall_s": wall}
     tail = (proc.stderr or proc.stdout)[-1500:]
     return {"error": f"child exited {proc.returncode} without a result: {tail}"}
 
@@ -63,7 +82,8 @@ def _diff(a: Counter[str] | None, b: Counter[str] | None) -> dict[str, int] | No
 
 
 def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One save + load (+ async) cycle of one library; returns the records."""
+    """One library's turn in a repetition: save, its fresh-process loads (local: cold and warm, in alternating
+    order; object stores: fresh-client), the first save of a new process, async; returns the records."""
     lib = LIBS[lib_name]
     key = f"{lib_name.replace('.', '_')}-{workload}-r{rep}-{int(time.time() * 1000) % 10**8}"
     url = target.url(key)
@@ -99,16 +119,25 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
                     rec["objects"], rec["stored_bytes"] = obj
             records.append(rec)
             if "error" not in r:
-                if getattr(target, "cold", False):
-                    target.drop_cache(url)  # type: ignore[attr-defined]
-                c0 = target.counter()
-                r2 = run_child({**common, "url": url, "phase": "load", "profile": profile_path("load")}, args.timeout)
-                c1 = target.counter()
-                rec2 = {**base, "phase": "load", **r2, "requests": _diff(c0, c1)}
-                if "error" not in r2 and r2.get("load_digest") != r.get("digest"):
-                    rec2["error"] = f"loaded state differs from saved state ({r2.get('load_digest')} != {r.get('digest')})"
-                records.append(rec2)
+                caches = [c for c in args.loads if c in ("cold", "warm")] if target.name == "local" else ["fresh-client"]
+                if rep % 2:
+                    caches.reverse()  # cold first in even reps, warm first in odd ones
+                for cache in caches:
+                    records.append(load_fresh(lib_name, cache, url, r.get("digest"), target, common, base, args,
+                                              profile_path(f"load-{cache}")))
             target.cleanup(url)
+        if args.first_save and not target.in_process:
+            furl = target.url(key + "-first")
+            c0 = target.counter()
+            r4 = run_child({**common, "url": furl, "phase": "first-save", "profile": profile_path("first-save")}, args.timeout)
+            c1 = target.counter()
+            rec4 = {**base, "phase": "first-save", **r4, "requests": _diff(c0, c1)}
+            if "error" not in r4:
+                obj = target.objects(furl)
+                if obj:
+                    rec4["objects"], rec4["stored_bytes"] = obj
+            records.append(rec4)
+            target.cleanup(furl)
         if args.async_save and lib.has_async and not (args.smoke and target.name != "local"):
             aurl = target.url(key + "-async")
             c0 = target.counter()
@@ -121,11 +150,45 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
     return records
 
 
+def load_fresh(lib_name: str, cache: str, url: str, digest: str | None, target: Target, common: dict[str, Any],
+               base: dict[str, Any], args: argparse.Namespace, profile: str | None) -> dict[str, Any]:
+    """One first load of a new process; ``cache`` cold / warm (local disk, set and checked here) or fresh-client."""
+    page_cache = None
+    if cache == "cold":
+        page_cache = pagecache.evict(url)
+    elif cache == "warm":
+        page_cache = pagecache.warm(url)
+    c0 = target.counter()
+    r = run_child({**common, "url": url, "phase": "load", "cache": cache, "profile": profile}, args.timeout)
+    c1 = target.counter()
+    rec = {**base, "phase": "load", **r, "cache": cache, "requests": _diff(c0, c1)}
+    if page_cache is not None:
+        rec["page_cache"] = page_cache
+        if not page_cache["ok"]:
+            # never report it under the name it was meant to have
+            rec["cache"] = "not-cold" if cache == "cold" else "not-warm"
+            rec["cache_error"] = page_cache["error"]
+    if "error" not in r and r.get("load_digest") != digest:
+        rec["error"] = f"loaded state differs from saved state ({r.get('load_digest')} != {digest})"
+    return rec
+
+
 def _fmt_rec(rec: dict[str, Any]) -> str:
     if rec.get("error"):
         return f"ERROR {rec['error'][:200]}"
     mb = rec["nbytes"] / 1e6
     parts = []
+    if rec.get("cache"):
+        parts.append(f"[{rec['cache']}]")
+    if rec["phase"] == "first-save":
+        parts.append(f"first checkpoint {rec.get('ttfc_s', 0):.3f} s after process start "
+                     f"(start {rec.get('startup_s') or 0:.3f}, imports {rec.get('import_s', 0):.3f}, save {rec.get('save_s', 0):.3f})")
+        return "  ".join(parts)
+    if rec.get("first_load_s") is not None:
+        parts.append(f"first load {rec['first_load_s']:.3f} s after process start "
+                     f"(start {rec.get('startup_s') or 0:.3f}, imports {rec.get('import_s', 0):.3f}, open+read {rec['load_s']:.3f})")
+    if rec.get("cache_error"):
+        parts.append(f"({rec['cache_error'][:120]})")
     for ph in ("save", "load", "async"):
         s = rec.get(f"{ph}_s")
         if s:
@@ -164,6 +227,32 @@ def select_libs(peers: str, target: str, workload: str) -> tuple[list[str], list
     return run, notes
 
 
+def smoke_fresh_checks(records: list[dict[str, Any]], expected: set[tuple[str, str, str]]) -> list[str]:
+    """The fresh-process paths ran: every (lib, target, workload) outside memory:// has its first-save and its
+    fresh loads (local: cold or not-cold, and warm), every cold load evicted and checked it, every not-cold says why."""
+    problems = []
+    for lib, t, w in sorted(expected):
+        if t == "memory":
+            continue
+        recs = [r for r in records if (r["lib"], r["target"], r["workload"]) == (lib, t, w)]
+        caches = {r.get("cache") for r in recs if r["phase"] == "load"}
+        need = [{"cold", "not-cold"}, {"warm", "not-warm"}] if t == "local" else [{"fresh-client"}]
+        for alternatives in need:
+            if not caches & alternatives:
+                problems.append(f"{lib} {t} {w}: no {'/'.join(sorted(alternatives))} load")
+        if not any(r["phase"] == "first-save" and r.get("ttfc_s") for r in recs):
+            problems.append(f"{lib} {t} {w}: no time to first checkpoint")
+        for r in recs:
+            if r["phase"] == "load" and not (r.get("first_load_s") and r.get("import_s") is not None):
+                problems.append(f"{lib} {t} {w}: a load without first_load_s / import_s (not a fresh process?)")
+            pc = r.get("page_cache")
+            if r.get("cache") == "cold" and not (pc and pc["ok"] and pc["resident"] == 0 and pc["pages"] > 0):
+                problems.append(f"{lib} {t} {w}: a cold load whose eviction was not checked: {pc}")
+            if r.get("cache") in ("not-cold", "not-warm") and not r.get("cache_error"):
+                problems.append(f"{lib} {t} {w}: a {r['cache']} load that does not say why")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", default="small-many",
@@ -178,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-raw", action="store_true",
                    help="skip the raw baselines (quick before/after comparisons; the report's raw rows need them)")
     p.add_argument("--huge", action="store_true", help="the 16 GiB state (workload 'huge'), cloudckpt + raw only")
-    p.add_argument("--cold", action="store_true", help="local: evict the checkpoint from the page cache before each load")
+    p.add_argument("--loads", default="cold,warm",
+                   help="local disk: which fresh-process loads, comma list of cold, warm (default both)")
+    p.add_argument("--no-first-save", dest="first_save", action="store_false",
+                   help="skip the time-to-first-checkpoint measurement (fresh process: imports + client + first save)")
     p.add_argument("--latency-ms", default="20,50", help="s3-lat: per-request latency range (default 20,50)")
     p.add_argument("--bandwidth-mbs", type=float, default=25.0, help="s3-lat: MB/s cap per connection (default 25)")
     p.add_argument("--workdir", default=None, help="local target directory (default: a new temp dir)")
@@ -188,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-dir", default=None, help="cProfile every cloudckpt measurement into this directory")
     p.add_argument("--smoke", action="store_true", help="CI smoke run: every workload, tiny scale, 1 rep; asserts it ran")
     args = p.parse_args(argv)
+    args.loads = [c.strip() for c in args.loads.split(",") if c.strip()]
+    if set(args.loads) - {"cold", "warm"}:
+        raise SystemExit(f"--loads: choose from cold, warm (got {','.join(args.loads)})")
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
 
     if args.smoke:
@@ -216,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     started = time.time()
     for tname in targets:
-        target = make_target(tname, workdir=args.workdir, cold=args.cold, latency_ms=args.latency_ms,
+        target = make_target(tname, workdir=args.workdir, latency_ms=args.latency_ms,
                              bandwidth_mbs=args.bandwidth_mbs)
         try:
             target.start()
@@ -232,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                     libs = [n for n in args.libs_override if n in libs]
                 if args.no_raw:
                     libs = [n for n in libs if n not in BASELINES]
-                    if args.smoke and target.object_store and workload != "large-few":
-                        # one object per tensor costs ~10 ms per request on moto: keep the smoke short
-                        libs = [n for n in libs if n == "cloudckpt"]
+                if args.smoke and target.object_store and workload != "large-few":
+                    # one object per tensor costs ~10 ms per request on moto: keep the smoke short
+                    libs = [n for n in libs if n == "cloudckpt"]
                 for n in skipped:
                     if n not in notes:
                         notes.append(n)
@@ -277,12 +372,18 @@ def main(argv: list[str] | None = None) -> int:
         expected = {(lib, t, w) for lib in args.libs_override for t in targets for w in workloads
                     if lib == "cloudckpt" or t != "s3" or w == "large-few"}
         missing = expected - set(phases)
-        if errors or missing:
+        problems = smoke_fresh_checks(records, expected)
+        if errors or missing or problems:
             for r in errors:
                 print(f"SMOKE ERROR {r['lib']} {r['target']} {r['workload']} {r['phase']}: {r['error']}")
             for m in sorted(missing):
                 print(f"SMOKE MISSING {m}")
+            for msg in problems:
+                print(f"SMOKE FRESH {msg}")
             return 1
+        cold = [r for r in records if r["phase"] == "load" and r.get("cache") in ("cold", "not-cold")]
+        print(f"smoke: {sum(r['cache'] == 'cold' for r in cold)} cold loads evicted (0 resident pages, checked), "
+              f"{sum(r['cache'] == 'not-cold' for r in cold)} could not be evicted (reported as not-cold)")
         print("smoke ok")
     return 0
 

@@ -97,21 +97,16 @@ class LocalTarget(Target):
         return n, size
 
     def drop_cache(self, url: str) -> None:
-        """Evict the files' pages from the page cache (POSIX_FADV_DONTNEED; clean pages only)."""
-        for root, _dirs, files in os.walk(url):
-            for f in files:
-                fd = os.open(os.path.join(root, f), os.O_RDONLY)
-                try:
-                    os.fdatasync(fd)
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
+        """Evict the files' pages from the page cache (``pagecache.evict``: POSIX_FADV_DONTNEED, then checked)."""
+        from .pagecache import evict
+
+        evict(url)
 
     def cleanup(self, url: str) -> None:
         shutil.rmtree(url, ignore_errors=True)
 
     def describe(self) -> str:
-        return f"local disk ({self.workdir}{', cold page cache' if self.cold else ', warm page cache on load'})"
+        return f"local disk ({self.workdir})"
 
 
 class MemoryTarget(Target):
