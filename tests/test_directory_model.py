@@ -78,7 +78,7 @@ def test_a_manager_never_deletes_another_names_checkpoints(backend, caplog):
 def test_latest_of_another_name_that_does_not_match_says_so(backend):
     d = backend.url("run")
     cloudckpt.save(f"{d}/model-7", {"other": np.ones(3), "save_counter": 1}, storage_options=backend.storage_options)
-    w, c = _state()
+    _w, c = _state()
     m = manager(backend, c, 3)
     assert m.latest_checkpoint == f"{d}/model-7"
     with pytest.raises(ValueError) as info:
@@ -373,7 +373,7 @@ def test_restore_takes_a_url_and_refuses_what_is_not_there(backend):
     assert m.restore(f"{d}/ckpt-2") == f"{d}/ckpt-2" and w.tolist() == [2.0] * 4
     with pytest.raises(cloudckpt.CheckpointNotFoundError, match="ckpt-9"):
         m.restore(9)
-    with pytest.raises(ValueError, match="Checkpoint.read"):
+    with pytest.raises(ValueError, match=r"Checkpoint\.read"):
         m.restore(backend.url("elsewhere", "ckpt-1"))
 
 
@@ -481,7 +481,7 @@ def test_a_hostile_float_or_path_affects_only_its_checkpoint(backend):
     doc = json.loads(s.read("ckpt-1/manifest.json"))
     doc["pack"]["path"] = "../../victim/secret.bin"
     s.write("ckpt-1/manifest.json", encode_manifest(doc))
-    with pytest.raises(cloudckpt.CorruptCheckpointError, match="pack.path"):
+    with pytest.raises(cloudckpt.CorruptCheckpointError, match=r"pack\.path"):
         cloudckpt.load(f"{d}/ckpt-1", storage_options=so)
     doc["pack"]["path"] = "_pack"
     doc["metadata"] = {"loss": float("nan")}
