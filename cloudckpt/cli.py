@@ -1132,11 +1132,15 @@ def gc_cmd(
     crashed saves, fenced checkpoints, and on S3 incomplete multipart uploads
     left by killed saves (billed, and invisible to a plain listing).
 
-    Without --yes nothing is changed (a dry run). Data that a save still
-    running may own (no manifest yet, written under the current owner's
-    epoch or by an unmanaged writer; uploads younger than --min-upload-age)
-    is shown but kept unless --all. With --yes, a progress bar (items
-    removed) is drawn on a terminal; otherwise plain lines on stderr.
+    Without --yes nothing is changed (a dry run). Safe beside a running job:
+    data that a save still running may own (no manifest yet, written under
+    the current owner's epoch or by an unmanaged writer; uploads younger than
+    --min-upload-age; on local disk, temp files younger than 60 s, which a
+    write in flight renames within milliseconds) is shown but kept unless
+    --all. Committed checkpoints are never removed, except fenced ones
+    (committed by a writer that had lost the directory, which no reader
+    lists). With --yes, a progress bar (items removed) is drawn on a
+    terminal; otherwise plain lines on stderr.
     """
     from .admin import collect_garbage, find_garbage
 
