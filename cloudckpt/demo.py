@@ -78,7 +78,7 @@ def _worker(directory: str, steps: int, every: int, delay: float) -> int:
         ckpt.step = step + 1
         if (step + 1) % every == 0:
             url = manager.save(checkpoint_number=step + 1) or ""
-            kept = ", ".join(u.rsplit("/", 1)[-1] for u in manager.checkpoints)
+            kept = ", ".join(f"ckpt-{n}" for n in manager.all_steps())
             print(f"step {step + 1:3d}  loss {loss:.5f}  saved {url.rsplit('/', 1)[-1]}  kept [{kept}]", flush=True)
         else:
             print(f"tick {step + 1}", flush=True)

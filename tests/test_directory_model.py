@@ -579,3 +579,34 @@ def test_a_mistyped_scheme_is_not_a_local_folder(tmp_path, monkeypatch, typo):
 def test_a_dotdot_may_not_leave_the_bucket(object_backend):
     with pytest.raises(ValueError, match="leaves the bucket"):
         open_storage(object_backend.url("..", "..", "other"), object_backend.storage_options)
+
+
+def test_parsing_a_manifest_is_bounded_by_the_limit(monkeypatch):
+    """The worst a manifest can cost: one-field nodes, as many as fit under the limit.
+    Its peak memory is a fixed multiple of the limit (measured ~21x: a Python dict
+    per node); one byte more is refused before parsing."""
+    import tracemalloc
+
+    from cloudckpt.manifest import build_manifest, encode_manifest, parse_manifest
+
+    limit = 1 << 20
+    monkeypatch.setenv("CLOUDCKPT_MAX_MANIFEST_BYTES", str(limit))
+
+    def of_nodes(n):
+        m = build_manifest(tree={"t": "list", "v": [{"t": "none"}] * n}, arrays=[], pack=None, objects=[],
+                           data="data-0123456789abcdef", attempt="0123456789abcdef")
+        return encode_manifest(m)
+
+    n = limit // 13
+    while len(data := of_nodes(n)) > limit:
+        n -= 1000
+    assert len(data) > limit - 20_000
+    tracemalloc.start()
+    try:
+        assert len(parse_manifest(data, "memory://x/manifest.json")["tree"]["v"]) == n
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * limit, peak
+    with pytest.raises(cloudckpt.CorruptCheckpointError, match="over the manifest size limit"):
+        parse_manifest(of_nodes(n + 2000), "memory://x/manifest.json")
