@@ -57,6 +57,7 @@ from .errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
+    FormatVersionError,
     ObjectNotFoundError,
     OwnershipLostError,
 )
@@ -1077,7 +1078,7 @@ class CheckpointManager:
                 view = self._dir
                 order = [] if view.latest is None or view.latest is view.restorable else [view.latest]
                 order += view.newest_first()
-                return {"names": [e.name for e in order], "damaged": {e.name: e.error for e in view.damaged}}
+                return {"names": [e.name for e in order], "damaged": {e.name: [e.status, e.error] for e in view.damaged}}
 
         plan = candidates() if self._group.size == 1 else leader_call(self._group, candidates)
         return self._restore_first(list(plan["names"]), dict(plan["damaged"]), partial=partial, fallback=fallback)
@@ -1134,7 +1135,7 @@ class CheckpointManager:
                         f"{self._storage.url_for(name)} was committed by a manager that had lost the directory "
                         "(fenced): it is not restored"
                     )
-                return {"names": [name], "damaged": {e.name: e.error for e in view.damaged}}
+                return {"names": [name], "damaged": {e.name: [e.status, e.error] for e in view.damaged}}
 
         p = plan() if self._group.size == 1 else leader_call(self._group, plan)
         url = self._restore_first(list(p["names"]), dict(p["damaged"]), partial=partial, fallback=False)
@@ -1142,7 +1143,7 @@ class CheckpointManager:
         return url
 
     def _restore_first(
-        self, names: list[str], damaged: dict[str, str | None], *, partial: bool, fallback: bool
+        self, names: list[str], damaged: dict[str, list[Any]], *, partial: bool, fallback: bool
     ) -> str | None:
         """Restore the first of ``names`` that restores (all ranks); None (after
         ``init_fn``) if there is none."""
@@ -1150,8 +1151,11 @@ class CheckpointManager:
         for name in names:
             sub = self._storage.child(name)
             if name in damaged:
-                exc: CheckpointError = CorruptCheckpointError(
-                    f"the latest checkpoint {sub.url} is damaged: {damaged[name]}"
+                status, error = damaged[name]
+                exc: CheckpointError = (
+                    FormatVersionError(f"the latest checkpoint {sub.url} was written by a newer cloudckpt: {error}")
+                    if status == "newer"
+                    else CorruptCheckpointError(f"the latest checkpoint {sub.url} is damaged: {error}")
                 )
                 if not fallback:
                     raise exc

@@ -610,3 +610,26 @@ def test_parsing_a_manifest_is_bounded_by_the_limit(monkeypatch):
     assert peak < 24 * limit, peak
     with pytest.raises(cloudckpt.CorruptCheckpointError, match="over the manifest size limit"):
         parse_manifest(of_nodes(n + 2000), "memory://x/manifest.json")
+
+
+@pytest.mark.parametrize("backend", ["memory", "local"], indirect=True)
+def test_a_newer_format_numbered_above_the_latest_is_not_skipped_silently(backend):
+    import json
+
+    from cloudckpt.manifest import encode_manifest
+
+    d = backend.url("run")
+    w, c = _state()
+    m = manager(backend, c, 5)
+    _saves(m, w, [1, 2])
+    s = open_storage(d, backend.storage_options)
+    doc = json.loads(s.read("ckpt-2/manifest.json"))
+    doc["format_version"] = 99
+    s.write("ckpt-3/manifest.json", encode_manifest({**doc, "checkpoint_number": 3}))
+    fresh = manager(backend, _state()[1], 5)
+    assert fresh.latest_checkpoint == f"{d}/ckpt-3"
+    with pytest.raises(cloudckpt.FormatVersionError, match="upgrade cloudckpt"):
+        fresh.restore_or_initialize()
+    assert fresh.restore_or_initialize(fallback=True) == f"{d}/ckpt-2"
+    assert name(fresh.save()) == "ckpt-4"  # numbered past it; it is left as it is
+    assert s.exists("ckpt-3/manifest.json")
