@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -195,6 +194,8 @@ def claim(
         >>> claim(open_storage("memory://doc-own-claim"), writer="w").epoch
         1
     """
+    import socket  # only a claim needs the host name
+
     for _ in range(attempts):
         epoch = current_epoch(storage) + 1
         now = float(clock())
