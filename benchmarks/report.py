@@ -283,6 +283,9 @@ STATIC_METHOD = """\
   timed from the parent's clock right before it starts the process). The "load MB/s" of the save/load tables is
   payload / open + read; the first-load table gives the seconds and payload / first load. Each load's digest
   (crc32c of every tensor) is checked against the saver's. Importing the harness's own modules is not counted.
+  cloudckpt runs from the source tree: `benchmarks.run` compiles it to bytecode first, as `pip install` does for
+  an installed package (the peers), since on a machine with `PYTHONDONTWRITEBYTECODE` set every new process would
+  otherwise compile cloudckpt's source again.
 * **Cold and warm, on local disk, both measured every repetition** (in alternating order): **cold** = every file
   of the checkpoint evicted from the page cache (`os.sync()`, `fdatasync` and `posix_fadvise(POSIX_FADV_DONTNEED)`
   on each file), then checked: 0 resident pages by `mincore(2)` and by util-linux `fincore`. An eviction that fails
