@@ -1110,9 +1110,12 @@ class CheckpointManager:
         if isinstance(checkpoint, (str, os.PathLike)):
             text = os.fspath(checkpoint).rstrip("/")
             name = text.rsplit("/", 1)[-1]
-            if "/" in text and self._storage.url_for(name) != text and os.path.normpath(text) != os.path.normpath(
-                os.path.join(self._directory, name)
-            ):
+            inside = self._storage.url_for(name) == text or (
+                self._storage.is_local
+                and "://" not in text
+                and os.path.abspath(os.path.dirname(text)) == os.path.abspath(self._storage.url)
+            )
+            if "/" in text and not inside:
                 raise ValueError(
                     f"{text} is not a checkpoint of {self._storage.url}: a manager restores its own directory's "
                     "checkpoints (read another one with Checkpoint.read(url))"

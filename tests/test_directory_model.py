@@ -633,3 +633,16 @@ def test_a_newer_format_numbered_above_the_latest_is_not_skipped_silently(backen
     assert fresh.restore_or_initialize(fallback=True) == f"{d}/ckpt-2"
     assert name(fresh.save()) == "ckpt-4"  # numbered past it; it is left as it is
     assert s.exists("ckpt-3/manifest.json")
+
+
+def test_restore_takes_a_local_path_given_either_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    w = np.zeros(1)
+    m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=w), "train", 3)
+    for step in (1, 2):
+        w[:] = step
+        m.save()
+    assert m.restore(str(tmp_path / "train" / "ckpt-1")) == "train/ckpt-1" and w.tolist() == [1.0]
+    assert m.restore("./train/ckpt-2") == "train/ckpt-2" and w.tolist() == [2.0]
+    with pytest.raises(ValueError, match="not a checkpoint of"):
+        m.restore(str(tmp_path / "elsewhere" / "ckpt-1"))
