@@ -167,13 +167,6 @@ def _entry_state(e: catalog.Entry, view: directory_model.View) -> str:
     return e.status
 
 
-def _scan(storage: Storage) -> directory_model.View:
-    view = directory_model.read_view(storage)
-    if not view.claims:  # the owner of a directory whose checkpoints are unmanaged (or none)
-        view.claims = ownership.list_claims(storage)
-    return view
-
-
 def list_directory(storage: Storage) -> Listing:
     """Every entry of the directory ``storage`` with its state and size: the
     ``<name>-<N>`` entries, then the other sub-directories that hold a
@@ -196,7 +189,7 @@ def list_directory(storage: Storage) -> Listing:
         [('c4', 'committed', True)]
     """
     files, dirs = storage.list_dir()
-    view = _scan(storage)
+    view = directory_model.read_view(storage)
     entries, owner_epoch = view.entries, view.owner_epoch
     others = sorted(
         (d for d in dirs if catalog.parse_name(d) is None and d != ownership.OWNER_PREFIX), key=_natural
@@ -334,7 +327,7 @@ def find_garbage(
     milliseconds). Nothing is deleted.
     """
     now = time.time() if now is None else now
-    view = _scan(storage)
+    view = directory_model.read_view(storage)
     entries, owner_epoch = view.entries, view.owner_epoch
     out: list[Garbage] = []
     for e in entries:

@@ -467,7 +467,7 @@ def copy(
         src_state = read_state_file(s) if STATE_KEY in src_files else None
         dst_view = directory_model.read_view(d)
         by_name = {e.name: e for e in dst_view.entries}
-        claims = _dst_claims(d)
+        claims = dst_view.claims
         jobs = []
         for e in src_entries:
             try:

@@ -418,21 +418,11 @@ class LocalBackend:
         those last modified at least ``min_age`` seconds ago. A younger one may
         belong to a write still in flight (another process's state file)."""
         removed: list[str] = []
-        try:
-            entries = list(os.scandir(path))
-        except (FileNotFoundError, NotADirectoryError):
-            return removed
-        now = time.time()
-        for e in entries:
-            if not (_TEMP_RE.search(e.name) and e.is_file(follow_symlinks=False)):
-                continue
-            try:
-                age = now - e.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue  # its write finished (renamed) meanwhile
+        for name, _size, age in self.list_temps(path):
             if age >= min_age:
-                _unlink_quiet(e.path)
-                removed.append(e.path)
+                full = os.path.join(path, name)
+                _unlink_quiet(full)
+                removed.append(full)
         return removed
 
     def barrier(self) -> None:
