@@ -115,6 +115,18 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
         os.makedirs(prof, exist_ok=True)
         return os.path.join(prof, f"{lib_name}-{workload}-{target.name}-{phase}-r{rep}.prof")
 
+    def saved(phase: str, at: str) -> dict[str, Any]:
+        """Run a save phase in a child; its record with the requests it made and the objects it left."""
+        c0 = target.counter()
+        r = run_child({**common, "url": at, "phase": phase, "profile": profile_path(phase)}, args.timeout)
+        c1 = target.counter()
+        rec = {**base, "phase": phase, **r, "requests": _diff(c0, c1)}
+        if "error" not in r:
+            obj = target.objects(at)
+            if obj:
+                rec["objects"], rec["stored_bytes"] = obj
+        return rec
+
     try:
         if target.in_process:
             r = run_child({**common, "url": url, "phase": "saveload", "profile": profile_path("save")}, args.timeout)
@@ -123,34 +135,19 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
                 rec["error"] = f"loaded state differs from saved state ({r['load_digest']} != {r['digest']})"
             records.append(rec)
         else:
-            c0 = target.counter()
-            r = run_child({**common, "url": url, "phase": "save", "profile": profile_path("save")}, args.timeout)
-            c1 = target.counter()
-            rec = {**base, "phase": "save", **r, "requests": _diff(c0, c1)}
-            if "error" not in r:
-                obj = target.objects(url)
-                if obj:
-                    rec["objects"], rec["stored_bytes"] = obj
+            rec = saved("save", url)
             records.append(rec)
-            if "error" not in r:
+            if "error" not in rec:
                 caches = [c for c in args.loads if c in ("cold", "warm")] if target.name == "local" else ["fresh-client"]
                 if rep % 2:
                     caches.reverse()  # cold first in even reps, warm first in odd ones
                 for cache in caches:
-                    records.append(load_fresh(lib_name, cache, url, r.get("digest"), target, common, base, args,
+                    records.append(load_fresh(lib_name, cache, url, rec.get("digest"), target, common, base, args,
                                               profile_path(f"load-{cache}")))
             target.cleanup(url)
         if args.first_save and not target.in_process:
             furl = target.url(key + "-first")
-            c0 = target.counter()
-            r4 = run_child({**common, "url": furl, "phase": "first-save", "profile": profile_path("first-save")}, args.timeout)
-            c1 = target.counter()
-            rec4 = {**base, "phase": "first-save", **r4, "requests": _diff(c0, c1)}
-            if "error" not in r4:
-                obj = target.objects(furl)
-                if obj:
-                    rec4["objects"], rec4["stored_bytes"] = obj
-            records.append(rec4)
+            records.append(saved("first-save", furl))
             target.cleanup(furl)
         if args.async_save and lib.has_async and not (args.smoke and target.name != "local"):
             aurl = target.url(key + "-async")
