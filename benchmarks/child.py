@@ -143,8 +143,8 @@ def run_fresh(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy  # noqa: F401  every library here returns or takes numpy/torch arrays: counted as an import
 
     t_np = now()
-    from .libs import LIBS, Ctx, fsync_tree
-    from .workloads import digest, make_state, workload_spec
+    from benchmarks.libs import LIBS, Ctx, fsync_tree
+    from benchmarks.workloads import digest, make_state, workload_spec
 
     lib = LIBS[spec["lib"]]
     if spec.get("env"):
@@ -195,8 +195,8 @@ def run_fresh(spec: dict[str, Any]) -> dict[str, Any]:
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["phase"] in ("load", "first-save"):
         return run_fresh(spec)
-    from .libs import LIBS, Ctx, fsync_tree
-    from .workloads import digest, make_state, workload_spec
+    from benchmarks.libs import LIBS, Ctx, fsync_tree
+    from benchmarks.workloads import digest, make_state, workload_spec
 
     lib = LIBS[spec["lib"]]
     if spec.get("env"):

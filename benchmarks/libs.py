@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .workloads import Spec
+from benchmarks.workloads import Spec
 
 State = dict[str, Any]
 
@@ -280,7 +280,7 @@ class CloudCkpt(Lib):
     fsyncs_itself = True
     has_async = True
     imports = ("cloudckpt",)
-    note = "cloudckpt.checkpoint_io.write_checkpoint/read_state (= cloudckpt.save/load); async: CheckpointManager(async_save=True)"
+    note = "cloudckpt.layout.checkpoint_io.write_checkpoint/read_state (= cloudckpt.save/load); async: CheckpointManager(async_save=True)"
 
     def prepare(self, ctx: Ctx) -> None:
         # cloudckpt imports zarr lazily at its first save (zarr_meta._dtype_json: 0.5-2 s on
@@ -288,14 +288,14 @@ class CloudCkpt(Lib):
         import zarr.core.dtype  # noqa: F401
 
         import cloudckpt
-        import cloudckpt.checkpoint_io
+        import cloudckpt.layout.checkpoint_io
         import cloudckpt.storage
 
         if not ctx.local:
             cloudckpt.storage.open_storage(ctx.url, ctx.storage_options or None)  # imports s3fs/gcsfs
 
     def save(self, state: State, ctx: Ctx) -> None:
-        from cloudckpt.checkpoint_io import write_checkpoint
+        from cloudckpt.layout.checkpoint_io import write_checkpoint
         from cloudckpt.storage import open_storage
 
         storage = open_storage(ctx.url, ctx.storage_options or None)
@@ -314,7 +314,7 @@ class CloudCkpt(Lib):
         return prepared.sync
 
     def load(self, ctx: Ctx) -> State:
-        from cloudckpt.checkpoint_io import read_manifest, read_state
+        from cloudckpt.layout.checkpoint_io import read_manifest, read_state
         from cloudckpt.storage import open_storage
 
         storage = open_storage(ctx.url, ctx.storage_options or None)

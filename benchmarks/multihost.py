@@ -41,8 +41,8 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from .multihost_rank import dims, state_nbytes
-from .targets import ROOT, Target, make_target, moto_available
+from benchmarks.multihost_rank import dims, state_nbytes
+from benchmarks.targets import ROOT, Target, make_target, moto_available
 
 LIBS = ("cloudckpt", "dcp")
 MH_TARGETS = ("local", "s3", "s3-lat")
@@ -433,7 +433,7 @@ def _cell(r: dict[str, Any] | None) -> str:
 
 
 def render_markdown(path: str, records: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
-    from .report import machine, versions
+    from benchmarks.report import machine, versions
 
     rows = aggregate(records)
     keep = _keep_blocks(path)

@@ -50,7 +50,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from .child import peak_rss, reset_peak, rss_now
+from benchmarks.child import peak_rss, reset_peak, rss_now
 
 GLOBAL_BATCH = 16
 SEQ = 8
@@ -320,9 +320,6 @@ def prepare(lib: str, target: str) -> None:
     if lib == "cloudckpt":
         import zarr.core.dtype  # noqa: F401
 
-        import cloudckpt
-        import cloudckpt.checkpoint_io
-        import cloudckpt.frameworks.torch_dist  # noqa: F401
     else:
         import torch.distributed.checkpoint
         import torch.distributed.checkpoint.state_dict
@@ -370,7 +367,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if lib == "cloudckpt":
             # cloudckpt creates its gloo side group at its first collective; every training job has
             # one by its first save, so create it here, untimed (a collective of all ranks)
-            from cloudckpt.group import resolve_group
+            from cloudckpt.distributed.group import resolve_group
 
             resolve_group(None)
         marks["state"] = time.perf_counter()
@@ -444,10 +441,6 @@ def preload() -> None:
     import torch.distributed.tensor  # noqa: F401
     import zarr.core.dtype  # noqa: F401
 
-    import cloudckpt
-    import cloudckpt.checkpoint_io
-    import cloudckpt.frameworks.torch_dist
-    import cloudckpt.frameworks.torch_group  # noqa: F401
 
 
 def fork_ranks(req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,9 +21,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from .libs import BASELINES, LIBS
-from .targets import TARGETS
-from .workloads import WORKLOADS
+from benchmarks.libs import BASELINES, LIBS
+from benchmarks.targets import TARGETS
+from benchmarks.workloads import WORKLOADS
 
 Key = tuple[str, str, float, str]  # target, workload, scale, lib
 MB = 1e6

@@ -42,10 +42,10 @@ import time
 from collections import Counter
 from typing import Any
 
-from . import pagecache
-from .libs import ALL_LIBS, BASELINES, LIBS
-from .targets import ROOT, TARGETS, Target, make_target, moto_available
-from .workloads import WORKLOADS, spec_nbytes, workload_spec
+from benchmarks import pagecache
+from benchmarks.libs import ALL_LIBS, BASELINES, LIBS
+from benchmarks.targets import ROOT, TARGETS, Target, make_target, moto_available
+from benchmarks.workloads import WORKLOADS, spec_nbytes, workload_spec
 
 SCALING_WORKLOADS = ("count-10", "count-100", "count-1000", "count-10000")
 
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             target.stop()
 
     elapsed = time.time() - started
-    from .report import aggregate, print_table, render_markdown, update_results
+    from benchmarks.report import aggregate, print_table, render_markdown, update_results
 
     rows = aggregate(records)
     print_table(rows)

@@ -98,7 +98,7 @@ class LocalTarget(Target):
 
     def drop_cache(self, url: str) -> None:
         """Evict the files' pages from the page cache (``pagecache.evict``: POSIX_FADV_DONTNEED, then checked)."""
-        from .pagecache import evict
+        from benchmarks.pagecache import evict
 
         evict(url)
 

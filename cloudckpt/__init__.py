@@ -12,13 +12,12 @@ Example:
     array([1., 1.])
 """
 
-from . import frameworks  # torch/jax support: registers itself lazily, imports no framework
-from .__about__ import __version__
-from .api import CheckpointInfo, info, load, save
-from .arrays import StoreOptions
-from .checkpoint import Checkpoint
-from .copy import CopyReport, copy
-from .errors import (
+from cloudckpt import frameworks  # torch/jax support: registers itself lazily, imports no framework
+from cloudckpt.__about__ import __version__
+from cloudckpt.api import CheckpointInfo, info, load, save
+from cloudckpt.checkpoint import Checkpoint
+from cloudckpt.distributed.group import SINGLE as SINGLE_PROCESS
+from cloudckpt.errors import (
     CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -31,11 +30,12 @@ from .errors import (
     StoragePermissionError,
     TruncatedObjectError,
 )
-from .group import SINGLE as SINGLE_PROCESS
-from .manager import CheckpointManager, latest_checkpoint
-from .preemption import PreemptionCheckpointHandler
-from .shards import PerRank, ShardedArray
-from .verify import VerifyReport, verify
+from cloudckpt.format.shards import PerRank, ShardedArray
+from cloudckpt.format.tensor_store import StoreOptions
+from cloudckpt.manager.checkpoint_manager import CheckpointManager, latest_checkpoint
+from cloudckpt.manager.preemption import PreemptionCheckpointHandler
+from cloudckpt.tools.copy import CopyReport, copy
+from cloudckpt.tools.verify import VerifyReport, verify
 
 __all__ = [
     "__version__",

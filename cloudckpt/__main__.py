@@ -1,6 +1,6 @@
-"""``python -m cloudckpt``: the ``cloudckpt`` command (see :mod:`cloudckpt.cli`)."""
+"""``python -m cloudckpt``: the ``cloudckpt`` command (see :mod:`cloudckpt.tools.cli`)."""
 
-from .cli import main
+from cloudckpt.tools.cli import main
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="cloudckpt")

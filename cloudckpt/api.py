@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import frameworks
-from .arrays import StoreOptions
-from .checkpoint import regions_of, restore_into
-from .checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
-from .group import agree, current_rank, resolve_group
-from .storage import open_storage
+from cloudckpt import frameworks
+from cloudckpt.checkpoint import regions_of, restore_into
+from cloudckpt.distributed.group import agree, current_rank, resolve_group
+from cloudckpt.format.tensor_store import StoreOptions
+from cloudckpt.layout.checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
+from cloudckpt.storage import open_storage
 
 __all__ = ["save", "load", "info", "CheckpointInfo"]
 

@@ -41,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from . import adapters
-from .arrays import StoreOptions
-from .checkpoint_io import read_manifest, read_state, write_checkpoint
-from .group import agree, resolve_group
-from .shards import Box, PerRank, ShardedArray
-from .storage import open_storage
-from .tree import Path, flatten, format_path
+from cloudckpt.distributed.group import agree, resolve_group
+from cloudckpt.format import adapters
+from cloudckpt.format.shards import Box, PerRank, ShardedArray
+from cloudckpt.format.tensor_store import StoreOptions
+from cloudckpt.format.tree import Path, flatten, format_path
+from cloudckpt.layout.checkpoint_io import read_manifest, read_state, write_checkpoint
+from cloudckpt.storage import open_storage
 
 __all__ = ["Checkpoint", "restore_into", "regions_of"]
 
@@ -407,7 +407,7 @@ class Checkpoint:
 
         Example:
             >>> from cloudckpt.storage import open_storage
-            >>> from cloudckpt.group import SINGLE
+            >>> from cloudckpt.distributed.group import SINGLE
             >>> w = np.ones(2); url = Checkpoint(w=w).write("memory://doc-restore-from/c")
             >>> w2 = np.zeros(2); Checkpoint(w=w2).restore_from(open_storage(url), SINGLE); w2
             array([1., 1.])

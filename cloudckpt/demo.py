@@ -200,8 +200,8 @@ def run(
 
 
 def _committed(directory: str) -> list[str]:
-    from .catalog import scan
-    from .storage import open_storage
+    from cloudckpt.layout.catalog import scan
+    from cloudckpt.storage import open_storage
 
     storage = open_storage(directory)
     return [storage.url_for(e.name) for e in scan(storage) if e.status == "committed"]

@@ -9,7 +9,7 @@ import pytest
 import servers
 
 import cloudckpt
-from cloudckpt.statefile import CheckpointState, parse_state
+from cloudckpt.layout.statefile import CheckpointState, parse_state
 
 NOT_S3 = ("local", "memory", "gcs")
 

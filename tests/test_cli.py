@@ -2,7 +2,7 @@
 
 Most invocations go through click's CliRunner (in process); the exit
 statuses and the environment-variable configuration are also checked with
-real subprocesses (the console script and ``python -m cloudckpt.cli``).
+real subprocesses (the console script and ``python -m cloudckpt.tools.cli``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import servers
 from click.testing import CliRunner
 
 import cloudckpt
-from cloudckpt import cli, ownership
-from cloudckpt.manifest import MANIFEST_KEY
+from cloudckpt.format.manifest import MANIFEST_KEY
+from cloudckpt.layout import ownership
 from cloudckpt.storage import add_global_hook, open_storage
+from cloudckpt.tools import cli
 
 SMALL = cloudckpt.StoreOptions(pack_threshold=1024, chunk_bytes=32 * 1024)
 COMMANDS = ["ls", "inspect", "verify", "cp", "rm", "gc"]
@@ -35,10 +36,10 @@ def run(*args, env=None):
 
 
 def script(*args, env=None, module=False, stderr=subprocess.PIPE):
-    """Run the console script (or ``python -m cloudckpt.cli``) in a real process,
+    """Run the console script (or ``python -m cloudckpt.tools.cli``) in a real process,
     importing the cloudckpt under test (not another installed copy)."""
     exe = shutil.which("cloudckpt")
-    argv = [sys.executable, "-m", "cloudckpt.cli"] if module or exe is None else [exe]
+    argv = [sys.executable, "-m", "cloudckpt.tools.cli"] if module or exe is None else [exe]
     here = os.path.dirname(os.path.dirname(os.path.abspath(cloudckpt.__file__)))
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (here, full_env.get("PYTHONPATH")) if p)
@@ -470,7 +471,7 @@ def test_inspect_shows_tied_tensors(tmp_path):
     torch = pytest.importorskip("torch", reason="tied tensors come from torch")
     from click.testing import CliRunner
 
-    from cloudckpt.cli import main as cli_main
+    from cloudckpt.tools.cli import main as cli_main
 
     lin = torch.nn.Linear(3, 3)
     url = cloudckpt.save(str(tmp_path / "c"), {"a": lin.weight, "b": lin.weight})

@@ -26,7 +26,7 @@ import pytest
 from reliability_helpers import Child, record
 
 import cloudckpt
-from cloudckpt import directory
+from cloudckpt.layout import directory
 from cloudckpt.storage import open_storage
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
@@ -272,7 +272,7 @@ def test_a_load_racing_a_retirement_says_deleted_not_damaged(backend):
             m.save()  # max_to_keep=1: ckpt-1 is deleted, manifest first
 
     s.add_hook(retire_once)
-    from cloudckpt import checkpoint_io
+    from cloudckpt.layout import checkpoint_io
 
     manifest = checkpoint_io.read_manifest(s)
     with pytest.raises(cloudckpt.CheckpointNotFoundError, match="deleted while it was being read"):

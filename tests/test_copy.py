@@ -17,9 +17,9 @@ import pytest
 import servers
 
 import cloudckpt
-from cloudckpt import catalog, ownership
-from cloudckpt.checkpoint_io import write_checkpoint
-from cloudckpt.manifest import MANIFEST_KEY
+from cloudckpt.format.manifest import MANIFEST_KEY
+from cloudckpt.layout import catalog, ownership
+from cloudckpt.layout.checkpoint_io import write_checkpoint
 from cloudckpt.storage import open_storage
 
 SMALL = cloudckpt.StoreOptions(pack_threshold=4096, chunk_bytes=64 * 1024)

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 import cloudckpt
-from cloudckpt import checkpoint_io
-from cloudckpt.manifest import parse_manifest
+from cloudckpt.format.manifest import parse_manifest
+from cloudckpt.layout import checkpoint_io
 from cloudckpt.storage import open_storage
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))

@@ -20,8 +20,9 @@ import pytest
 from manager_helpers import manager, name
 
 import cloudckpt
-from cloudckpt import admin, directory
+from cloudckpt.layout import directory
 from cloudckpt.storage import open_storage
+from cloudckpt.tools import admin
 
 DATA = Path(__file__).parent / "data"
 
@@ -460,7 +461,7 @@ def test_listing_reads_headers_not_whole_manifests(backend):
 def test_a_hostile_float_or_path_affects_only_its_checkpoint(backend):
     import json
 
-    from cloudckpt.manifest import encode_manifest
+    from cloudckpt.format.manifest import encode_manifest
 
     d = backend.url("run")
     so = backend.storage_options
@@ -514,7 +515,7 @@ def test_an_object_longer_than_recorded_is_damage(backend):
 def test_an_absurd_declared_size_is_damage_not_an_os_error(local_backend):
     import json
 
-    from cloudckpt.manifest import encode_manifest
+    from cloudckpt.format.manifest import encode_manifest
 
     d = local_backend.url("c")
     url = cloudckpt.save(d, {"big": np.arange(1 << 16, dtype=np.float32)},
@@ -587,7 +588,7 @@ def test_parsing_a_manifest_is_bounded_by_the_limit(monkeypatch):
     per node); one byte more is refused before parsing."""
     import tracemalloc
 
-    from cloudckpt.manifest import build_manifest, encode_manifest, parse_manifest
+    from cloudckpt.format.manifest import build_manifest, encode_manifest, parse_manifest
 
     limit = 1 << 20
     monkeypatch.setenv("CLOUDCKPT_MAX_MANIFEST_BYTES", str(limit))
@@ -616,7 +617,7 @@ def test_parsing_a_manifest_is_bounded_by_the_limit(monkeypatch):
 def test_a_newer_format_numbered_above_the_latest_is_not_skipped_silently(backend):
     import json
 
-    from cloudckpt.manifest import encode_manifest
+    from cloudckpt.format.manifest import encode_manifest
 
     d = backend.url("run")
     w, c = _state()

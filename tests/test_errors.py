@@ -13,8 +13,8 @@ import pytest
 import servers
 
 import cloudckpt
-from cloudckpt import checkpoint_io
-from cloudckpt.manifest import FORMAT_VERSION, encode_manifest
+from cloudckpt.format.manifest import FORMAT_VERSION, encode_manifest
+from cloudckpt.layout import checkpoint_io
 from cloudckpt.storage import RetryPolicy, open_storage
 
 SECRET = "SECRET-abc123"

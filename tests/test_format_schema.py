@@ -1,7 +1,7 @@
 """The published format: manifest JSON Schema, docs/format.md, format versions.
 
 - manifests written by ``cloudckpt.save`` for many kinds of state validate
-  against ``cloudckpt/manifest.schema.json`` (and broken ones do not), for
+  against ``cloudckpt/format/manifest.schema.json`` (and broken ones do not), for
   format versions 1, 2 and 3 (sharded arrays, ``PerRank`` values);
 - the schema embedded in docs/format.md is that file, verbatim;
 - a newer format version is refused with both versions named;
@@ -26,15 +26,15 @@ import pytest
 
 import cloudckpt
 from cloudckpt import PerRank, ShardedArray
-from cloudckpt.checksum import crc32c_of
-from cloudckpt.manifest import FORMAT_VERSION, MANIFEST_KEY, encode_manifest, parse_manifest
+from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.manifest import FORMAT_VERSION, MANIFEST_KEY, encode_manifest, parse_manifest
+from cloudckpt.format.tree import decode_name, encode_name
 from cloudckpt.storage import open_storage
-from cloudckpt.tree import decode_name, encode_name
 
 jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = ROOT / "cloudckpt" / "manifest.schema.json"
+SCHEMA_PATH = ROOT / "cloudckpt" / "format" / "manifest.schema.json"
 FORMAT_MD = ROOT / "docs" / "format.md"
 
 BEGIN = "<!-- BEGIN manifest.schema.json -->"
@@ -382,7 +382,7 @@ def test_metadata_and_numbering_validate(validator: Any, tmp_path: Path) -> None
 def test_manager_manifests_validate(validator: Any, tmp_path: Path) -> None:
     """A CheckpointManager adds its number, epoch and writer fields; still valid."""
     from cloudckpt.checkpoint import Checkpoint
-    from cloudckpt.manager import CheckpointManager
+    from cloudckpt.manager.checkpoint_manager import CheckpointManager
 
     ckpt = Checkpoint(model={"w": np.ones(3)}, step=np.int64(0))
     manager = CheckpointManager(ckpt, str(tmp_path / "run"), max_to_keep=2, keep_checkpoint_every_n_hours=1)
@@ -599,7 +599,7 @@ def test_schema_version_is_the_library_version(schema: dict[str, Any]) -> None:
     assert schema["title"] == f"cloudckpt manifest, format versions {versions}"
     assert f"versions {versions}" in _doc()
     # every node type a reader knows is in the schema
-    from cloudckpt.manifest import _NODE_TYPES
+    from cloudckpt.format.manifest import _NODE_TYPES
 
     assert set(schema["$defs"]["node"]["properties"]["t"]["enum"]) == _NODE_TYPES
 

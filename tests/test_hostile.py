@@ -38,7 +38,7 @@ import servers
 
 import cloudckpt
 from cloudckpt import PerRank, ShardedArray
-from cloudckpt.manifest import encode_manifest
+from cloudckpt.format.manifest import encode_manifest
 from cloudckpt.storage import add_global_hook, open_storage
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
@@ -659,7 +659,7 @@ def test_the_package_cannot_execute_code_from_a_checkpoint():
                         problems.append(f"{path.name}:{node.lineno} passes allow_pickle")
     assert problems == []
     # and a manifest cannot name a dtype that holds Python objects
-    from cloudckpt.dtypes import parse_dtype
+    from cloudckpt.format.dtypes import parse_dtype
 
     for name in ("|O", "O", "object", "|V8", "[('a', '<f8')]"):
         with pytest.raises(ValueError):

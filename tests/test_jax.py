@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import cloudckpt
-from cloudckpt.manifest import encode_manifest
+from cloudckpt.format.manifest import encode_manifest
 from cloudckpt.storage import open_storage
 
 try:
@@ -346,8 +346,8 @@ def test_rebind_takes_regions_of_loaded_pieces() -> None:
 
 @needs_jax
 def test_jax_group_is_single_process_without_jax_distributed() -> None:
+    from cloudckpt.distributed.group import SINGLE
     from cloudckpt.frameworks.jax_group import JaxGroup, group_for
-    from cloudckpt.group import SINGLE
 
     assert group_for() is SINGLE and group_for(5) is SINGLE
     with pytest.raises(ValueError, match=r"jax\.distributed is not initialized"):

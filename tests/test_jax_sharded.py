@@ -226,8 +226,8 @@ class WrittenKeys:
 
 def _record(url: str, path: str | tuple[Any, ...]) -> dict[str, Any]:
     """The manifest record of the array at ``path`` (``"a/b"`` or a tuple of keys)."""
+    from cloudckpt.format.tree import leaf_paths
     from cloudckpt.storage import open_storage
-    from cloudckpt.tree import leaf_paths
 
     key = tuple(path.split("/")) if isinstance(path, str) else tuple(path)
     m = json.loads(open_storage(url).read("manifest.json"))
@@ -326,7 +326,7 @@ def child_reshard(mesh_name: str) -> None:
 
     assert len(jax.devices()) == 8, jax.devices()
     cj.GATHER_BELOW = 0  # store every sharded array by shards, however small
-    cloudckpt.collective.GATHER_BELOW = 0  # (cloudckpt's own gathering of arrays < 1 MiB too)
+    cloudckpt.distributed.collective.GATHER_BELOW = 0  # (cloudckpt's own gathering of arrays < 1 MiB too)
     mesh = _meshes()[mesh_name]
     tmp = tempfile.mkdtemp()
     cases = [((16, 8), np.dtype(np.float32)), ((8, 16, 3), np.dtype(ml_dtypes.bfloat16)), ((24, 8), np.dtype(np.int8))]
@@ -466,7 +466,7 @@ def child_optax() -> None:
     import cloudckpt.frameworks.jax as cj
 
     cj.GATHER_BELOW = 0
-    cloudckpt.collective.GATHER_BELOW = 0
+    cloudckpt.distributed.collective.GATHER_BELOW = 0
     m42, m24 = _meshes()["4x2"], _meshes()["2x4"]
     shard_a = {"w": NamedSharding(m42, _spec("a,b")), "b": NamedSharding(m42, _spec("b"))}
     shard_b = {"w": NamedSharding(m24, _spec("-,(a b)")), "b": NamedSharding(m24, _spec(""))}
@@ -536,7 +536,7 @@ def child_multiprocess(pid: str, n: str, port: str, directory: str) -> None:
     from cloudckpt.frameworks.jax_group import JaxGroup, group_for
 
     rank, world = _init_distributed(pid, n, port)
-    cloudckpt.collective.GATHER_BELOW = 0  # these arrays are small: store them by shards, not gathered
+    cloudckpt.distributed.collective.GATHER_BELOW = 0  # these arrays are small: store them by shards, not gathered
     group = group_for(120)
     assert isinstance(group, JaxGroup) and (group.rank, group.size) == (rank, world)
     assert group.all_gather_json({"r": rank}) == [{"r": r} for r in range(world)]
@@ -567,7 +567,7 @@ def child_multiprocess(pid: str, n: str, port: str, directory: str) -> None:
 
     with pytest.raises(ValueError, match="cover"):  # this process alone: its shards are refused
         cloudckpt.save(f"{directory}/nogroup-{rank}", {"w": w}, process_group=cloudckpt.SINGLE_PROCESS)
-    assert cloudckpt.group.resolve_group(None) is group or cloudckpt.group.resolve_group(None).size == 2  # detected
+    assert cloudckpt.distributed.group.resolve_group(None) is group or cloudckpt.distributed.group.resolve_group(None).size == 2  # detected
     with pytest.raises(cloudckpt.CheckpointNotFoundError):
         cloudckpt.load(f"{directory}/nogroup-{rank}")
 

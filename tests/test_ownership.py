@@ -9,7 +9,7 @@ import pytest
 from manager_helpers import NOT_S3, Gate, committed, files, manager, name, on, write_bytes
 
 import cloudckpt
-from cloudckpt.checkpoint_io import write_checkpoint
+from cloudckpt.layout.checkpoint_io import write_checkpoint
 from cloudckpt.storage import open_storage
 
 

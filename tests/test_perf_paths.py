@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import cloudckpt
-from cloudckpt import arrays
-from cloudckpt.arrays import StoreOptions, read_arrays, write_arrays
 from cloudckpt.errors import CorruptCheckpointError, ObjectNotFoundError, StorageError
+from cloudckpt.format import tensor_store as arrays
+from cloudckpt.format.tensor_store import StoreOptions, read_arrays, write_arrays
+from cloudckpt.format.tree import flatten
 from cloudckpt.storage import RetryPolicy, _fsspec, _local, open_storage
-from cloudckpt.tree import flatten
 
 NO_WAIT = RetryPolicy(attempts=2, base_delay=0, max_delay=0)
 

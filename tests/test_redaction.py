@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import cloudckpt
-from cloudckpt import cli
 from cloudckpt.storage import BARE_MIN, RetryPolicy, _field_kind, _redact_text, _secrets_of, open_storage
+from cloudckpt.tools import cli
 
 
 @pytest.mark.parametrize(

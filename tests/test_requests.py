@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import servers
 
-from cloudckpt import checkpoint_io
+from cloudckpt.layout import checkpoint_io
 from cloudckpt.storage import open_storage
 
 N_TENSORS = 500

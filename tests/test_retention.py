@@ -10,7 +10,7 @@ import pytest
 from manager_helpers import NOT_S3, FakeClock, committed, files, manager, name, on, remove
 
 import cloudckpt
-from cloudckpt.retention import Managed, sweep
+from cloudckpt.manager.retention import Managed, sweep
 
 
 def _numbers(ms):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_tree import assert_same
 
 import cloudckpt
-from cloudckpt import checkpoint_io
+from cloudckpt.layout import checkpoint_io
 from cloudckpt.storage import open_storage
 
 # ---------------------------------------------------------------- dtypes

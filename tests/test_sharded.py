@@ -38,10 +38,10 @@ from hypothesis import strategies as st
 
 import cloudckpt
 from cloudckpt import PerRank, ShardedArray
-from cloudckpt.checkpoint_io import read_manifest, read_state
-from cloudckpt.manifest import MANIFEST_KEY
-from cloudckpt.shard_io import read_regions
-from cloudckpt.shards import cells, intersect
+from cloudckpt.format.manifest import MANIFEST_KEY
+from cloudckpt.format.regions import read_regions
+from cloudckpt.format.shards import cells, intersect
+from cloudckpt.layout.checkpoint_io import read_manifest, read_state
 from cloudckpt.storage import add_global_hook, open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # zarr: consolidated metadata is not in the v3 spec

@@ -9,7 +9,7 @@ import pytest
 from manager_helpers import NOT_S3, FakeClock, committed, files, manager, on, read_text, remove, write_bytes
 
 import cloudckpt
-from cloudckpt.statefile import CheckpointState, format_state, parse_state
+from cloudckpt.layout.statefile import CheckpointState, format_state, parse_state
 
 
 # -- the text format ------------------------------------------------------------

@@ -417,12 +417,12 @@ def test_crc32c_loads_the_extension_alone_and_falls_back_to_the_package():
     import subprocess
     import sys
 
-    from cloudckpt import checksum
+    from cloudckpt.format import checksum
 
     fast, public = checksum._crc32c_function(True), checksum._crc32c_function(False)
     data = bytes(range(256)) * 1000
     assert fast(data, 0) == public(data, 0) == checksum.crc32c_of(data)
     assert fast(b"123456789", 0) == 0xE3069283
-    code = "import sys, cloudckpt; cloudckpt.checksum.crc32c_of(b'x'); print('crc32c' in sys.modules, 'importlib.metadata' in sys.modules)"
+    code = "import sys, cloudckpt; cloudckpt.format.checksum.crc32c_of(b'x'); print('crc32c' in sys.modules, 'importlib.metadata' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"], out

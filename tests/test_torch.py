@@ -25,8 +25,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
 
 import cloudckpt  # noqa: E402
+from cloudckpt.format.manifest import encode_manifest  # noqa: E402
 from cloudckpt.frameworks import torch as ttorch  # noqa: E402
-from cloudckpt.manifest import encode_manifest  # noqa: E402
 from cloudckpt.storage import open_storage  # noqa: E402
 
 EXOTIC = [
@@ -410,7 +410,7 @@ def test_version_2_manifests_validate_against_the_published_schema() -> None:
     manifest = json.loads(open_storage(url).read("manifest.json"))
     assert manifest["format_version"] == 2
     assert [n["t"] for n in manifest["tree"]["v"]] == ["array", "alias", "tuple"]
-    schema = json.loads((Path(cloudckpt.__file__).parent / "manifest.schema.json").read_text())
+    schema = json.loads((Path(cloudckpt.__file__).parent / "format" / "manifest.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(manifest)
     # an alias of an array that no array node holds is refused
     manifest["tree"]["v"][1]["a"] = len(manifest["arrays"]) - 1 + 1

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cloudckpt
-from cloudckpt.tree import (
+from cloudckpt.format.tree import (
     MAX_DEPTH,
     array_ids,
     decode_name,

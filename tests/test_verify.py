@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import cloudckpt
-from cloudckpt.manifest import MANIFEST_KEY
+from cloudckpt.format.manifest import MANIFEST_KEY
 from cloudckpt.storage import open_storage
-from cloudckpt.verify import verify_checkpoint
+from cloudckpt.tools.verify import verify_checkpoint
 
 SMALL = cloudckpt.StoreOptions(pack_threshold=1024, chunk_bytes=16 * 1024)
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cloudckpt.dtypes import is_native, storage_dtype
-from cloudckpt.zarr_meta import STATIC_DTYPES, zarr_dtype_json
+from cloudckpt.format.dtypes import is_native, storage_dtype
+from cloudckpt.format.zarr_meta import STATIC_DTYPES, zarr_dtype_json
 
 
 @pytest.mark.parametrize("dtype_str", sorted(STATIC_DTYPES))

@@ -1,7 +1,7 @@
 """Framework support: PyTorch and JAX tensors as checkpoint leaves.
 
 Nothing to call: the first time cloudckpt meets a leaf after the program has
-imported ``torch`` or ``jax``, :mod:`cloudckpt.adapters` imports
+imported ``torch`` or ``jax``, :mod:`cloudckpt.format.adapters` imports
 :mod:`cloudckpt.frameworks.torch` / :mod:`cloudckpt.frameworks.jax`, which
 register themselves. The core never imports a framework itself.
 

@@ -74,10 +74,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from .. import adapters
-from ..arrays import StoreOptions
-from ..shards import Box, ShardedArray
-from . import map_arrays
+from cloudckpt.format import adapters
+from cloudckpt.format.shards import Box, ShardedArray
+from cloudckpt.format.tensor_store import StoreOptions
+from cloudckpt.frameworks import map_arrays
 
 __all__ = ["to_numpy", "to_leaf", "wanted_boxes", "from_numpy", "from_numpy_tree", "GATHER_BELOW"]
 
@@ -157,7 +157,7 @@ def _sharded(x: Any) -> bool:
 def to_leaf(x: Any) -> np.ndarray | ShardedArray | None:
     """What a jax array is stored as: a numpy array (one device, replicated,
     or small and in this process: see :data:`GATHER_BELOW`) or a
-    :class:`~cloudckpt.shards.ShardedArray` of the distinct shards this
+    :class:`~cloudckpt.format.shards.ShardedArray` of the distinct shards this
     process holds, each copied to host on its own (never the whole array at
     once). None for anything else.
 

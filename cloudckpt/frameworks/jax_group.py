@@ -9,7 +9,7 @@ group::
     cloudckpt.save(url, state, process_group=group)
     manager = cloudckpt.CheckpointManager(ckpt, directory, process_group=group)
 
-(Without ``process_group``, :func:`cloudckpt.group.resolve_group` picks this
+(Without ``process_group``, :func:`cloudckpt.distributed.group.resolve_group` picks this
 group by itself once ``jax.distributed`` is initialized with several
 processes, unless torch.distributed is too.
 ``process_group=cloudckpt.SINGLE_PROCESS`` saves from one process alone,
@@ -50,8 +50,8 @@ from typing import Any
 
 import jax
 
-from ..errors import CheckpointError
-from ..group import DEFAULT_TIMEOUT, SINGLE, _JsonMixin
+from cloudckpt.distributed.group import DEFAULT_TIMEOUT, SINGLE, _JsonMixin
+from cloudckpt.errors import CheckpointError
 
 __all__ = ["JaxGroup", "group_for"]
 

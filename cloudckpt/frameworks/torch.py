@@ -62,8 +62,8 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from .. import adapters
-from . import map_arrays
+from cloudckpt.format import adapters
+from cloudckpt.frameworks import map_arrays
 
 __all__ = ["to_numpy", "from_numpy", "from_numpy_tree", "numpy_dtype", "torch_dtype"]
 

@@ -4,7 +4,7 @@ Imported (and registered) automatically once the program has imported
 ``torch.distributed.tensor`` (FSDP2 and ``DTensor`` users have); process
 groups are in :mod:`cloudckpt.frameworks.torch_group`.
 
-* A ``DTensor`` leaf is saved as a :class:`~cloudckpt.shards.ShardedArray`:
+* A ``DTensor`` leaf is saved as a :class:`~cloudckpt.format.shards.ShardedArray`:
   its global shape and this rank's shard with its offset (``Shard`` and
   ``Replicate`` placements on any mesh, uneven shards included; ``Partial``
   is refused).
@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor, Partial
 
-from .. import adapters
-from ..shards import Box, ShardedArray
-from .torch import from_numpy
-from .torch import to_numpy as _plain_to_numpy
+from cloudckpt.format import adapters
+from cloudckpt.format.shards import Box, ShardedArray
+from cloudckpt.frameworks.torch import from_numpy
+from cloudckpt.frameworks.torch import to_numpy as _plain_to_numpy
 
 __all__ = ["dtensor_to_sharded", "wanted_boxes", "init_optimizer_state"]
 def _is_dtensor(x: Any) -> bool:
@@ -100,7 +100,7 @@ def _restore_dtensor(target: Any, value: Any) -> None:
 def _dtensor_describe(x: Any) -> tuple[tuple[int, ...], np.dtype | None] | None:
     if not isinstance(x, DTensor):
         return None
-    from .torch import numpy_dtype
+    from cloudckpt.frameworks.torch import numpy_dtype
 
     return tuple(x.shape), numpy_dtype(x.dtype)
 

@@ -1,7 +1,7 @@
 """torch.distributed process groups as cloudckpt groups.
 
 :func:`group_for` wraps a ``ProcessGroup`` (default: the world) as a
-cloudckpt :class:`~cloudckpt.group.Group`. Its collectives run on a gloo
+cloudckpt :class:`~cloudckpt.distributed.group.Group`. Its collectives run on a gloo
 group of the same ranks, created for cloudckpt with its own timeout, so they
 work beside NCCL, never interleave with the training's own collectives, and
 raise instead of hanging when a rank is gone. Payloads are bytes in uint8
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import CheckpointError
-from ..group import _JsonMixin
+from cloudckpt.distributed.group import _JsonMixin
+from cloudckpt.errors import CheckpointError
 
 __all__ = ["TorchGroup", "group_for"]
 
@@ -109,7 +109,7 @@ def group_for(process_group: Any, timeout: float) -> Any:
     that every rank must reach, so the first save, restore or manager must be
     created by all ranks together.
     """
-    from ..group import SINGLE
+    from cloudckpt.distributed.group import SINGLE
 
     if not dist.is_available() or not dist.is_initialized():
         if process_group is not None:

@@ -40,15 +40,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import (
+from cloudckpt.errors import (
     ObjectNotFoundError,
     OversizedObjectError,
     StorageError,
     StoragePermissionError,
     TruncatedObjectError,
 )
-from ._local import LocalBackend
-from ._retry import RetryPolicy, is_transient
+from cloudckpt.storage._local import LocalBackend
+from cloudckpt.storage._retry import RetryPolicy, is_transient
 
 __all__ = [
     "Storage",
@@ -1275,7 +1275,7 @@ def open_storage(
     assert protocol is not None
     rest = _normalise_key_path(protocol, rest)
     url = f"{protocol}://{rest}"
-    from ._fsspec import FsspecBackend
+    from cloudckpt.storage._fsspec import FsspecBackend
 
     try:
         backend = FsspecBackend(protocol, options)

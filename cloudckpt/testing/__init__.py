@@ -14,7 +14,7 @@ Example:
     True
 """
 
-from .faults import (
+from cloudckpt.testing.faults import (
     ENV_VAR,
     FaultInjector,
     Faults,

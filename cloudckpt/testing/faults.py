@@ -62,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..storage import Storage, add_global_hook
+from cloudckpt.storage import Storage, add_global_hook
 
 __all__ = [
     "ENV_VAR",

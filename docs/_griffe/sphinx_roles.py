@@ -29,8 +29,8 @@ TITLED = re.compile(r"^(?P<title>.+?)\s*<(?P<target>[^>]+)>$")
 EXTRA_DOCUMENTED = (
     "cloudckpt.frameworks.convert",
     "cloudckpt.frameworks.require",
-    "cloudckpt.verify.CheckpointReport",
-    "cloudckpt.verify.Damage",
+    "cloudckpt.tools.verify.CheckpointReport",
+    "cloudckpt.tools.verify.Damage",
 )
 
 
@@ -44,12 +44,6 @@ def _public_ids(pkg: griffe.Module) -> tuple[set[str], dict[str, str]]:
             continue
         member = pkg.members[name]
         public = f"{pkg.path}.{name}"
-        if member.is_module and name in member.members:
-            # `from .copy import copy`: griffe sees the submodule; the API page renders
-            # the function as cloudckpt.copy.copy, and links to cloudckpt.copy go there
-            canonical[public] = f"{public}.{name}"
-            public = f"{public}.{name}"
-            member = member.members[name]
         ids.add(public)
         try:
             target = member.final_target if member.is_alias else member

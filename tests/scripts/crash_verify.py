@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import crashlib
 
 import cloudckpt
-from cloudckpt.statefile import read_state_file
+from cloudckpt.layout.statefile import read_state_file
 from cloudckpt.storage import open_storage
 
 

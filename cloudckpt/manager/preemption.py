@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-from .manager import CheckpointManager, _as_int
+from cloudckpt.manager.checkpoint_manager import CheckpointManager, _as_int
 
 __all__ = ["PreemptionCheckpointHandler"]
 

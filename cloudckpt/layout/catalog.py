@@ -4,12 +4,12 @@ A directory holds ``<name>-<N>/`` sub-directories. One is a committed
 checkpoint iff its ``manifest.json`` exists and parses. Scanning costs one
 delimiter listing of the directory plus, per checkpoint, one listing of its
 sub-directory and one read of the *header* of its manifest (its first line,
-see :func:`cloudckpt.manifest.encode_manifest`) — never a request per data
+see :func:`cloudckpt.format.manifest.encode_manifest`) — never a request per data
 object, and never the whole of a large manifest. A manifest over the size
 limit is not read at all; one damaged manifest affects only its own entry.
 
 How the entries are classified and ordered (fenced, abandoned, latest) is
-:mod:`cloudckpt.directory`.
+:mod:`cloudckpt.layout.directory`.
 
 Example:
     >>> import numpy as np, cloudckpt
@@ -27,8 +27,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptCheckpointError, FormatVersionError, ObjectNotFoundError
-from .manifest import (
+from cloudckpt.errors import CorruptCheckpointError, FormatVersionError, ObjectNotFoundError
+from cloudckpt.format.manifest import (
     HEADER_READ_BYTES,
     MANIFEST_KEY,
     check_manifest_size,
@@ -37,7 +37,7 @@ from .manifest import (
     parse_header,
     parse_manifest,
 )
-from .storage import Storage
+from cloudckpt.storage import Storage
 
 __all__ = ["Entry", "Position", "scan", "read_header", "PRESERVED_KEY", "parse_name", "data_prefix_epoch"]
 

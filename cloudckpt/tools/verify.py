@@ -33,12 +33,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import directory as directory_model
-from .checksum import crc32c_of
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, ObjectNotFoundError
-from .manifest import MANIFEST_KEY, max_manifest_bytes, parse_manifest
-from .statefile import STATE_KEY, parse_state
-from .storage import Storage, open_storage
+from cloudckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, ObjectNotFoundError
+from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.manifest import MANIFEST_KEY, max_manifest_bytes, parse_manifest
+from cloudckpt.layout import directory as directory_model
+from cloudckpt.layout.statefile import STATE_KEY, parse_state
+from cloudckpt.storage import Storage, open_storage
 
 __all__ = ["verify", "VerifyReport", "CheckpointReport", "Damage"]
 
@@ -289,7 +289,7 @@ def verify_checkpoint(
 
 
 def _check_state_file(storage: Storage, view: directory_model.View, files: Mapping[str, int]) -> list[str]:
-    """Warnings about the state file of a directory as :func:`cloudckpt.directory.read_view` sees it."""
+    """Warnings about the state file of a directory as :func:`cloudckpt.layout.directory.read_view` sees it."""
     url = storage.url_for(STATE_KEY)
     valid = view.valid
     if STATE_KEY not in files:

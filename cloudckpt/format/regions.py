@@ -1,8 +1,8 @@
 """Writing sharded arrays and reading regions of stored arrays.
 
-Writing: a :class:`~cloudckpt.shards.ShardedArray` leaf becomes one global
+Writing: a :class:`~cloudckpt.format.shards.ShardedArray` leaf becomes one global
 zarr array whose regular chunk grid tiles every shard exactly
-(:func:`~cloudckpt.shards.grid_for`), so each chunk object is written by a
+(:func:`~cloudckpt.format.shards.grid_for`), so each chunk object is written by a
 rank that holds its shard, straight from that shard's memory when the
 chunk is a contiguous run of it. Where no such grid exists (nested or
 uneven shardings), each shard is its own zarr array ``<node>/_s<k>``, listed
@@ -17,9 +17,9 @@ with ``cloudckpt verify``).
 Example:
     >>> import numpy as np
     >>> from cloudckpt.storage import open_storage
-    >>> from cloudckpt.tree import flatten
-    >>> from cloudckpt.arrays import write_arrays, StoreOptions
-    >>> from cloudckpt.shards import ShardedArray
+    >>> from cloudckpt.format.tree import flatten
+    >>> from cloudckpt.format.tensor_store import write_arrays, StoreOptions
+    >>> from cloudckpt.format.shards import ShardedArray
     >>> full = np.arange(40.0).reshape(8, 5)
     >>> sa = ShardedArray((8, 5), full.dtype, [((0, 0), full[:4]), ((4, 0), full[4:])])
     >>> s = open_storage("memory://doc-shard-io")
@@ -42,14 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import _corrupt, _flat_bytes, _read_into, chunk_layout, read_arrays
-from .checksum import crc32c_of
-from .dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
-from .errors import CorruptCheckpointError
-from .shards import Box, Cell, ShardedArray, cells, grid_for, intersect, partition_problem
-from .storage import Storage
-from .tree import Leaf, format_path
-from .zarr_meta import array_doc
+from cloudckpt.errors import CorruptCheckpointError
+from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
+from cloudckpt.format.shards import Box, Cell, ShardedArray, cells, grid_for, intersect, partition_problem
+from cloudckpt.format.tensor_store import _corrupt, _flat_bytes, _read_into, chunk_layout, read_arrays
+from cloudckpt.format.tree import Leaf, format_path
+from cloudckpt.format.zarr_meta import array_doc
+from cloudckpt.storage import Storage
 
 __all__ = ["ShardedPlan", "plan_sharded", "read_regions", "is_region_record"]
 

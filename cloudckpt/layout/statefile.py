@@ -25,8 +25,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .errors import ObjectNotFoundError
-from .storage import Storage
+from cloudckpt.errors import ObjectNotFoundError
+from cloudckpt.storage import Storage
 
 __all__ = ["STATE_KEY", "CheckpointState", "format_state", "parse_state", "read_state_file", "write_state_file"]
 

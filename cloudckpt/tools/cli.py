@@ -38,9 +38,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from . import __about__
-from . import demo as _demo
-from .errors import (
+from cloudckpt import __about__
+from cloudckpt import demo as _demo
+from cloudckpt.errors import (
     CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -50,7 +50,7 @@ from .errors import (
     OwnershipLostError,
     StorageError,
 )
-from .storage import BARE_MIN, _redact_text, _secrets_of, open_storage
+from cloudckpt.storage import BARE_MIN, _redact_text, _secrets_of, open_storage
 
 __all__ = ["main", "parse_option", "env_storage_options", "storage_options_for", "EXIT"]
 
@@ -335,7 +335,7 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT["not_found"], _missing_bucket() or str(exc)
     if isinstance(exc, (CheckpointExistsError, OwnershipLostError, FormatVersionError)):
         return EXIT["refused"], str(exc)
-    from .admin import RefusedError
+    from cloudckpt.tools.admin import RefusedError
 
     if isinstance(exc, RefusedError):
         return EXIT["refused"], str(exc)
@@ -668,8 +668,8 @@ def ls_cmd(directory: str, options: tuple[str, ...], as_json: bool) -> None:
     as unmanaged: no manager lists or restores them. Run `cloudckpt gc
     DIRECTORY` to collect garbage.
     """
-    from .admin import list_directory
-    from .manifest import MANIFEST_KEY
+    from cloudckpt.format.manifest import MANIFEST_KEY
+    from cloudckpt.tools.admin import list_directory
 
     storage = _storage(directory, options)
     if storage.exists(MANIFEST_KEY):
@@ -711,8 +711,8 @@ def ls_cmd(directory: str, options: tuple[str, ...], as_json: bool) -> None:
 
 
 def _tree_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from .checkpoint_io import describe_leaves
-    from .tree import unflatten
+    from cloudckpt.format.tree import unflatten
+    from cloudckpt.layout.checkpoint_io import describe_leaves
 
     arrays = describe_leaves(manifest)
     out: list[dict[str, Any]] = []
@@ -754,9 +754,9 @@ def inspect_cmd(checkpoint: str, options: tuple[str, ...], as_json: bool) -> Non
 
     Given a directory of checkpoints, inspects its latest checkpoint.
     """
-    from .checkpoint_io import read_manifest
-    from .manager import latest_checkpoint
-    from .manifest import MANIFEST_KEY
+    from cloudckpt.format.manifest import MANIFEST_KEY
+    from cloudckpt.layout.checkpoint_io import read_manifest
+    from cloudckpt.manager.checkpoint_manager import latest_checkpoint
 
     opts = storage_options_for(checkpoint, options)
     storage = _open(checkpoint, opts)
@@ -822,7 +822,7 @@ def inspect_cmd(checkpoint: str, options: tuple[str, ...], as_json: bool) -> Non
 
 def _unmanaged_hint(storage: Any) -> str:
     """``; it holds unmanaged checkpoints: URL/c4, ...`` when it does, else ``""``."""
-    from .admin import list_directory
+    from cloudckpt.tools.admin import list_directory
 
     try:
         listing = list_directory(storage)
@@ -843,10 +843,10 @@ def _verify_all(path: str, opts: dict[str, Any] | None, progress: _Progress) -> 
     ``path`` — its ``<name>-<N>`` checkpoints and state file
     (:func:`cloudckpt.verify`), then its unmanaged checkpoints — with
     ``progress`` counting the bytes of the objects checked."""
-    from .admin import list_directory
-    from .checkpoint_io import read_manifest
-    from .manifest import MANIFEST_KEY
-    from .verify import CheckpointReport, VerifyReport, verify
+    from cloudckpt.format.manifest import MANIFEST_KEY
+    from cloudckpt.layout.checkpoint_io import read_manifest
+    from cloudckpt.tools.admin import list_directory
+    from cloudckpt.tools.verify import CheckpointReport, VerifyReport, verify
 
     storage = _open(path, opts)
 
@@ -883,7 +883,7 @@ def _verify_all(path: str, opts: dict[str, Any] | None, progress: _Progress) -> 
 
 
 def _checkpoint_line(c: Any) -> str:
-    from .manifest import MANIFEST_KEY
+    from cloudckpt.format.manifest import MANIFEST_KEY
 
     if c.status == "skipped":
         what = "written by a newer cloudckpt: not verified"
@@ -1008,7 +1008,7 @@ def cp_cmd(
     stderr as plain lines. --option applies to both sides, --src-option and
     --dst-option to one.
     """
-    from .copy import copy
+    from cloudckpt.tools.copy import copy
 
     so = storage_options_for(src, options, src_options)
     _open(src, so)
@@ -1071,7 +1071,7 @@ def rm_cmd(checkpoint: str, options: tuple[str, ...], yes: bool, quiet: bool, as
     checkpoint can be removed; a directory without manifest cannot (use gc).
     A removal that takes more than a second shows its elapsed time on stderr.
     """
-    from .admin import remove_checkpoint
+    from cloudckpt.tools.admin import remove_checkpoint
 
     storage = _storage(checkpoint, options)
     with _ticking("rm", f"removing {storage.url}", quiet=quiet):
@@ -1142,7 +1142,7 @@ def gc_cmd(
     lists). With --yes, a progress bar (items removed) is drawn on a
     terminal; otherwise plain lines on stderr.
     """
-    from .admin import collect_garbage, find_garbage
+    from cloudckpt.tools.admin import collect_garbage, find_garbage
 
     storage = _storage(directory, options)
     items = find_garbage(storage, include_active=include_active, min_upload_age=_parse_age(min_upload_age))

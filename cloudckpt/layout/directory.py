@@ -5,11 +5,11 @@ the command line all classify a directory through :func:`read_view`, so they
 agree on what it holds:
 
 - **valid**: committed (the manifest parses) and not fenced, in *commit
-  order*: by :attr:`~cloudckpt.catalog.Entry.position` — checkpoints written
+  order*: by :attr:`~cloudckpt.layout.catalog.Entry.position` — checkpoints written
   without a manager first, by number; then those of managers by ownership
   epoch and the sequence of commits within it.
 - **fenced**: committed by a manager that had lost the directory, after the
-  new owner recorded what it accepted (:mod:`cloudckpt.ownership`). Never
+  new owner recorded what it accepted (:mod:`cloudckpt.layout.ownership`). Never
   listed, restored or counted for latest; ``cloudckpt gc`` removes them.
 - **abandoned**: valid, but left behind by a rollback (a manager restored an
   older checkpoint and saved after it). Recorded in the manifest of every
@@ -35,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import catalog, ownership
-from .catalog import Entry, Position
-from .storage import Storage
+from cloudckpt.layout import catalog, ownership
+from cloudckpt.layout.catalog import Entry, Position
+from cloudckpt.storage import Storage
 
 __all__ = ["View", "read_view", "classify", "in_ranges", "accepted_table", "sort_key"]
 

@@ -29,12 +29,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import __about__
-from .checksum import crc32c_of
-from .dtypes import parse_dtype, storage_dtype, storage_shape
-from .errors import CorruptCheckpointError, FormatVersionError
-from .shards import partition_problem
-from .storage import validate_key
+from cloudckpt import __about__
+from cloudckpt.errors import CorruptCheckpointError, FormatVersionError
+from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.dtypes import parse_dtype, storage_dtype, storage_shape
+from cloudckpt.format.shards import partition_problem
+from cloudckpt.storage import validate_key
 
 __all__ = [
     "FORMAT_VERSION",

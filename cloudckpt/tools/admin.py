@@ -46,12 +46,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import catalog, ownership
-from . import directory as directory_model
-from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
-from .manifest import MANIFEST_KEY
-from .statefile import STATE_KEY, CheckpointState, read_state_file, write_state_file
-from .storage import TEMP_MIN_AGE, IncompleteUpload, Storage
+from cloudckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
+from cloudckpt.format.manifest import MANIFEST_KEY
+from cloudckpt.layout import catalog, ownership
+from cloudckpt.layout import directory as directory_model
+from cloudckpt.layout.statefile import STATE_KEY, CheckpointState, read_state_file, write_state_file
+from cloudckpt.storage import TEMP_MIN_AGE, IncompleteUpload, Storage
 
 __all__ = [
     "ListedEntry",
@@ -225,7 +225,7 @@ def list_directory(storage: Storage) -> Listing:
 
 def _stored(sub: Storage) -> tuple[int, int]:
     """(objects, bytes) of a checkpoint whose manifest predates the ``stored`` header field."""
-    from .checkpoint_io import read_manifest
+    from cloudckpt.layout.checkpoint_io import read_manifest
 
     m = read_manifest(sub)
     return len(m["objects"]) + 1, sum(int(o["size"]) for o in m["objects"])
@@ -247,7 +247,7 @@ def _fill_from_header(row: ListedEntry, m: dict[str, Any], stored: tuple[int, in
 
 def _unmanaged_entry(storage: Storage, name: str) -> ListedEntry | None:
     """The sub-directory ``name`` as an unmanaged checkpoint, or None if it holds no manifest."""
-    from .errors import ObjectNotFoundError, StoragePermissionError
+    from cloudckpt.errors import ObjectNotFoundError, StoragePermissionError
 
     try:
         sub = storage.child(name)
@@ -478,7 +478,7 @@ def remove_checkpoint(storage: Storage, parent: Storage | None, *, yes: bool = F
         )
     name = storage.url.rstrip("/").rsplit("/", 1)[-1]
     status = "committed"
-    from .checkpoint_io import read_manifest
+    from cloudckpt.layout.checkpoint_io import read_manifest
 
     try:
         manifest: dict[str, Any] | None = read_manifest(storage)

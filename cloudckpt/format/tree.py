@@ -18,7 +18,7 @@ The structure is kept as JSON nodes (the ``tree`` of the manifest)::
     {"t": "tuple", "v": [...], "namedtuple": {"name": "optax.ScaleByAdamState", "fields": ["count", ...]}}
     {"t": "per_rank", "r": [node of rank 0, node of rank 1, ...]}   (format 3: a PerRank value)
 
-A :class:`~cloudckpt.shards.ShardedArray` leaf (a distributed tensor) is an
+A :class:`~cloudckpt.format.shards.ShardedArray` leaf (a distributed tensor) is an
 ``array`` node like any other; its leaf carries the pieces this process holds.
 Flattening gives a ``{"t": "per_rank", "v": node}`` for a ``PerRank`` value
 (this process's own); the collective save turns those into ``"r"`` lists.
@@ -55,8 +55,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from .dtypes import check_supported, storage_shape
-from .shards import PerRank, ShardedArray
+from cloudckpt.format.dtypes import check_supported, storage_shape
+from cloudckpt.format.shards import PerRank, ShardedArray
 
 __all__ = [
     "Leaf",

@@ -20,7 +20,7 @@ them and reads verify them.
 Example:
     >>> import numpy as np
     >>> from cloudckpt.storage import open_storage
-    >>> from cloudckpt.tree import flatten
+    >>> from cloudckpt.format.tree import flatten
     >>> s = open_storage("memory://doc-arrays")
     >>> _, leaves = flatten({"w": np.arange(6.0).reshape(2, 3)})
     >>> written = write_arrays(s, "data-1", leaves)
@@ -43,17 +43,17 @@ from typing import Any
 
 import numpy as np
 
-from .checksum import crc32c_many, crc32c_of
-from .dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
-from .errors import (
+from cloudckpt.errors import (
     CorruptCheckpointError,
     ObjectNotFoundError,
     OversizedObjectError,
     TruncatedObjectError,
 )
-from .storage import Storage
-from .tree import Leaf, format_path
-from .zarr_meta import array_doc, chunk_key, encode_doc, group_doc
+from cloudckpt.format.checksum import crc32c_many, crc32c_of
+from cloudckpt.format.dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
+from cloudckpt.format.tree import Leaf, format_path
+from cloudckpt.format.zarr_meta import array_doc, chunk_key, encode_doc, group_doc
+from cloudckpt.storage import Storage
 
 __all__ = [
     "StoreOptions",
@@ -282,7 +282,7 @@ def write_arrays(
         total += nbytes
         rec: dict[str, Any] = {"dtype": dtype_name(dt), "shape": list(arr.shape), "nbytes": nbytes}
         if leaf.shards is not None:
-            from .shard_io import plan_sharded  # (shard_io builds on this module)
+            from cloudckpt.format.regions import plan_sharded  # (shard_io builds on this module)
 
             plan = plan_sharded(storage, prefix, leaf, node_paths[i], opts.chunk_bytes)
             rec.update(plan.record)

@@ -210,7 +210,7 @@ def box_chunking(box_shape: Sequence[int], itemsize: int, target: int) -> tuple[
         >>> box_chunking((101, 1000), 4, 40000)   # 101 is prime: no 10-row chunks
         (101, 1000)
     """
-    from .arrays import chunk_layout  # layout arithmetic shared with dense arrays
+    from cloudckpt.format.tensor_store import chunk_layout  # layout arithmetic shared with dense arrays
 
     shape = tuple(int(d) for d in box_shape)
     if not shape:
@@ -281,7 +281,7 @@ class Cell:
 def _grid_cells(
     path: str, shape: tuple[int, ...], chunk: tuple[int, ...], first: int, origin: tuple[int, ...], want: Box | None
 ) -> Iterator[Cell]:
-    from .zarr_meta import chunk_key
+    from cloudckpt.format.zarr_meta import chunk_key
 
     n = len(shape)
     if n == 0:

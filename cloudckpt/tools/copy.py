@@ -59,19 +59,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import catalog, ownership
-from . import directory as directory_model
-from .errors import (
+from cloudckpt.errors import (
     CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
-from .manifest import MANIFEST_KEY, header_of, max_manifest_bytes, parse_manifest
-from .statefile import STATE_KEY, CheckpointState, format_state, parse_state, read_state_file
-from .storage import Storage, open_storage
-from .verify import BUFFER_BYTES, ByteBudget, read_checked
+from cloudckpt.format.manifest import MANIFEST_KEY, header_of, max_manifest_bytes, parse_manifest
+from cloudckpt.layout import catalog, ownership
+from cloudckpt.layout import directory as directory_model
+from cloudckpt.layout.statefile import STATE_KEY, CheckpointState, format_state, parse_state, read_state_file
+from cloudckpt.storage import Storage, open_storage
+from cloudckpt.tools.verify import BUFFER_BYTES, ByteBudget, read_checked
 
 __all__ = ["copy", "CopyReport"]
 
@@ -334,7 +334,7 @@ def _state_for(
     src_state: CheckpointState | None, entries: list[catalog.Entry], claims: list[ownership.Claim]
 ) -> CheckpointState | None:
     """The state file of the destination, from the committed checkpoints there
-    (``entries``), classified as every reader does (:mod:`cloudckpt.directory`)."""
+    (``entries``), classified as every reader does (:mod:`cloudckpt.layout.directory`)."""
     view = directory_model.classify(entries, claims)
     if not view.valid or view.latest is None:
         return None

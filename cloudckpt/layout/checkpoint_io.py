@@ -30,22 +30,33 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import adapters, collective
-from .arrays import StoreOptions, fill_packed_crcs, read_arrays, write_arrays
-from .collective import describe, gather_small, has_per_rank, plan
-from .errors import (
+from cloudckpt.distributed import collective
+from cloudckpt.distributed.collective import describe, gather_small, has_per_rank, plan
+from cloudckpt.distributed.group import SINGLE, raise_remote
+from cloudckpt.errors import (
     CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
-from .group import SINGLE, raise_remote
-from .manifest import MANIFEST_KEY, build_manifest, encode_manifest, max_manifest_bytes, parse_manifest
-from .shard_io import is_region_record, read_regions
-from .shards import Box, ShardedArray
-from .storage import Storage
-from .tree import Leaf, array_ids, flatten, format_path, leaf_paths, node_paths, parse_key_path, select, unflatten
+from cloudckpt.format import adapters
+from cloudckpt.format.manifest import MANIFEST_KEY, build_manifest, encode_manifest, max_manifest_bytes, parse_manifest
+from cloudckpt.format.regions import is_region_record, read_regions
+from cloudckpt.format.shards import Box, ShardedArray
+from cloudckpt.format.tensor_store import StoreOptions, fill_packed_crcs, read_arrays, write_arrays
+from cloudckpt.format.tree import (
+    Leaf,
+    array_ids,
+    flatten,
+    format_path,
+    leaf_paths,
+    node_paths,
+    parse_key_path,
+    select,
+    unflatten,
+)
+from cloudckpt.storage import Storage
 
 __all__ = ["WriteResult", "write_checkpoint", "read_manifest", "read_state", "new_attempt_id"]
 
@@ -95,11 +106,11 @@ def write_checkpoint(
     Raises TypeError (naming the leaf) before anything is written if the
     state holds an unsupported leaf, and :class:`CheckpointExistsError` if a
     committed checkpoint is already there (nothing is changed then).
-    ``flat`` is the result of :func:`~cloudckpt.tree.flatten` when the caller
+    ``flat`` is the result of :func:`~cloudckpt.format.tree.flatten` when the caller
     has flattened (and perhaps copied) the state already; ``attempt`` names
     the data prefix ``data-<attempt>``.
 
-    With a ``group`` of several processes (:mod:`cloudckpt.group`) every rank
+    With a ``group`` of several processes (:mod:`cloudckpt.distributed.group`) every rank
     calls this with its own state: all write their share of the data under
     one attempt prefix (rank 0's), rank 0 gathers what they wrote and commits
     the one manifest, and every rank returns or raises with the outcome; a
@@ -361,9 +372,9 @@ def read_state(
     bytes are read. Raises KeyError naming a key that is not in the checkpoint.
     ``regions`` maps leaf paths to the boxes of the array this process needs
     (the shards of distributed tensors): those leaves load as
-    :class:`~cloudckpt.shards.ShardedArray` holding just those boxes, read
+    :class:`~cloudckpt.format.shards.ShardedArray` holding just those boxes, read
     from byte ranges. ``PerRank`` values are those saved by ``rank``.
-    ``mmap``: see :func:`cloudckpt.arrays.read_arrays`.
+    ``mmap``: see :func:`cloudckpt.format.tensor_store.read_arrays`.
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests

@@ -18,8 +18,8 @@ raises ValueError on every rank, naming the first rank that differs.
 
 Example:
     >>> import numpy as np
-    >>> from cloudckpt.tree import flatten
-    >>> from cloudckpt.shards import PerRank
+    >>> from cloudckpt.format.tree import flatten
+    >>> from cloudckpt.format.shards import PerRank
     >>> node, leaves = flatten({"w": np.ones(2), "rng": PerRank(np.zeros(1))})
     >>> tree, glob, holders = plan([describe(node, leaves)], 0, node, leaves)
     >>> tree["v"][1]
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import dtype_name, parse_dtype
-from .shards import partition_problem
-from .tree import Leaf, format_path, stand_in
+from cloudckpt.format.dtypes import dtype_name, parse_dtype
+from cloudckpt.format.shards import partition_problem
+from cloudckpt.format.tree import Leaf, format_path, stand_in
 
 __all__ = ["describe", "plan", "gather_small", "GATHER_BELOW"]
 
@@ -235,9 +235,9 @@ def gather_small(group: Any, descs: Sequence[dict[str, Any]], leaves: list[Leaf]
 
     Example:
         >>> import numpy as np
-        >>> from cloudckpt.group import SINGLE
-        >>> from cloudckpt.shards import ShardedArray
-        >>> from cloudckpt.tree import flatten
+        >>> from cloudckpt.distributed.group import SINGLE
+        >>> from cloudckpt.format.shards import ShardedArray
+        >>> from cloudckpt.format.tree import flatten
         >>> sa = ShardedArray((4,), np.dtype("f4"), [((0,), np.zeros(2, "f4")), ((2,), np.ones(2, "f4"))])
         >>> node, leaves = flatten({"b": sa})
         >>> gather_small(SINGLE, [describe(node, leaves)], leaves)[0].array

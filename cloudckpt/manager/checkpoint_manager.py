@@ -11,8 +11,8 @@ is strict, saves may run in the background (``async_save=True``), and
 ``best_metric`` keeps the best N instead of the newest N.
 
 This module decides; it never touches bytes: it calls the format layer
-(:mod:`cloudckpt.checkpoint_io`, :mod:`cloudckpt.catalog`,
-:mod:`cloudckpt.ownership`, :mod:`cloudckpt.statefile`) with storage handles.
+(:mod:`cloudckpt.layout.checkpoint_io`, :mod:`cloudckpt.layout.catalog`,
+:mod:`cloudckpt.layout.ownership`, :mod:`cloudckpt.layout.statefile`) with storage handles.
 
 Example:
     >>> import numpy as np, cloudckpt, tempfile
@@ -46,13 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from . import adapters, catalog, ownership, retention
-from . import directory as directory_model
-from .arrays import StoreOptions
-from .catalog import Position, read_header
-from .checkpoint import Checkpoint
-from .checkpoint_io import write_checkpoint
-from .errors import (
+from cloudckpt.checkpoint import Checkpoint
+from cloudckpt.distributed.group import agree, leader_call, resolve_group
+from cloudckpt.errors import (
     CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
@@ -61,12 +57,18 @@ from .errors import (
     ObjectNotFoundError,
     OwnershipLostError,
 )
-from .group import agree, leader_call, resolve_group
-from .manifest import MANIFEST_KEY, header_of
-from .shards import ShardedArray
-from .statefile import CheckpointState, read_state_file, write_state_file
-from .storage import Storage, open_storage, validate_key
-from .tree import Leaf, flatten
+from cloudckpt.format import adapters
+from cloudckpt.format.manifest import MANIFEST_KEY, header_of
+from cloudckpt.format.shards import ShardedArray
+from cloudckpt.format.tensor_store import StoreOptions
+from cloudckpt.format.tree import Leaf, flatten
+from cloudckpt.layout import catalog, ownership
+from cloudckpt.layout import directory as directory_model
+from cloudckpt.layout.catalog import Position, read_header
+from cloudckpt.layout.checkpoint_io import write_checkpoint
+from cloudckpt.layout.statefile import CheckpointState, read_state_file, write_state_file
+from cloudckpt.manager import retention
+from cloudckpt.storage import Storage, open_storage, validate_key
 
 __all__ = ["CheckpointManager", "latest_checkpoint"]
 
@@ -179,7 +181,7 @@ class CheckpointManager:
             own timeouts.
         process_group: the ranks of a distributed job that save and restore
             together (a torch.distributed ``ProcessGroup`` or a
-            :class:`cloudckpt.group.Group`); default: torch.distributed's
+            :class:`cloudckpt.distributed.group.Group`); default: torch.distributed's
             default group when it is initialized with several processes.
 
     In a distributed job every rank creates the manager and calls ``save``
@@ -452,7 +454,7 @@ class CheckpointManager:
 
         Equal to :func:`cloudckpt.latest_checkpoint` of the directory, as in TF:
         the newest in commit order, whatever its name (see
-        :mod:`cloudckpt.directory`). Moves when a save commits.
+        :mod:`cloudckpt.layout.directory`). Moves when a save commits.
 
         Example:
             >>> import numpy as np, cloudckpt
@@ -609,7 +611,7 @@ class CheckpointManager:
         """Claim the directory (once), or check that this manager still owns it.
 
         The claim is written first, then the directory is scanned, then what
-        the scan found valid is recorded as accepted (:mod:`cloudckpt.ownership`):
+        the scan found valid is recorded as accepted (:mod:`cloudckpt.layout.ownership`):
         a commit of an older owner that this manager did not see lands after
         the claim, so its writer is told it lost the directory, and it is fenced.
         """
@@ -1271,7 +1273,7 @@ def latest_checkpoint(directory: str | os.PathLike[str], storage_options: dict[s
     Looks at the manifests, not the state file, so it is right even after a
     crash between commit and state-file update. Commit order, not numbers,
     decides; fenced and abandoned checkpoints are skipped; a damaged manifest
-    numbered above the latest counts as the newest (see :mod:`cloudckpt.directory`).
+    numbered above the latest counts as the newest (see :mod:`cloudckpt.layout.directory`).
     Equal to a :class:`CheckpointManager`'s ``latest_checkpoint`` of the directory.
 
     Example:

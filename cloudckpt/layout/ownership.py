@@ -48,8 +48,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import ObjectNotFoundError, OwnershipLostError
-from .storage import Storage
+from cloudckpt.errors import ObjectNotFoundError, OwnershipLostError
+from cloudckpt.storage import Storage
 
 __all__ = [
     "OWNER_PREFIX",
