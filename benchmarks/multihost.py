@@ -433,7 +433,7 @@ def _cell(r: dict[str, Any] | None) -> str:
 
 
 def render_markdown(path: str, records: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
-    from benchmarks.report import machine, versions
+    from benchmarks.environment import machine, versions
 
     rows = aggregate(records)
     keep = _keep_blocks(path)

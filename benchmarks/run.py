@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             target.stop()
 
     elapsed = time.time() - started
-    from benchmarks.report import aggregate, print_table, render_markdown, update_results
+    from benchmarks.aggregate import aggregate, update_results
+    from benchmarks.report import print_table
+    from benchmarks.report_markdown import render_markdown
 
     rows = aggregate(records)
     print_table(rows)
