@@ -1,8 +1,11 @@
-"""cloudckpt itself: one checkpoint per save at the URL; async with ``CheckpointManager``."""
+"""cloudckpt itself, through its public API: ``cloudckpt.save`` / ``cloudckpt.load`` of one checkpoint at the URL,
+async with ``CheckpointManager``. Its client-side requests are counted with ``cloudckpt.storage.add_global_hook``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from benchmarks.libs.base import Ctx, Lib, State
@@ -15,27 +18,24 @@ class CloudCkpt(Lib):
     fsyncs_itself = True
     has_async = True
     imports = ("cloudckpt",)
-    note = "cloudckpt.layout.checkpoint_io.write_checkpoint/read_state (= cloudckpt.save/load); async: CheckpointManager(async_save=True)"
+    note = "cloudckpt.save / cloudckpt.load; async: CheckpointManager(async_save=True)"
 
     def prepare(self, ctx: Ctx) -> None:
-        # cloudckpt imports zarr lazily at its first save (zarr_meta._dtype_json: 0.5-2 s on
+        # cloudckpt imports zarr lazily at its first save (its zarr metadata's dtypes: 0.5-2 s on
         # this machine); like every other library's imports, that is not part of the timing.
         import zarr.core.dtype  # noqa: F401
 
         import cloudckpt
-        import cloudckpt.layout.checkpoint_io
         import cloudckpt.storage
 
         if not ctx.local:
             cloudckpt.storage.open_storage(ctx.url, ctx.storage_options or None)  # imports s3fs/gcsfs
 
     def save(self, state: State, ctx: Ctx) -> None:
-        from cloudckpt.layout.checkpoint_io import write_checkpoint
-        from cloudckpt.storage import open_storage
+        import cloudckpt
 
-        storage = open_storage(ctx.url, ctx.storage_options or None)
-        write_checkpoint(storage, state)
-        ctx.extra["client_requests"] = storage.stats.snapshot()
+        with _requests_counted(ctx):
+            cloudckpt.save(ctx.url, state, storage_options=ctx.storage_options or None)
 
     def async_prepare(self, state: State, ctx: Ctx) -> Any:
         import cloudckpt
@@ -49,10 +49,29 @@ class CloudCkpt(Lib):
         return prepared.sync
 
     def load(self, ctx: Ctx) -> State:
-        from cloudckpt.layout.checkpoint_io import read_manifest, read_state
-        from cloudckpt.storage import open_storage
+        import cloudckpt
 
-        storage = open_storage(ctx.url, ctx.storage_options or None)
-        state = read_state(storage, read_manifest(storage))
-        ctx.extra["client_requests"] = storage.stats.snapshot()
+        with _requests_counted(ctx):
+            state: State = cloudckpt.load(ctx.url, storage_options=ctx.storage_options or None)
         return state
+
+
+@contextlib.contextmanager
+def _requests_counted(ctx: Ctx) -> Iterator[None]:
+    """Count the requests cloudckpt's storage layer makes inside the block, by operation, into
+    ``ctx.extra["client_requests"]`` (``{op: n, ..., "requests": total}``; the hook runs before every attempt)."""
+    from cloudckpt.storage import add_global_hook
+
+    by_op: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def count(op: str, url: str) -> None:
+        with lock:
+            by_op[op] = by_op.get(op, 0) + 1
+
+    remove = add_global_hook(count)
+    try:
+        yield
+    finally:
+        remove()
+    ctx.extra["client_requests"] = {**by_op, "requests": sum(by_op.values())}
