@@ -45,6 +45,37 @@ SMOKE_SCALE = 0.01
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    args.command = "python -m benchmarks.multihost " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.results and args.markdown and not args.out:
+        return _render_only(args)
+    nprocs, targets, libs, plan = _plan(p, args)
+    started = time.time()
+    records, descriptions = _measure_all(args, targets, nprocs, libs, plan)
+    elapsed = time.time() - started
+
+    rows = aggregate(records)
+    print_table(rows)
+    meta = {"command": args.command, "elapsed_s": elapsed, "targets": targets, "nproc": nprocs, "scale": args.scale,
+            "reps": args.reps, "reshard": {str(k): v for k, v in plan.items()}, "exec": args.exec,
+            "target_descriptions": {t: d for t, d in descriptions.items() if t != "local"},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    all_records, all_runs = records, [meta]
+    if args.out:
+        all_records, all_runs = update_results(args.out, records, meta)
+        log(f"wrote {args.out}")
+    if args.markdown:
+        render_markdown(args.markdown, all_records, all_runs)
+        log(f"wrote {args.markdown}")
+    print(f"ran {len(records)} measurements in {elapsed:.1f} s")
+
+    if args.smoke:
+        return _smoke_check(records, libs, nprocs, plan, args.reshard_libs)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.multihost", description=__doc__.split("\n\n")[0],
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", default="1,2,4", help="comma list of world sizes (default 1,2,4)")
@@ -67,17 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-dir", default=None, help="cProfile every rank's timed region into this directory")
     p.add_argument("--smoke", action="store_true", help=f"CI: scale {SMOKE_SCALE}, ranks 1,2, local, 1 rep, resharding "
                    "loads of cloudckpt only; checks that every measurement ran and every load verified")
-    args = p.parse_args(argv)
-    args.command = "python -m benchmarks.multihost " + " ".join(argv if argv is not None else sys.argv[1:])
+    return p
 
-    if args.results and args.markdown and not args.out:
-        with open(args.results) as f:
-            data = json.load(f)
-        print_table(aggregate(data["records"]))
-        render_markdown(args.markdown, data["records"], data.get("runs", []))
-        log(f"wrote {args.markdown}")
-        return 0
 
+def _render_only(args: argparse.Namespace) -> int:
+    """``--results`` and ``--markdown`` without ``--out``: the table and the page from a results file."""
+    with open(args.results) as f:
+        data = json.load(f)
+    print_table(aggregate(data["records"]))
+    render_markdown(args.markdown, data["records"], data.get("runs", []))
+    log(f"wrote {args.markdown}")
+    return 0
+
+
+def _plan(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[int], list[str], list[str], dict[int, int]]:
+    """World sizes, targets, libraries and resharding plan of the run (``--smoke`` sets its own); exits on a bad one."""
     if args.smoke:
         args.nproc, args.target, args.reps, args.scale = "1,2", "local", 1, SMOKE_SCALE
         args.reshard, args.reshard_libs = "auto", "cloudckpt"
@@ -97,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     args.reshard_libs = [x.strip() for x in args.reshard_libs.split(",") if x.strip()]
     plan = reshard_plan(nprocs, args.reshard)
     state_nbytes(args.scale)  # validates
+    return nprocs, targets, libs, plan
 
+
+def _measure_all(args: argparse.Namespace, targets: list[str], nprocs: list[int], libs: list[str],
+                 plan: dict[int, int]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every measurement, repetitions interleaved; the records and the description of each target."""
     records: list[dict[str, Any]] = []
-    started = time.time()
     runner = Runner(args)
     descriptions: dict[str, str] = {}
     try:
@@ -122,36 +161,24 @@ def main(argv: list[str] | None = None) -> int:
                 target.stop()
     finally:
         runner.stop()
-    elapsed = time.time() - started
+    return records, descriptions
 
-    rows = aggregate(records)
-    print_table(rows)
-    meta = {"command": args.command, "elapsed_s": elapsed, "targets": targets, "nproc": nprocs, "scale": args.scale,
-            "reps": args.reps, "reshard": {str(k): v for k, v in plan.items()}, "exec": args.exec,
-            "target_descriptions": {t: d for t, d in descriptions.items() if t != "local"},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    all_records, all_runs = records, [meta]
-    if args.out:
-        all_records, all_runs = update_results(args.out, records, meta)
-        log(f"wrote {args.out}")
-    if args.markdown:
-        render_markdown(args.markdown, all_records, all_runs)
-        log(f"wrote {args.markdown}")
-    print(f"ran {len(records)} measurements in {elapsed:.1f} s")
 
-    if args.smoke:
-        errors = [r for r in records if r.get("error")]
-        seen = {(r["lib"], r["phase"], r["save_world"], r["world"]) for r in records if not r.get("error")}
-        expected = {(lib, "save", n, n) for lib in libs for n in nprocs} | {(lib, "load", n, n) for lib in libs for n in nprocs}
-        expected |= {(lib, "reshard", n, m) for lib in libs if lib in args.reshard_libs for n, m in plan.items()}
-        unverified = [r for r in records if r["phase"] != "save" and not r.get("verified")]
-        if errors or expected - seen or unverified:
-            for r in errors:
-                print(f"SMOKE ERROR {r['lib']} {r['phase']} {r['save_world']}->{r['world']}: {r['error']}")
-            for miss in sorted(expected - seen):
-                print(f"SMOKE MISSING {miss}")
-            return 1
-        print("smoke ok")
+def _smoke_check(records: list[dict[str, Any]], libs: list[str], nprocs: list[int], plan: dict[int, int],
+                 reshard_libs: list[str]) -> int:
+    """0 if every measurement of the smoke run ran and every load verified, else 1 (and why)."""
+    errors = [r for r in records if r.get("error")]
+    seen = {(r["lib"], r["phase"], r["save_world"], r["world"]) for r in records if not r.get("error")}
+    expected = {(lib, "save", n, n) for lib in libs for n in nprocs} | {(lib, "load", n, n) for lib in libs for n in nprocs}
+    expected |= {(lib, "reshard", n, m) for lib in libs if lib in reshard_libs for n, m in plan.items()}
+    unverified = [r for r in records if r["phase"] != "save" and not r.get("verified")]
+    if errors or expected - seen or unverified:
+        for r in errors:
+            print(f"SMOKE ERROR {r['lib']} {r['phase']} {r['save_world']}->{r['world']}: {r['error']}")
+        for miss in sorted(expected - seen):
+            print(f"SMOKE MISSING {miss}")
+        return 1
+    print("smoke ok")
     return 0
 
 
