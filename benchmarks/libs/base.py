@@ -108,7 +108,11 @@ class Lib:
         import importlib.util
 
         for m in self.requires:
-            if importlib.util.find_spec(m) is None:
+            try:
+                found = importlib.util.find_spec(m)
+            except ModuleNotFoundError:  # a submodule ("orbax.checkpoint") whose parent package is missing
+                found = None
+            if found is None:
                 return f"{m} is not installed"
         return None
 
