@@ -316,7 +316,7 @@ def load(lib: str, model: Any, opt: Any, spec: dict[str, Any]) -> None:
 
 
 def prepare(lib: str, target: str) -> None:
-    """Imports and one-time set-up outside the timed region (as benchmarks/libs.py does)."""
+    """Imports and one-time set-up outside the timed region (as the adapters of benchmarks/libs/ do)."""
     if lib == "cloudckpt":
         import zarr.core.dtype  # noqa: F401
 

@@ -265,6 +265,23 @@ def smoke_fresh_checks(records: list[dict[str, Any]], expected: set[tuple[str, s
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.loads = [c.strip() for c in args.loads.split(",") if c.strip()]
+    if set(args.loads) - {"cold", "warm"}:
+        raise SystemExit(f"--loads: choose from cold, warm (got {','.join(args.loads)})")
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    compile_sources()
+    workloads, targets = _configure(args)
+    started = time.time()
+    records, notes = _measure_all(args, targets, workloads, command)
+    elapsed = time.time() - started
+    _report(args, records, notes, targets, workloads, command, elapsed)
+    if args.smoke:
+        return _smoke_check(args, records, targets, workloads)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", default="small-many",
                    help=f"comma list of {', '.join(WORKLOADS)}, count-N, huge; or 'all' (default small-many)")
@@ -290,13 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default=None, help="regenerate this markdown report from --out (or this run)")
     p.add_argument("--profile-dir", default=None, help="cProfile every cloudckpt measurement into this directory")
     p.add_argument("--smoke", action="store_true", help="CI smoke run: every workload, tiny scale, 1 rep; asserts it ran")
-    args = p.parse_args(argv)
-    args.loads = [c.strip() for c in args.loads.split(",") if c.strip()]
-    if set(args.loads) - {"cold", "warm"}:
-        raise SystemExit(f"--loads: choose from cold, warm (got {','.join(args.loads)})")
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    compile_sources()
+    return p
 
+
+def _configure(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Apply --smoke, --scaling and --huge to ``args``; the workloads (validated) and targets of the run."""
     if args.smoke:
         args.workload = ",".join(WORKLOADS)
         targets = ["local", "memory"] + (["s3"] if moto_available() else [])
@@ -318,10 +333,30 @@ def main(argv: list[str] | None = None) -> int:
     for w in workloads:
         workload_spec(w, args.scale)  # validates
     targets = list(TARGETS) if args.target == "all" else [t.strip() for t in args.target.split(",") if t.strip()]
+    return workloads, targets
 
+
+def _libs_for(args: argparse.Namespace, target: Target, workload: str, notes: list[str]) -> list[str]:
+    """The libraries measured on ``target`` with ``workload``; the skipped ones are added to ``notes``."""
+    libs, skipped = select_libs(args.peers, target.name, workload)
+    if args.libs_override:
+        libs = [n for n in args.libs_override if n in libs]
+    if args.no_raw:
+        libs = [n for n in libs if n not in BASELINES]
+    if args.smoke and target.object_store and workload != "large-few":
+        # one object per tensor costs ~10 ms per request on moto: keep the smoke short
+        libs = [n for n in libs if n == "cloudckpt"]
+    for n in skipped:
+        if n not in notes:
+            notes.append(n)
+    return libs
+
+
+def _measure_all(args: argparse.Namespace, targets: list[str], workloads: list[str],
+                 command: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every measurement, repetitions interleaved; the records and the notes on what was skipped."""
     records: list[dict[str, Any]] = []
     notes: list[str] = []
-    started = time.time()
     for tname in targets:
         target = make_target(tname, workdir=args.workdir, latency_ms=args.latency_ms,
                              bandwidth_mbs=args.bandwidth_mbs)
@@ -334,17 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"== target {tname}: {target.describe()}")
         try:
             for workload in workloads:
-                libs, skipped = select_libs(args.peers, tname, workload)
-                if args.libs_override:
-                    libs = [n for n in args.libs_override if n in libs]
-                if args.no_raw:
-                    libs = [n for n in libs if n not in BASELINES]
-                if args.smoke and target.object_store and workload != "large-few":
-                    # one object per tensor costs ~10 ms per request on moto: keep the smoke short
-                    libs = [n for n in libs if n == "cloudckpt"]
-                for n in skipped:
-                    if n not in notes:
-                        notes.append(n)
+                libs = _libs_for(args, target, workload, notes)
                 nbytes = spec_nbytes(workload_spec(workload, args.scale))
                 _log(f"-- {workload} x{args.scale:g} ({nbytes / 1e6:.1f} MB) on {tname}: {', '.join(libs)}")
                 for rep in range(args.reps):
@@ -357,9 +382,15 @@ def main(argv: list[str] | None = None) -> int:
                             _log(f"   rep {rep} {lib_name:13s} {rec['phase']:8s} {_fmt_rec(rec)}")
         finally:
             target.stop()
+    return records, notes
 
-    elapsed = time.time() - started
-    from benchmarks.report import aggregate, print_table, render_markdown, update_results
+
+def _report(args: argparse.Namespace, records: list[dict[str, Any]], notes: list[str], targets: list[str],
+            workloads: list[str], command: str, elapsed: float) -> None:
+    """The console table and notes; merge into --out and write --markdown."""
+    from benchmarks.aggregate import aggregate, update_results
+    from benchmarks.report import print_table
+    from benchmarks.report_markdown import render_markdown
 
     rows = aggregate(records)
     print_table(rows)
@@ -378,25 +409,27 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"wrote {args.markdown}")
     print(f"ran {len(records)} measurements in {elapsed:.1f} s")
 
-    if args.smoke:
-        errors = [r for r in records if r.get("error")]
-        phases = Counter((r["lib"], r["target"], r["workload"]) for r in records)
-        expected = {(lib, t, w) for lib in args.libs_override for t in targets for w in workloads
-                    if lib == "cloudckpt" or t != "s3" or w == "large-few"}
-        missing = expected - set(phases)
-        problems = smoke_fresh_checks(records, expected)
-        if errors or missing or problems:
-            for r in errors:
-                print(f"SMOKE ERROR {r['lib']} {r['target']} {r['workload']} {r['phase']}: {r['error']}")
-            for m in sorted(missing):
-                print(f"SMOKE MISSING {m}")
-            for msg in problems:
-                print(f"SMOKE FRESH {msg}")
-            return 1
-        cold = [r for r in records if r["phase"] == "load" and r.get("cache") in ("cold", "not-cold")]
-        print(f"smoke: {sum(r['cache'] == 'cold' for r in cold)} cold loads evicted (0 resident pages, checked), "
-              f"{sum(r['cache'] == 'not-cold' for r in cold)} could not be evicted (reported as not-cold)")
-        print("smoke ok")
+
+def _smoke_check(args: argparse.Namespace, records: list[dict[str, Any]], targets: list[str], workloads: list[str]) -> int:
+    """0 if every measurement of the smoke run ran, none failed and the fresh-process paths were taken, else 1."""
+    errors = [r for r in records if r.get("error")]
+    phases = Counter((r["lib"], r["target"], r["workload"]) for r in records)
+    expected = {(lib, t, w) for lib in args.libs_override for t in targets for w in workloads
+                if lib == "cloudckpt" or t != "s3" or w == "large-few"}
+    missing = expected - set(phases)
+    problems = smoke_fresh_checks(records, expected)
+    if errors or missing or problems:
+        for r in errors:
+            print(f"SMOKE ERROR {r['lib']} {r['target']} {r['workload']} {r['phase']}: {r['error']}")
+        for m in sorted(missing):
+            print(f"SMOKE MISSING {m}")
+        for msg in problems:
+            print(f"SMOKE FRESH {msg}")
+        return 1
+    cold = [r for r in records if r["phase"] == "load" and r.get("cache") in ("cold", "not-cold")]
+    print(f"smoke: {sum(r['cache'] == 'cold' for r in cold)} cold loads evicted (0 resident pages, checked), "
+          f"{sum(r['cache'] == 'not-cold' for r in cold)} could not be evicted (reported as not-cold)")
+    print("smoke ok")
     return 0
 
 
