@@ -12,7 +12,7 @@ import pytest
 
 import cloudckpt
 from cloudckpt.storage import RetryPolicy, join_url, open_storage, validate_key
-from cloudckpt.storage._retry import is_transient
+from cloudckpt.storage.retry import is_transient
 
 SECRET = "SECRET-abc123"
 NO_WAIT = RetryPolicy(attempts=4, base_delay=0, max_delay=0)
