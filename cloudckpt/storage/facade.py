@@ -21,9 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import mmap
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from cloudckpt.errors import (
     ObjectExistsError,
@@ -35,7 +34,7 @@ from cloudckpt.errors import (
 from cloudckpt.storage.concurrency import bounded_map
 from cloudckpt.storage.hooks import Hook
 from cloudckpt.storage.mapping import check_size
-from cloudckpt.storage.protocol import TEMP_MIN_AGE, Buffer, Capabilities, IncompleteUpload, WriteMode
+from cloudckpt.storage.protocol import TEMP_MIN_AGE, Buffer, Capabilities, IncompleteUpload, WriteMode, scatter_runs
 from cloudckpt.storage.session import Session
 from cloudckpt.storage.stats import RequestStats
 from cloudckpt.storage.urls import join_url, parent_of, validate_key
@@ -45,6 +44,7 @@ __all__ = ["Storage"]
 log = logging.getLogger("cloudckpt")
 T = TypeVar("T")
 R = TypeVar("R")
+
 
 class Storage:
     """A directory on a backend, addressed by relative keys.
@@ -141,8 +141,7 @@ class Storage:
         """Seconds one request attempt may take (None: the backend's own timeouts)."""
         return self._s.request_timeout
 
-    @contextlib.contextmanager
-    def time_limit(self, seconds: float | None) -> Iterator[None]:
+    def time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
         """Bound every request made within the block (by any thread, through this
         storage or its children) to end ``seconds`` from now: each attempt's
         timeout is cut to the time left, and once it is up no request or retry
@@ -158,14 +157,7 @@ class Storage:
             ...
             cloudckpt.errors.StorageError: write memory://doc-limit/k: not started, the time limit of this operation has passed
         """
-        previous = self._s.deadline
-        if seconds is not None:
-            at = time.monotonic() + max(0.0, float(seconds))
-            self._s.deadline = at if previous is None else min(previous, at)
-        try:
-            yield
-        finally:
-            self._s.deadline = previous
+        return self._s.time_limit(seconds)
 
     def child(self, prefix: str) -> Storage:
         """The storage of a sub-directory, sharing backend, pool and counters.
@@ -298,7 +290,7 @@ class Storage:
         validate_key(key)
         path = self._path(key)
         backend = self._s.backend
-        for start, views in _runs(pieces, f"read_into_many {self.url_for(key)}", whole=whole):
+        for start, views in scatter_runs(pieces, f"read_into_many {self.url_for(key)}", whole=whole):
             want = sum(v.nbytes for v in views)
             probe = size is not None and size > 0 and start + want == size
             asked = [*views, memoryview(bytearray(1))] if probe else views
@@ -631,28 +623,3 @@ class Storage:
         conc = self._s.max_concurrency
         return bounded_map(fn, items, limit=min(limit or conc, conc), pool_size=conc)
 
-
-def _runs(pieces: Sequence[tuple[Any, int]], where: str, *, whole: bool = False) -> list[tuple[int, list[memoryview]]]:
-    """``(offset, views)`` of the runs of pieces that lie back to back in an
-    object, in order of offset; empty pieces are skipped unless ``whole``."""
-    runs: list[tuple[int, list[memoryview]]] = []
-    end = -1
-    for out, offset in sorted(((_byte_view(o), int(off)) for o, off in pieces), key=lambda p: p[1]):
-        if offset < 0:
-            raise ValueError(f"{where}: negative offset {offset}")
-        if out.nbytes == 0 and not whole:
-            continue
-        if runs and offset == end:
-            runs[-1][1].append(out)
-        else:
-            runs.append((offset, [out]))
-        end = offset + out.nbytes
-    return runs
-
-
-def _byte_view(out: Any) -> memoryview:
-    """``out`` as a flat, writable memoryview of bytes."""
-    view = memoryview(out)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view

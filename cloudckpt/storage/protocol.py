@@ -28,9 +28,9 @@ import enum
 import mmap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Buffer", "WriteMode", "Capabilities", "Backend", "BackendBase", "IncompleteUpload", "TEMP_MIN_AGE"]
+__all__ = ["Buffer", "byte_view", "scatter_runs", "WriteMode", "Capabilities", "Backend", "BackendBase", "IncompleteUpload", "TEMP_MIN_AGE"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -38,6 +38,42 @@ Buffer = bytes | bytearray | memoryview
 #: the leftover of a killed write rather than a write in flight; a
 #: write-temp-then-rename of a small file takes milliseconds.
 TEMP_MIN_AGE = 60.0
+
+
+def byte_view(buf: Any) -> memoryview:
+    """``buf`` (any buffer) as a flat memoryview of bytes.
+
+    Example:
+        >>> import array; byte_view(array.array("i", [1, 2])).nbytes
+        8
+    """
+    view = memoryview(buf)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def scatter_runs(pieces: Sequence[tuple[Any, int]], where: str, *, whole: bool = False) -> list[tuple[int, list[memoryview]]]:
+    """The ``(offset, views)`` runs of buffers ``(out, offset)`` that lie back to
+    back in an object, in order of offset: each run is one :meth:`Backend.get_into`.
+    Empty buffers are left out unless ``whole``; ``where`` names the read in errors.
+
+    Example:
+        >>> a, b, c = bytearray(2), bytearray(3), bytearray(1)
+        >>> [(at, [v.nbytes for v in vs]) for at, vs in scatter_runs([(b, 2), (a, 0), (c, 9)], "read k")]
+        [(0, [2, 3]), (9, [1])]
+    """
+    runs: list[tuple[int, list[memoryview]]] = []
+    end = -1
+    for out, offset in sorted(((byte_view(o), int(off)) for o, off in pieces), key=lambda p: p[1]):
+        if offset < 0:
+            raise ValueError(f"{where}: negative offset {offset}")
+        if out.nbytes == 0 and not whole:
+            continue
+        if runs and offset == end:
+            runs[-1][1].append(out)
+        else:
+            runs.append((offset, [out]))
+        end = offset + out.nbytes
+    return runs
 
 
 class WriteMode(enum.Enum):

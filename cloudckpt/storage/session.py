@@ -16,9 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from cloudckpt.errors import ObjectNotFoundError, StorageError, StoragePermissionError
@@ -66,6 +67,27 @@ class Session:
         self.deadline: float | None = None  # time.monotonic() after which no request starts
         self.stats = RequestStats()
         self.hooks = Hooks()
+
+    @contextlib.contextmanager
+    def time_limit(self, seconds: float | None) -> Iterator[None]:
+        """No request of these storages starts later than ``seconds`` from now
+        within the block, and each attempt's timeout is cut to the time left.
+
+        Example:
+            >>> from cloudckpt.storage.backends.local import LocalBackend
+            >>> s = Session(LocalBackend(), "local", 4, RetryPolicy(), [])
+            >>> with s.time_limit(5):
+            ...     s.deadline is not None
+            True
+        """
+        previous = self.deadline
+        if seconds is not None:
+            at = time.monotonic() + max(0.0, float(seconds))
+            self.deadline = at if previous is None else min(previous, at)
+        try:
+            yield
+        finally:
+            self.deadline = previous
 
     def redact(self, text: str) -> str:
         """A backend's message with the credentials masked."""

@@ -51,17 +51,6 @@ _FS_CACHE: dict[Any, Any] = {}
 _FS_CACHE_LOCK = threading.Lock()
 
 
-def byte_view(buf: Buffer) -> memoryview:
-    """``buf`` as a flat memoryview of bytes.
-
-    Example:
-        >>> import array; byte_view(array.array("i", [1])).nbytes
-        4
-    """
-    view = memoryview(buf)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
 async def drain(read: Any, views: list[memoryview]) -> int:
     """Read a response body with ``await read(n)`` straight into ``views``;
     the bytes read.

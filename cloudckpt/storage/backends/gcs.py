@@ -20,8 +20,8 @@ from typing import Any
 
 import fsspec.asyn
 
-from cloudckpt.storage.backends.fsspec import STREAM_PIECE, FsspecBackend, byte_view, drain
-from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode
+from cloudckpt.storage.backends.fsspec import STREAM_PIECE, FsspecBackend, drain
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, byte_view
 
 __all__ = ["GCSBackend"]
 

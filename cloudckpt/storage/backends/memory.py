@@ -21,8 +21,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from cloudckpt.storage.backends.fsspec import FsspecBackend, _as_bytes, byte_view
-from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode
+from cloudckpt.storage.backends.fsspec import FsspecBackend, _as_bytes
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, byte_view
 
 __all__ = ["MemoryBackend"]
 

@@ -21,8 +21,8 @@ from typing import Any
 import fsspec.asyn
 
 from cloudckpt.storage.backends import fsspec as generic
-from cloudckpt.storage.backends.fsspec import FsspecBackend, byte_view, drain
-from cloudckpt.storage.protocol import Buffer, Capabilities
+from cloudckpt.storage.backends.fsspec import FsspecBackend, drain
+from cloudckpt.storage.protocol import Buffer, Capabilities, byte_view
 
 __all__ = ["S3Backend"]
 
