@@ -19,9 +19,9 @@ from cloudckpt.storage.protocol import Backend
 from cloudckpt.storage.redact import redact_text, secrets_of
 from cloudckpt.storage.retry import RetryPolicy
 from cloudckpt.storage.session import Session
-from cloudckpt.storage.urls import LOCAL_PROTOCOLS, normalise_key_path, split_url
+from cloudckpt.storage.urls import LOCAL_PROTOCOLS, split_url
 
-__all__ = ["BACKENDS", "GENERIC_BACKEND", "open_storage"]
+__all__ = ["BACKENDS", "GENERIC_BACKEND", "backend_class", "open_storage"]
 
 #: URL scheme -> "module:class" of its backend; imported when a URL needs it (so a
 #: backend's package — s3fs, gcsfs — is imported only then). One line per backend.
@@ -36,13 +36,23 @@ BACKENDS: dict[str, str] = {
 GENERIC_BACKEND = "cloudckpt.storage.backends.fsspec:FsspecBackend"
 
 
-def _backend(protocol: str, url: str, options: dict[str, Any], secrets: list[str]) -> Backend:
-    """The backend for ``protocol``, its failures to start said in a message that names no credential."""
+def backend_class(protocol: str) -> type[Backend]:
+    """The backend class serving URLs of ``protocol`` (its module imported now).
+
+    Example:
+        >>> backend_class("memory").__name__, backend_class("hf").__name__
+        ('MemoryBackend', 'FsspecBackend')
+    """
     module, _, name = BACKENDS.get(protocol, GENERIC_BACKEND).partition(":")
+    cls: type[Backend] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+def _backend(cls: type[Backend], protocol: str, url: str, options: dict[str, Any], secrets: list[str]) -> Backend:
+    """The backend for ``protocol``, its failures to start said in a message that names no credential."""
     where = f"{protocol}://"
     try:
-        cls = getattr(importlib.import_module(module), name)
-        backend: Backend = cls(protocol, options)
+        backend: Backend = cls(protocol, options)  # type: ignore[call-arg]
         return backend
     except ImportError as exc:
         raise ImportError(
@@ -126,8 +136,9 @@ def open_storage(
             raise NotADirectoryError(f"{display} exists and is not a directory")
         return Storage(shared, root, display)
     assert protocol is not None
-    url = f"{protocol}://{normalise_key_path(protocol, rest)}"
-    backend = _backend(protocol, url, options, secrets)
+    cls = backend_class(protocol)
+    url = f"{protocol}://{cls.url_path(protocol, rest)}"
+    backend = _backend(cls, protocol, url, options, secrets)
     conc = max_concurrency or (int(env_conc) if env_conc else 16)
     shared = Session(backend, protocol, conc, retry, secrets, request_timeout)
     return Storage(shared, backend.path_of(url), url)

@@ -11,7 +11,8 @@ errors of :mod:`cloudckpt.errors`, which name the URL, never a credential.
 
 A new backend is one module in :mod:`cloudckpt.storage.backends` that
 implements :class:`Backend` (usually by specialising
-:class:`~cloudckpt.storage.backends.fsspec.FsspecBackend`) plus one line in
+:class:`~cloudckpt.storage.backends.fsspec.FsspecBackend`, or
+:class:`~cloudckpt.storage.backends.base.BackendBase`) plus one line in
 :data:`cloudckpt.storage.opener.BACKENDS`.
 
 Example:
@@ -26,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import mmap
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Buffer", "byte_view", "scatter_runs", "WriteMode", "Capabilities", "Backend", "BackendBase", "IncompleteUpload", "TEMP_MIN_AGE"]
+__all__ = ["Buffer", "byte_view", "scatter_runs", "WriteMode", "Capabilities", "Backend", "IncompleteUpload", "TEMP_MIN_AGE"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -243,6 +244,12 @@ class Backend(Protocol):
         ...
 
     # -- paths, requests and messages
+    @classmethod
+    def url_path(cls, protocol: str, rest: str) -> str:
+        """``rest`` of a URL it would serve (after ``protocol://``), normalised
+        by this store's rules (buckets, absolute paths, query strings)."""
+        ...
+
     def path_of(self, url: str) -> str:
         """The backend's path of a URL it serves (``s3://b/k`` -> ``b/k``)."""
         ...
@@ -264,56 +271,3 @@ class Backend(Protocol):
     def missing_bucket(self, path: str) -> str | None:
         """The bucket of ``path`` if it does not exist (one request); else None."""
         ...
-
-
-class BackendBase:
-    """Defaults for the optional verbs of :class:`Backend`: a backend without
-    uploads, temporaries, mappings or per-call timeouts inherits these.
-
-    Example:
-        >>> BackendBase().list_uploads("b/run"), BackendBase().accepted_options()
-        ([], None)
-    """
-
-    name = "backend"
-    capabilities = Capabilities()
-
-    def barrier(self) -> None:
-        return None
-
-    def list_uploads(self, path: str) -> list[tuple[str, str, float | None]]:
-        return []
-
-    def abort_upload(self, path: str, upload_id: str) -> None:
-        return None
-
-    def list_temps(self, path: str) -> list[tuple[str, int, float]]:
-        return []
-
-    def clean_temps(self, path: str, min_age: float) -> list[str]:
-        return []
-
-    def path_of(self, url: str) -> str:
-        return url.split("://", 1)[-1]
-
-    def map_private(self, path: str, size: int) -> tuple[memoryview, int]:
-        raise NotImplementedError(f"{self.name} storage cannot map objects: read them")
-
-    def reserve_mapping(self, size: int) -> mmap.mmap:
-        raise NotImplementedError(f"{self.name} storage cannot map objects: read them")
-
-    def map_private_at(self, region: mmap.mmap, offset: int, path: str, size: int) -> int:
-        raise NotImplementedError(f"{self.name} storage cannot map objects: read them")
-
-    @contextlib.contextmanager
-    def call_timeout(self, seconds: float) -> Iterator[None]:
-        yield
-
-    def accepted_options(self) -> frozenset[str] | None:
-        return None
-
-    def filesystem_name(self) -> str:
-        return type(self).__name__
-
-    def missing_bucket(self, path: str) -> str | None:
-        return None

@@ -61,8 +61,6 @@ _KNOWN_SCHEMES = {
     "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "file", "local", "http", "https", "hf",
     "hdfs", "ftp", "sftp", "ssh", "oss", "r2", "wasb", "wasbs",
 }
-# object stores whose first path component is a bucket (or container), which ".." cannot leave
-_BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "wasb", "wasbs"}
 
 
 def split_url(url: str) -> tuple[str | None, str]:
@@ -83,32 +81,39 @@ def split_url(url: str) -> tuple[str | None, str]:
     return None, url
 
 
-def normalise_key_path(protocol: str, rest: str) -> str:
-    """``rest`` of an object-store URL with ``.``, ``..`` and empty components
-    resolved, as a local path is; ``..`` may not leave the bucket.
+def normalise_key_path(
+    protocol: str, rest: str, *, bucketed: bool = False, absolute: bool = False, query: bool = True
+) -> str:
+    """``rest`` of a URL (after ``protocol://``) with ``.``, ``..`` and empty
+    components resolved, as a local path is. ``bucketed``: the first
+    component is a bucket, which ``..`` may not leave; ``absolute``: a
+    leading ``/`` stays; ``query``: a ``?...`` part is kept apart, as it is.
+    The backend of ``protocol`` says which (``Backend.url_path``).
 
     Example:
-        >>> normalise_key_path("s3", "b//run/./x/../ckpt-1")
-        'b/run/ckpt-1'
+        >>> normalise_key_path("s3", "b//run/./x/../ckpt-1?versionId=3", bucketed=True)
+        'b/run/ckpt-1?versionId=3'
+        >>> normalise_key_path("s3", "b/../c", bucketed=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: s3://b/../c: '..' leaves the bucket
     """
-    query = ""
-    if protocol not in ("memory",) and "?" in rest:
-        rest, query = rest.split("?", 1)
-        query = "?" + query
-    absolute = protocol == "memory" and rest.startswith("/")
+    tail = ""
+    if query and "?" in rest:
+        rest, tail = rest.split("?", 1)
+        tail = "?" + tail
+    keep_root = absolute and rest.startswith("/")
     parts: list[str] = []
     for part in rest.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            if not parts or (protocol in _BUCKETED and len(parts) == 1):
-                raise ValueError(
-                    f"{protocol}://{rest}: '..' leaves the {'bucket' if protocol in _BUCKETED else 'store'}"
-                )
+            if not parts or (bucketed and len(parts) == 1):
+                raise ValueError(f"{protocol}://{rest}: '..' leaves the {'bucket' if bucketed else 'store'}")
             parts.pop()
             continue
         parts.append(part)
-    return ("/" if absolute else "") + "/".join(parts) + query
+    return ("/" if keep_root else "") + "/".join(parts) + tail
 
 
 def parent_of(root: str, url: str, *, local: bool) -> tuple[str, str] | None:

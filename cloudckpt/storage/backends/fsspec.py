@@ -35,7 +35,9 @@ import fsspec
 import fsspec.asyn
 from fsspec.asyn import AsyncFileSystem
 
-from cloudckpt.storage.protocol import BackendBase, Buffer, Capabilities, WriteMode
+from cloudckpt.storage.backends.base import BackendBase
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode
+from cloudckpt.storage.urls import normalise_key_path
 
 __all__ = ["FsspecBackend", "GENERIC_OPTIONS"]
 
@@ -102,6 +104,14 @@ class FsspecBackend(BackendBase):
 
     #: whether the first component of a path is a bucket (which may not exist)
     bucketed = False
+    #: the schemes served here whose first path component is a bucket or container
+    #: (Azure, Alibaba OSS, Cloudflare R2), which ".." cannot leave
+    BUCKETED_SCHEMES = frozenset({"az", "abfs", "abfss", "adl", "oss", "r2", "wasb", "wasbs"})
+
+    @classmethod
+    def url_path(cls, protocol: str, rest: str) -> str:
+        bucketed = cls.bucketed or protocol in cls.BUCKETED_SCHEMES
+        return normalise_key_path(protocol, rest, bucketed=bucketed)
 
     def __init__(self, protocol: str, storage_options: dict[str, Any]) -> None:
         self.protocol = protocol

@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 from cloudckpt.storage import mapping
+from cloudckpt.storage.backends.base import BackendBase
 from cloudckpt.storage.mapping import libc
-from cloudckpt.storage.protocol import BackendBase, Buffer, Capabilities, WriteMode
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode
 
 __all__ = ["LocalBackend"]
 

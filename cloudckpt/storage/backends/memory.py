@@ -23,6 +23,7 @@ from typing import Any
 
 from cloudckpt.storage.backends.fsspec import FsspecBackend, _as_bytes
 from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, byte_view
+from cloudckpt.storage.urls import normalise_key_path
 
 __all__ = ["MemoryBackend"]
 
@@ -44,6 +45,11 @@ class MemoryBackend(FsspecBackend):
 
     def declare(self) -> Capabilities:
         return Capabilities(create_only=True, scattered_reads=True, write_copies=True, remote=False)
+
+    @classmethod
+    def url_path(cls, protocol: str, rest: str) -> str:
+        """Keys may start with ``/`` and hold ``?``: the store's keys are plain strings."""
+        return normalise_key_path(protocol, rest, absolute=True, query=False)
 
     def path_of(self, url: str) -> str:
         path = super().path_of(url)
