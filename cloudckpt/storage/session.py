@@ -106,34 +106,34 @@ class Session:
             ...
             cloudckpt.errors.ObjectNotFoundError: head /no/such/file: no such object on local
         """
-        s = self
-
-        def attempt() -> T:
-            timeout = s.request_timeout
-            if s.deadline is not None:
-                left = s.deadline - time.monotonic()
-                if left <= 0:
-                    raise StorageError(
-                        f"{op} {url}: not started, the time limit of this operation has passed", url=url, operation=op
-                    )
-                timeout = left if timeout is None else min(timeout, left)
-            s.hooks(op, url)
-            s.stats.add(op, nbytes)
-            if timeout is None or not s.backend.capabilities.call_timeout:
-                return fn()
-            with s.backend.call_timeout(timeout):
-                return fn()
 
         def on_retry(n: int, exc: BaseException) -> None:
-            s.stats.add_retry()
+            self.stats.add_retry()
             log.debug("retrying %s %s after %s (attempt %d)", op, url, type(exc).__name__, n)
 
         try:
-            return s.retry.run(attempt, on_retry=on_retry)
+            return self.retry.run(lambda: self._attempt(op, url, fn, nbytes), on_retry=on_retry)
         except (StorageError, FileExistsError):
-            raise
+            raise  # ours already, or a create-only conflict the caller handles
         except Exception as exc:
-            raise self.error(op, url, exc) from scrubbed(exc, s.secrets)
+            raise self.error(op, url, exc) from scrubbed(exc, self.secrets)
+
+    def _attempt(self, op: str, url: str, fn: Callable[[], T], nbytes: int) -> T:
+        """One attempt: within the time limit, after the hooks, counted, with its timeout."""
+        timeout = self.request_timeout
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise StorageError(
+                    f"{op} {url}: not started, the time limit of this operation has passed", url=url, operation=op
+                )
+            timeout = left if timeout is None else min(timeout, left)
+        self.hooks(op, url)
+        self.stats.add(op, nbytes)
+        if timeout is None or not self.backend.capabilities.call_timeout:
+            return fn()
+        with self.backend.call_timeout(timeout):
+            return fn()
 
     def error(self, op: str, url: str, exc: Exception) -> StorageError:
         """The typed error for a backend's exception ``exc`` on request ``op``,
