@@ -23,6 +23,7 @@ __all__ = [
     "FormatVersionError",
     "StorageError",
     "ObjectNotFoundError",
+    "ObjectExistsError",
     "StoragePermissionError",
     "TruncatedObjectError",
     "OversizedObjectError",
@@ -131,6 +132,15 @@ class ObjectNotFoundError(StorageError, FileNotFoundError):
 
     Example:
         >>> issubclass(ObjectNotFoundError, FileNotFoundError)
+        True
+    """
+
+
+class ObjectExistsError(StorageError, FileExistsError):
+    """A create-only write found the object already there (the write changed nothing).
+
+    Example:
+        >>> issubclass(ObjectExistsError, FileExistsError)
         True
     """
 

@@ -256,7 +256,7 @@ def test_a_create_never_shows_a_partial_file(local_backend, monkeypatch):
     away mid-write fails the write and makes nothing visible."""
     import errno
 
-    from cloudckpt.storage import _local
+    from cloudckpt.storage.backends import local as _local
 
     d = local_backend.url("run")
     s = open_storage(d)

@@ -18,7 +18,10 @@ from cloudckpt.errors import CorruptCheckpointError, ObjectNotFoundError, Storag
 from cloudckpt.format import tensor_store as arrays
 from cloudckpt.format.tensor_store import StoreOptions, read_arrays, write_arrays
 from cloudckpt.format.tree import flatten
-from cloudckpt.storage import RetryPolicy, _fsspec, _local, open_storage
+from cloudckpt.storage import RetryPolicy, open_storage
+from cloudckpt.storage.backends import fsspec as _fsspec
+from cloudckpt.storage.backends import local as _local
+from cloudckpt.storage.backends import s3 as _s3
 
 NO_WAIT = RetryPolicy(attempts=2, base_delay=0, max_delay=0)
 
@@ -95,11 +98,11 @@ def test_preadv_beyond_iov_max(tmp_path):
     path.write_bytes(data)
     outs = [bytearray(1 + i % 3) for i in range(3000)]  # more views than IOV_MAX
     total = sum(map(len, outs))
-    n = _local.LocalBackend().get_into_many(str(path), [memoryview(o) for o in outs], 3)
+    n = _local.LocalBackend().get_into(str(path), [memoryview(o) for o in outs], 3)
     assert n == total and b"".join(outs) == data[3 : 3 + total]
     # the file ends inside the views: what was there, and its count
     big = [bytearray(len(data) - 10), bytearray(100)]
-    assert _local.LocalBackend().get_into_many(str(path), [memoryview(o) for o in big], 0) == len(data)
+    assert _local.LocalBackend().get_into(str(path), [memoryview(o) for o in big], 0) == len(data)
     assert bytes(big[1][:10]) == data[-10:]
 
 
@@ -148,7 +151,7 @@ def test_local_pack_of_tiny_tensors_is_written_without_a_join(tmp_path):
     rng = np.random.default_rng(3)
     state = {f"t{i}": rng.standard_normal(4096, dtype=np.float32) for i in range(2048)}  # 32 MiB of 16 KiB tensors
     s = open_storage(str(tmp_path / "ck"))
-    assert s.gathers_writes and not open_storage("memory://perf-gather").gathers_writes
+    assert s.capabilities.gathers_writes and not open_storage("memory://perf-gather").capabilities.gathers_writes
     cloudckpt.save(str(tmp_path / "warm"), {"x": np.zeros(3)})  # imports and the thread pool exist before measuring
     tracemalloc.start()
     try:
@@ -188,7 +191,7 @@ def test_generic_ranged_read_bounds_its_temporaries(monkeypatch):
 def test_upload_body_over_buffers():
     """The S3 upload body: a file over back-to-back buffers, sliceable for multipart."""
     parts = [memoryview(b"hello "), memoryview(bytearray(b"wide ")), memoryview(b"world")]
-    body = _fsspec._ViewReader(parts)
+    body = _s3._ViewReader(parts)
     assert len(body) == 16 and isinstance(body, io.IOBase)
     assert body.read() == b"hello wide world"
     body.seek(3)
@@ -204,7 +207,7 @@ def test_s3_write_sends_from_the_buffers_without_a_join(object_backend, monkeypa
     if object_backend.name != "s3":
         pytest.skip("S3 only")
     s = open_storage(object_backend.url("perf"), object_backend.storage_options, retry=NO_WAIT)
-    assert not s.write_copies
+    assert not s.capabilities.write_copies
     joined: list[int] = []
     real = _fsspec._as_bytes
 
@@ -222,8 +225,8 @@ def test_s3_write_sends_from_the_buffers_without_a_join(object_backend, monkeypa
 
 
 def test_local_and_s3_do_not_copy_writes_others_do(tmp_path):
-    assert not open_storage(str(tmp_path)).write_copies
-    assert open_storage("memory://perf-copies").write_copies
+    assert not open_storage(str(tmp_path)).capabilities.write_copies
+    assert open_storage("memory://perf-copies").capabilities.write_copies
 
 
 # ---------------------------------------------------------------- the budget of copied writes
@@ -450,7 +453,7 @@ def test_object_store_uploads_send_from_the_buffers(object_backend):
     import tracemalloc
 
     s = open_storage(object_backend.url("perf"), object_backend.storage_options, retry=NO_WAIT)
-    assert not s.write_copies
+    assert not s.capabilities.write_copies
     arr = np.random.default_rng(2).integers(0, 2**31, (8 << 20) // 4, dtype=np.int32)
     pieces = [memoryview(arr[:1000]).cast("B"), memoryview(arr[1000:]).cast("B"), memoryview(b"tail")]
     s.write("warm", b"x")  # the client's session and its buffers exist before measuring

@@ -7,12 +7,23 @@ import errno
 import threading
 import time
 import traceback
+import uuid
 
 import pytest
 
 import cloudckpt
-from cloudckpt.storage import RetryPolicy, join_url, open_storage, validate_key
-from cloudckpt.storage._retry import is_transient
+from cloudckpt.errors import ObjectExistsError
+from cloudckpt.storage import (
+    Backend,
+    Capabilities,
+    RetryPolicy,
+    WriteMode,
+    add_global_hook,
+    join_url,
+    open_storage,
+    validate_key,
+)
+from cloudckpt.storage.retry import is_transient
 
 SECRET = "SECRET-abc123"
 NO_WAIT = RetryPolicy(attempts=4, base_delay=0, max_delay=0)
@@ -409,6 +420,61 @@ def test_no_credentials_in_errors(backend):
     with pytest.raises(cloudckpt.StoragePermissionError) as info:
         storage.read("k")
     assert SECRET not in "".join(traceback.format_exception(info.value))
+
+
+# ---------------------------------------------------------------- the backend contract
+
+
+def test_create_only_write_mode_is_typed(storage):
+    storage.write("m", b"first", mode=WriteMode.CREATE_ONLY)
+    with pytest.raises(ObjectExistsError) as info:
+        storage.write("m", [b"sec", b"ond"], mode=WriteMode.CREATE_ONLY)
+    assert isinstance(info.value, FileExistsError) and info.value.url == storage.url_for("m")
+    assert info.value.operation == "write_create" and storage.read("m") == b"first"
+
+
+def test_capabilities_are_declared_as_data(backend, storage):
+    caps = storage.capabilities
+    assert isinstance(caps, Capabilities) and isinstance(storage._s.backend, Backend)
+    with pytest.raises(AttributeError):
+        caps.create_only = False  # frozen
+    assert caps.create_only and caps.ranged_reads and caps.scattered_reads
+    assert caps.remote == backend.is_object_store
+    assert caps.write_copies == (backend.name == "memory")
+    assert caps.lists_uploads == (backend.name == "s3")
+    assert caps.temporaries == caps.gathers_writes == (backend.name == "local")
+    assert caps.call_timeout == backend.is_object_store
+
+
+def test_backend_name_and_accepted_options(backend, storage):
+    """What the command line checks a user's storage options against: the
+    backends that would ignore an unknown option say which they take."""
+    name = {"local": "local disk", "memory": "MemoryFileSystem", "s3": "S3FileSystem", "gcs": "GCSFileSystem"}
+    assert storage.backend_name == name[backend.name]
+    accepted = storage.accepted_options()
+    if backend.name == "s3":
+        assert accepted is None  # s3fs hands unknown options to aiobotocore, which rejects them
+        return
+    assert isinstance(accepted, frozenset) and "skip_instance_cache" in accepted
+    assert set(backend.storage_options or {}) <= accepted
+    assert ("auto_mkdir" in accepted) == (backend.name == "local")
+    if backend.name == "gcs":
+        assert {"project", "token", "endpoint_url"} <= accepted and "endpont_url" not in accepted
+
+
+def test_missing_bucket_is_one_request_on_the_real_servers(backend, storage):
+    assert storage.missing_bucket() is None  # the bucket exists (or there are none)
+    if not backend.is_object_store:
+        return
+    scheme = backend.url().split("://", 1)[0]
+    gone = open_storage(f"{scheme}://cloudckpt-no-such-bucket-{uuid.uuid4().hex[:8]}/run", backend.storage_options)
+    seen = []
+    remove = add_global_hook(lambda op, url: seen.append(op))
+    try:
+        assert gone.missing_bucket() == gone.url.split("://", 1)[1].split("/", 1)[0]
+    finally:
+        remove()
+    assert seen == [] and gone.stats.requests == 0  # a probe for a message: not a counted request
 
 
 def test_crc32c_loads_the_extension_alone_and_falls_back_to_the_package():

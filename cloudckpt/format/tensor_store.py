@@ -320,7 +320,7 @@ def write_arrays(
     pack_chunks: list[tuple[int, int]] = []  # (start, size)
     if packed:
         m = max(1, math.ceil(pack_len / opts.chunk_bytes))
-        if not storage.is_local and storage.protocol != "memory":
+        if storage.capabilities.remote:
             # Object stores: a request's speed is bounded per connection, so a
             # pack of a few chunk_bytes objects would move on a few connections.
             # Split it into up to min(8, max_concurrency) objects of at least
@@ -370,7 +370,7 @@ def write_arrays(
     # one bytes per object), those copies are bounded by ``buffer_bytes``;
     # local disk, S3 and GCS send straight from the arrays, so only the
     # storage's concurrency bounds them.
-    budget = _Budget(opts.buffer_bytes) if storage.write_copies else None
+    budget = _Budget(opts.buffer_bytes) if storage.capabilities.write_copies else None
 
     def array_chunk_job(i: int, c: _Chunk) -> Callable[[], tuple[dict[str, Any], dict[int, int]]]:
         def run() -> tuple[dict[str, Any], dict[int, int]]:
@@ -419,7 +419,7 @@ def write_arrays(
                 pos += 1
             if filled < size:
                 buffers.append(bytes(size - filled))
-            if not storage.gathers_writes:
+            if not storage.capabilities.gathers_writes:
                 buffers = _coalesce(buffers)
             crc = crc32c_many(buffers)
             key = f"{prefix}/{PACK_NODE}/c/{j}"
@@ -670,7 +670,7 @@ def read_arrays(
         raise CorruptCheckpointError(f"manifest of {storage.url}: packed arrays but no pack")
     if packed_wanted and pack is not None:
         pack_tasks, spanning = _pack_tasks(
-            storage, pack, objects, packed_wanted, dests, records, where, mmap=mmap and storage.maps_objects
+            storage, pack, objects, packed_wanted, dests, records, where, mmap=mmap and storage.capabilities.maps_objects
         )
         tasks.extend(pack_tasks)
 

@@ -98,7 +98,7 @@ class ServiceUnavailableError(OSError):
     (``status``/``code`` 503; cloudckpt retries it as transient).
 
     Example:
-        >>> from cloudckpt.storage import _retry
+        >>> from cloudckpt.storage import retry as _retry
         >>> e = ServiceUnavailableError("s3://b/k"); e.status, _retry.is_transient(e)
         (503, True)
     """

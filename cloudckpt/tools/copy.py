@@ -419,7 +419,7 @@ def copy(
         _on_open(s, d)
     s0, d0 = s.stats.requests, d.stats.requests
     if verify_existing is None:
-        verify_existing = d.is_local or d.protocol == "memory"
+        verify_existing = not d.capabilities.remote
     budget = ByteBudget(buffer_bytes)
     piece = max(1, min(buffer_bytes, 64 << 20))
 

@@ -12,35 +12,23 @@ import mmap
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
-Buffer = bytes | bytearray | memoryview
+from cloudckpt.storage import mapping
+from cloudckpt.storage.backends.base import BackendBase
+from cloudckpt.storage.mapping import libc
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode
+
+__all__ = ["LocalBackend"]
 
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 1024)
 _WRITEBACK_PIECE = 8 * 2**20  # start writeback after every this many bytes (see _writeback)
 
 
-def _libc(name: str, argtypes: list[Any], restype: Any) -> Any:
-    """The C library's function ``name`` (Linux), or None. Python's ``os``
-    and ``mmap`` have no binding for ``sync_file_range`` nor for a mapping at
-    a chosen address, hence ctypes."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = argtypes
-    fn.restype = restype
-    return fn
-
-
-_sync_file_range: Callable[[int, int, int, int], int] | None = _libc(
+_sync_file_range: Callable[[int, int, int, int], int] | None = libc(
     "sync_file_range", [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint], ctypes.c_int
 )
 _SYNC_FILE_RANGE_WRITE = 2
@@ -59,7 +47,7 @@ def _writeback(fd: int, offset: int, nbytes: int) -> None:
 
 # renameat2(olddirfd, oldpath, newdirfd, newpath, flags) with RENAME_NOREPLACE: an
 # atomic rename that refuses an existing target (Python's os.rename replaces it)
-_renameat2: Callable[[int, bytes, int, bytes, int], int] | None = _libc(
+_renameat2: Callable[[int, bytes, int, bytes, int], int] | None = libc(
     "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint], ctypes.c_int
 )
 _AT_FDCWD = -100
@@ -78,23 +66,6 @@ def _rename_noreplace(src: str, dst: str) -> None:
     if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), dst)
-
-
-# mmap(addr, length, prot, flags, fd, offset), to place a file's mapping at addr
-_MAP_FIXED = 0x10  # Linux
-_mmap_fixed: Callable[[int, int, int, int, int, int], int | None] | None = _libc(
-    "mmap", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long], ctypes.c_void_p
-)
-if not hasattr(mmap, "MAP_PRIVATE"):
-    _mmap_fixed = None
-
-
-def _address(region: mmap.mmap) -> int:
-    anchor = ctypes.c_char.from_buffer(region)
-    try:
-        return ctypes.addressof(anchor)
-    finally:
-        del anchor  # releases its export of the region's buffer
 
 
 def _write_all(fd: int, buffers: Sequence[Buffer], *, early: bool = False) -> int:
@@ -156,12 +127,29 @@ def _preadv_all(fd: int, views: Sequence[memoryview], offset: int) -> int:
     return done
 
 
-class LocalBackend:
-    """Objects are files; keys are paths below a root directory."""
+class LocalBackend(BackendBase):
+    """Objects are files; keys are paths below a root directory.
+
+    Example:
+        >>> import os, tempfile
+        >>> b = LocalBackend(fsync=False); path = os.path.join(tempfile.mkdtemp(), "d", "k")
+        >>> b.put(path, [b"ab", b"c"]), b.get(path, 1), b.capabilities.gathers_writes
+        (3, b'bc', True)
+    """
 
     name = "local"
-    write_copies = False  # os.write from the caller's buffers
-    gathers_writes = True  # writev: many small buffers, no join, few calls
+    capabilities = Capabilities(
+        create_only=True,  # link() or renameat2(RENAME_NOREPLACE) of an fsynced temp file
+        scattered_reads=True,  # preadv
+        write_copies=False,  # os.write from the caller's buffers
+        gathers_writes=True,  # writev: many small buffers, no join, few calls
+        maps_objects=mapping.MAPS_OBJECTS,
+        places_mappings=mapping.PLACES_MAPPINGS,
+        temporaries=True,
+        remote=False,
+    )
+    #: what fsspec's local filesystem takes (a local path accepts and ignores these)
+    OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths", "auto_mkdir"})
 
     def __init__(self, *, fsync: bool = True) -> None:
         self.fsync = fsync
@@ -212,10 +200,7 @@ class LocalBackend:
             n = min(end, os.fstat(f.fileno()).st_size) - (start or 0)
             return f.read(n) if n > 0 else b""
 
-    def get_into(self, path: str, out: memoryview, start: int = 0) -> int:
-        return self.get_into_many(path, [out], start)
-
-    def get_into_many(self, path: str, views: Sequence[memoryview], start: int = 0) -> int:
+    def get_into(self, path: str, views: Sequence[memoryview], start: int = 0) -> int:
         """Fill ``views`` back to back from offset ``start`` of the file with
         positioned vectored reads (``preadv``): the bytes go straight from the
         page cache into the views, with no intermediate buffer. Returns the
@@ -227,48 +212,26 @@ class LocalBackend:
             os.close(fd)
 
     def map_private(self, path: str, size: int) -> tuple[memoryview, int]:
-        """A copy-on-write mapping of the first ``size`` bytes of the file
-        (fewer if the file is shorter), and the file's size: the caller
-        reports a file shorter or longer than ``size``."""
-        with open(path, "rb", buffering=0) as f:
-            have = os.fstat(f.fileno()).st_size
-            n = min(size, have)
-            if n == 0 or have > size:
-                return memoryview(bytearray(0)), have
-            m = mmap.mmap(f.fileno(), n, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        if hasattr(m, "madvise"):
-            m.madvise(mmap.MADV_WILLNEED)  # read ahead what is not in the page cache yet
-        return memoryview(m), have
-
-    places_mappings = _mmap_fixed is not None  # map_private_at works here
+        return mapping.map_private(path, size)
 
     def reserve_mapping(self, size: int) -> mmap.mmap:
-        """An anonymous private mapping of ``size`` (> 0) bytes whose pages
-        :meth:`map_private_at` replaces with files (where ``places_mappings``)."""
-        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return mapping.reserve_mapping(size)
 
     def map_private_at(self, region: mmap.mmap, offset: int, path: str, size: int) -> int:
-        """Map the first ``size`` bytes of the file copy-on-write over
-        ``region`` from ``offset`` (a multiple of the page size), replacing
-        its pages; closing the region unmaps them. Returns the file's size;
-        nothing is mapped unless it is ``size``."""
-        assert _mmap_fixed is not None and offset % mmap.PAGESIZE == 0 and offset + size <= len(region)
-        with open(path, "rb", buffering=0) as f:
-            have = os.fstat(f.fileno()).st_size
-            if have != size:
-                return have
-            if size == 0:
-                return 0
-            want = _address(region) + offset
-            got = _mmap_fixed(want, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, f.fileno(), 0)
-            if got != want:
-                err = ctypes.get_errno()
-                raise OSError(err, f"mmap of {path} at an offset of a reserved region: {os.strerror(err)}")
-        if hasattr(region, "madvise"):
-            region.madvise(mmap.MADV_WILLNEED, offset, size)  # read ahead what is not in the page cache yet
-        return size
+        return mapping.map_private_at(region, offset, path, size)
 
-    def put(self, path: str, buffers: Sequence[Buffer]) -> int:
+    def put(
+        self, path: str, buffers: Sequence[Buffer], mode: WriteMode = WriteMode.OVERWRITE, *, atomic: bool = False
+    ) -> int:
+        """Overwrite: write in place (``atomic``: a temp file renamed over the
+        object); create-only: see :meth:`_put_create`."""
+        if mode is WriteMode.CREATE_ONLY:
+            return self._put_create(path, _joined(buffers))
+        if atomic:
+            return self._put_atomic(path, _joined(buffers))
+        return self._put(path, buffers)
+
+    def _put(self, path: str, buffers: Sequence[Buffer]) -> int:
         self._ensure_parent(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -294,7 +257,7 @@ class LocalBackend:
         os.close(fd)
         return tmp
 
-    def put_atomic(self, path: str, data: Buffer) -> None:
+    def _put_atomic(self, path: str, data: Buffer) -> int:
         """Whole-object replace: temp file, fsync, ``os.replace``, fsync the directory."""
         tmp = self._write_temp(path, data)
         try:
@@ -303,8 +266,9 @@ class LocalBackend:
             _unlink_quiet(tmp)
             raise
         self._fsync_dir(os.path.dirname(path))
+        return memoryview(data).nbytes
 
-    def put_create(self, path: str, data: Buffer) -> None:
+    def _put_create(self, path: str, data: Buffer) -> int:
         """Create-only: the complete, fsynced file appears atomically or not at all.
 
         ``link()`` of an fsynced temp file; on a filesystem without hard links,
@@ -341,6 +305,7 @@ class LocalBackend:
             if tmp is not None:
                 _unlink_quiet(tmp)
         self._fsync_dir(os.path.dirname(path))
+        return memoryview(data).nbytes
 
     def size(self, path: str) -> int:
         st = os.stat(path)
@@ -434,7 +399,19 @@ class LocalBackend:
                 self._fsync_dir(d)
 
 
+    def accepted_options(self) -> frozenset[str] | None:
+        return self.OPTIONS
+
+    def filesystem_name(self) -> str:
+        return "local disk"
+
+
 _TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
+
+
+def _joined(buffers: Sequence[Buffer]) -> Buffer:
+    """One buffer: the only one as it is, several joined (a temp-then-rename write is one small object)."""
+    return buffers[0] if len(buffers) == 1 else b"".join(buffers)
 
 
 def _unlink_quiet(path: str) -> None:
@@ -443,6 +420,3 @@ def _unlink_quiet(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-if not hasattr(mmap, "MAP_PRIVATE"):  # Windows: no copy-on-write file mappings here
-    del LocalBackend.map_private

@@ -1,0 +1,625 @@
+"""The :class:`Storage` facade: a directory on a backend, addressed by relative keys.
+
+Each verb validates its key, makes one request through :meth:`Storage._request`
+— which checks the time limit, calls the hooks (:mod:`cloudckpt.storage.hooks`),
+counts the request (:mod:`cloudckpt.storage.stats`), gives the backend its
+per-call timeout and retries transient failures (:mod:`cloudckpt.storage.retry`)
+— and turns a backend's exception into a typed :mod:`cloudckpt.errors` error
+that names the URL and never a credential (:mod:`cloudckpt.storage.redact`).
+
+Example:
+    >>> from cloudckpt.storage import open_storage
+    >>> s = open_storage("memory://doc-facade")
+    >>> s.write("a/b.bin", b"hello"); s.read("a/b.bin")
+    b'hello'
+    >>> s.write_if_absent("a/b.bin", b"other"), s.list_dir("a")
+    (False, ({'b.bin': 5}, []))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
+
+from cloudckpt.errors import (
+    ObjectExistsError,
+    ObjectNotFoundError,
+    OversizedObjectError,
+    StorageError,
+    TruncatedObjectError,
+)
+from cloudckpt.storage.concurrency import bounded_map
+from cloudckpt.storage.hooks import Hook
+from cloudckpt.storage.mapping import check_size
+from cloudckpt.storage.protocol import TEMP_MIN_AGE, Buffer, Capabilities, IncompleteUpload, WriteMode, scatter_runs
+from cloudckpt.storage.session import Session
+from cloudckpt.storage.stats import RequestStats
+from cloudckpt.storage.urls import join_url, parent_of, validate_key
+
+__all__ = ["Storage"]
+
+log = logging.getLogger("cloudckpt")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Storage:
+    """A directory on a backend, addressed by relative keys.
+
+    Create one with :func:`~cloudckpt.storage.open_storage`. ``url`` is the
+    directory's URL as the user gave it (credentials never appear in it: they
+    live in storage_options). See the module docstring for an example.
+    """
+
+    def __init__(self, shared: Session, root: str, url: str) -> None:
+        self._s = shared
+        self._root = root.rstrip("/") if root not in ("/",) else root
+        self.url = url.rstrip("/") if url not in ("/",) else url
+
+    # -- identity -------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    @property
+    def protocol(self) -> str:
+        """``"local"`` for local disk, else the fsspec protocol (``"s3"``, ``"gs"``, ...)."""
+        return self._s.protocol
+
+    @property
+    def is_local(self) -> bool:
+        """Whether this is a directory on local disk."""
+        return self._s.protocol == "local"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the backend can do (see :class:`~cloudckpt.storage.protocol.Capabilities`).
+
+        Example:
+            >>> import tempfile
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage(tempfile.mkdtemp()).capabilities.gathers_writes
+            True
+        """
+        return self._s.backend.capabilities
+
+    @property
+    def backend_name(self) -> str:
+        """The name of the filesystem behind this storage, for messages.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-backend-name").backend_name
+            'MemoryFileSystem'
+        """
+        return self._s.backend.filesystem_name()
+
+    def accepted_options(self) -> frozenset[str] | None:
+        """The storage option names the backend takes, where it would silently
+        ignore an unknown one (local disk, memory://, gs://); None where the
+        backend rejects unknown options itself (s3:// at its first request).
+
+        Example:
+            >>> import tempfile
+            >>> from cloudckpt.storage import open_storage
+            >>> "auto_mkdir" in open_storage(tempfile.mkdtemp()).accepted_options()
+            True
+        """
+        return self._s.backend.accepted_options()
+
+    def missing_bucket(self) -> str | None:
+        """The bucket of this storage's URL if it does not exist (one request,
+        not retried nor counted); None when it exists, where there are no
+        buckets (local disk, memory://) or when the store does not say
+        (permission denied, unreachable).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-bucket/run").missing_bucket() is None
+            True
+        """
+        try:
+            return self._s.backend.missing_bucket(self._root)
+        except Exception as exc:  # the store does not say: the caller's own message stands
+            log.debug("bucket probe of %s: %s", self.url, type(exc).__name__)
+            return None
+
+    @property
+    def stats(self) -> RequestStats:
+        """Request counters shared by this storage and its children."""
+        return self._s.stats
+
+    @property
+    def max_concurrency(self) -> int:
+        """The most requests :meth:`map` keeps in flight."""
+        return self._s.max_concurrency
+
+    @property
+    def request_timeout(self) -> float | None:
+        """Seconds one request attempt may take (None: the backend's own timeouts)."""
+        return self._s.request_timeout
+
+    def time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
+        """Bound every request made within the block (by any thread, through this
+        storage or its children) to end ``seconds`` from now: each attempt's
+        timeout is cut to the time left, and once it is up no request or retry
+        starts (:class:`StorageError`). Network backends cancel a request at
+        its timeout; local disk only stops starting new requests.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-limit")
+            >>> with s.time_limit(0):
+            ...     s.write("k", b"x")
+            Traceback (most recent call last):
+            ...
+            cloudckpt.errors.StorageError: write memory://doc-limit/k: not started, the time limit of this operation has passed
+        """
+        return self._s.time_limit(seconds)
+
+    def child(self, prefix: str) -> Storage:
+        """The storage of a sub-directory, sharing backend, pool and counters.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-child").child("ckpt-1").url
+            'memory://doc-child/ckpt-1'
+        """
+        validate_key(prefix)
+        return Storage(self._s, self._path(prefix), join_url(self.url, prefix))
+
+    def parent(self) -> Storage | None:
+        """The storage of the directory holding this one, sharing backend, pool
+        and counters; None at the top (a bucket, or the filesystem root).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-parent/run/ckpt-1").parent().url
+            'memory://doc-parent/run'
+            >>> open_storage("memory://doc-parent").parent() is None
+            True
+        """
+        up = parent_of(self._root, self.url, local=self.is_local)
+        return None if up is None else Storage(self._s, *up)
+
+    def url_for(self, key: str) -> str:
+        """The full URL of ``key``.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-url").url_for("a/b")
+            'memory://doc-url/a/b'
+        """
+        return join_url(self.url, key)
+
+    def add_hook(self, hook: Hook) -> Callable[[], None]:
+        """Call ``hook(operation, url)`` before every request attempt of this
+        storage and those derived from it (fault injection, tracing), after the
+        global hooks (:func:`~cloudckpt.storage.add_global_hook`). Returns a
+        function that removes the hook.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-hook"); seen = []
+            >>> remove = s.add_hook(lambda op, url: seen.append(op))
+            >>> s.write("k", b"x"); remove(); seen
+            ['write']
+        """
+        return self._s.hooks.add(hook)
+
+    # -- one request ----------------------------------------------------
+    def _path(self, key: str) -> str:
+        if self._root == "/":
+            return "/" + key
+        return f"{self._root}/{key}" if key else self._root
+
+    def _request(self, op: str, key: str, fn: Callable[[], T], nbytes: int = 0) -> T:
+        return self._s.request(op, self.url_for(key) if key else self.url, fn, nbytes)
+
+    def _dir_path(self, prefix: str) -> str:
+        if prefix:
+            validate_key(prefix)
+        return self._path(prefix) if prefix else self._root
+
+    # -- reads ----------------------------------------------------------
+    def read(self, key: str, start: int | None = None, end: int | None = None, *, max_bytes: int | None = None) -> bytes:
+        """Read a whole object, or the byte range ``[start, end)`` of it.
+
+        ``max_bytes``: read a whole object, but at most this many bytes of it
+        (a reader that refuses objects over a size limit asks for one byte
+        more than the limit: memory stays bounded whatever the object holds).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-read"); s.write("k", b"abcdef")
+            >>> s.read("k", 1, 3), s.read("k", max_bytes=4)
+            (b'bc', b'abcd')
+        """
+        validate_key(key)
+        path = self._path(key)
+        if max_bytes is not None:
+            if start is not None or end is not None:
+                raise ValueError("read: max_bytes reads from the start of the object; give no range with it")
+            start, end = 0, max_bytes
+            op = "read"
+        else:
+            op = "read" if start is None and end is None else "read_range"
+        data: bytes = self._request(op, key, lambda: self._s.backend.get(path, start, end))
+        self._s.stats.add_bytes_read(len(data))
+        return data
+
+    def read_into(self, key: str, out: memoryview, start: int = 0, *, size: int | None = None) -> None:
+        """Fill ``out`` with ``out.nbytes`` bytes of ``key`` from offset ``start``.
+
+        Raises :class:`TruncatedObjectError` if the object is shorter than
+        that. ``size``: the object's recorded size, when the read ends there;
+        then an object that is longer raises :class:`OversizedObjectError`
+        (one more byte is asked for in the same request).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-into"); s.write("k", b"abcdef")
+            >>> buf = bytearray(3); s.read_into("k", memoryview(buf), 2); bytes(buf)
+            b'cde'
+        """
+        self.read_into_many(key, [(out, start)], size=size, whole=size is None)
+
+    def read_into_many(
+        self, key: str, pieces: Sequence[tuple[memoryview, int]], *, size: int | None = None, whole: bool = False
+    ) -> None:
+        """Scatter-read: fill each ``out`` of ``pieces`` (``(out, offset)``) with
+        ``out.nbytes`` bytes of ``key`` from ``offset``, straight into ``out``.
+
+        Pieces that lie back to back in the object are read by one request (on
+        local disk one ``preadv`` into all of them); pieces with gaps between
+        them cost one request per run. Raises :class:`TruncatedObjectError`
+        if the object is shorter than a piece needs. ``size``: the object's
+        recorded size; the run that ends there asks for one byte more, and
+        an object longer than ``size`` raises :class:`OversizedObjectError`.
+        ``whole``: a request even for an empty piece (:meth:`read_into` without ``size``).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-into-many"); s.write("k", b"abcdefgh")
+            >>> a, b = bytearray(2), bytearray(3)
+            >>> s.read_into_many("k", [(memoryview(a), 1), (memoryview(b), 3)]); bytes(a), bytes(b)
+            (b'bc', b'def')
+        """
+        validate_key(key)
+        path = self._path(key)
+        backend = self._s.backend
+        for start, views in scatter_runs(pieces, f"read_into_many {self.url_for(key)}", whole=whole):
+            want = sum(v.nbytes for v in views)
+            probe = size is not None and size > 0 and start + want == size
+            asked = [*views, memoryview(bytearray(1))] if probe else views
+            n: int = self._request("read", key, lambda start=start, asked=asked: backend.get_into(path, asked, start))  # type: ignore[misc]
+            self._s.stats.add_bytes_read(min(n, want))
+            url = self.url_for(key)
+            if n > want:
+                raise OversizedObjectError(
+                    f"read {url}: the object is longer than its recorded size of {size} bytes", url=url, operation="read"
+                )
+            if n < want:
+                raise TruncatedObjectError(
+                    f"read {url}: object is truncated: wanted {want} bytes from offset {start}, got {n}",
+                    url=url,
+                    operation="read",
+                )
+
+    def size(self, key: str) -> int:
+        """Size in bytes of an object; :class:`ObjectNotFoundError` if missing."""
+        validate_key(key)
+        path = self._path(key)
+        n: int = self._request("head", key, lambda: self._s.backend.size(path))
+        return n
+
+    def exists(self, key: str) -> bool:
+        """Whether the object ``key`` exists.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-exists").exists("nope")
+            False
+        """
+        validate_key(key)
+        path = self._path(key)
+        ok: bool = self._request("head", key, lambda: self._s.backend.exists(path))
+        return ok
+
+    # -- memory mappings (capabilities.maps_objects) --------------------
+    def maps_together(self, sizes: Sequence[int]) -> bool:
+        """Whether :meth:`map_objects` can map objects of these sizes back to
+        back: a storage that places mappings (Linux local disk here), and
+        every size but the last a multiple of the page size.
+
+        Example:
+            >>> import mmap, sys, tempfile
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage(tempfile.mkdtemp())
+            >>> s.maps_together([mmap.PAGESIZE, 10]) == sys.platform.startswith("linux"), s.maps_together([10, 10])
+            (True, False)
+        """
+        places = self._s.backend.capabilities.places_mappings
+        return bool(sizes) and places and not any(n % mmap.PAGESIZE for n in sizes[:-1])
+
+    def map_object(self, key: str, size: int) -> memoryview:
+        """The object ``key`` of ``size`` bytes as a private, copy-on-write
+        memory mapping: no copy and no zero-filled page, the page cache is
+        mapped. Writes to the view stay in this process; the object is
+        never changed. Unlinking the file later is safe; truncating it in
+        place while the view lives is not (SIGBUS), which cloudckpt never does
+        to a data object. Only where ``capabilities.maps_objects``.
+
+        Raises :class:`TruncatedObjectError` if the object is shorter than
+        ``size``, :class:`OversizedObjectError` if it is longer.
+
+        Example:
+            >>> import tempfile
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage(tempfile.mkdtemp()); s.write("k", b"abcdef")
+            >>> v = s.map_object("k", 6); bytes(v), v.readonly
+            (b'abcdef', False)
+        """
+        validate_key(key)
+        backend = self._s.backend
+        if not backend.capabilities.maps_objects:
+            raise NotImplementedError(f"{backend.name} storage cannot map objects: read them")
+        path = self._path(key)
+        view, have = self._request("read", key, lambda: backend.map_private(path, size))
+        self._s.stats.add_bytes_read(min(view.nbytes, size))
+        if have > size:
+            view.release()
+        check_size(self.url_for(key), have if have > size else view.nbytes, size)
+        return view
+
+    def map_objects(self, objects: Sequence[tuple[str, int]]) -> memoryview | None:
+        """The objects ``(key, size)`` mapped back to back, copy-on-write,
+        into one contiguous view of ``sum(sizes)`` bytes, as
+        :meth:`map_object` maps one (the same caveats). None where
+        :meth:`maps_together` says they cannot be; then the caller reads them.
+
+        Raises :class:`TruncatedObjectError` (:class:`OversizedObjectError`)
+        naming the first object shorter (longer) than its size,
+        :class:`ObjectNotFoundError` for a missing one, :class:`StorageError`
+        when the sizes cannot be mapped (out of address space).
+
+        Example:
+            >>> import mmap, tempfile
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage(tempfile.mkdtemp()); p = mmap.PAGESIZE
+            >>> s.write("a", b"x" * p); s.write("b", b"yz!")
+            >>> v = s.map_objects([("a", p), ("b", 3)])
+            >>> v is None or bytes(v[p - 1 : p + 2]) == b"xyz"
+            True
+        """
+        sizes = [n for _, n in objects]
+        if not self.maps_together(sizes) or sum(sizes) == 0:
+            return None
+        for key, _ in objects:
+            validate_key(key)
+        backend = self._s.backend
+        try:
+            region = backend.reserve_mapping(sum(sizes))
+        except OSError as exc:  # e.g. ENOMEM: sizes a manifest declares that no object has
+            self._check_sizes(objects)
+            url = self.url_for(objects[0][0])
+            raise StorageError(
+                f"read {url}: cannot map {sum(sizes)} bytes for {len(objects)} objects ({exc.strerror})",
+                url=url,
+                operation="read",
+            ) from None
+        try:
+            offset = 0
+            for key, size in objects:
+                path = self._path(key)
+                have: int = self._request(
+                    "read", key, lambda at=offset, path=path, size=size: backend.map_private_at(region, at, path, size)  # type: ignore[misc]
+                )
+                check_size(self.url_for(key), have, size)
+                self._s.stats.add_bytes_read(size)
+                offset += size
+        except BaseException:
+            region.close()
+            raise
+        return memoryview(region)
+
+    def _check_sizes(self, objects: Sequence[tuple[str, int]]) -> None:
+        """Raise naming the first object whose size is not ``size``."""
+        for key, size in objects:
+            have = self.size(key)
+            if have != size:
+                url = self.url_for(key)
+                cls = TruncatedObjectError if have < size else OversizedObjectError
+                raise cls(f"read {url}: the object holds {have} bytes, its recorded size is {size}", url=url, operation="read")
+
+    # -- writes ---------------------------------------------------------
+    def write(
+        self, key: str, data: Buffer | Sequence[Buffer], *, atomic: bool = False, mode: WriteMode = WriteMode.OVERWRITE
+    ) -> None:
+        """Write an object (overwriting). ``data`` may be a list of buffers.
+
+        ``atomic=True`` makes a reader see the old or the new object whole
+        (object stores always do; local disk writes a temp file and renames).
+        ``mode=WriteMode.CREATE_ONLY`` raises :class:`ObjectExistsError` if the
+        object exists (see also :meth:`write_if_absent`).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-write"); s.write("k", [b"ab", b"c"], mode=WriteMode.CREATE_ONLY)
+            >>> s.write("k", b"x", mode=WriteMode.CREATE_ONLY)
+            Traceback (most recent call last):
+            ...
+            cloudckpt.errors.ObjectExistsError: write_create memory://doc-write/k: the object exists
+        """
+        validate_key(key)
+        path = self._path(key)
+        buffers: Sequence[Buffer] = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        nbytes = sum(memoryview(b).nbytes for b in buffers)
+        backend = self._s.backend
+        op = "write_create" if mode is WriteMode.CREATE_ONLY else "write"
+        try:
+            self._request(op, key, lambda: backend.put(path, buffers, mode, atomic=atomic), nbytes)
+        except FileExistsError:
+            url = self.url_for(key)
+            raise ObjectExistsError(f"{op} {url}: the object exists", url=url, operation=op) from None
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` only if it does not exist (create-only).
+
+        Returns True if this call created it. If the object already exists,
+        returns True only if it holds exactly ``data`` (a retried request whose
+        first attempt succeeded), else False. Callers make ``data`` unique to
+        the writer (an attempt id) so that equality means "ours".
+        """
+        try:
+            self.write(key, [data], mode=WriteMode.CREATE_ONLY)
+            return True
+        except ObjectExistsError:
+            pass
+        try:
+            existing = self.read(key)
+        except ObjectNotFoundError:
+            return False
+        return existing == data
+
+    def barrier(self) -> None:
+        """Make every write so far durable before the next one (a commit point).
+
+        On local disk: fsync of the directories that gained entries. On
+        object stores: nothing, a completed PUT is durable.
+        """
+        try:
+            self._s.backend.barrier()
+        except OSError as exc:
+            raise StorageError(
+                f"sync {self.url} failed on {self._s.backend.name}: {exc}", url=self.url, operation="sync"
+            ) from exc
+
+    # -- listings and deletes ---------------------------------------------
+    def list_dir(self, prefix: str = "") -> tuple[dict[str, int], list[str]]:
+        """One level of listing: ``({file name: size}, [sub-directory names])``.
+
+        Costs one request per page of results on object stores (a delimiter
+        listing), whatever lies below the sub-directories.
+        """
+        path = self._dir_path(prefix)
+        result: tuple[dict[str, int], list[str]] = self._request("list", prefix, lambda: self._s.backend.list_dir(path))
+        return result
+
+    def list_all(self, prefix: str = "") -> dict[str, int]:
+        """Every object below ``prefix``, recursively: ``{key relative to prefix: size}``."""
+        path = self._dir_path(prefix)
+        result: dict[str, int] = self._request("list", prefix, lambda: self._s.backend.find(path))
+        return result
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; missing ones are ignored."""
+        keys = [validate_key(k) for k in keys]
+        if not keys:
+            return
+        paths = [self._path(k) for k in keys]
+        self._request("delete", keys[0], lambda: self._s.backend.delete(paths))
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete everything below ``prefix`` (a directory key)."""
+        validate_key(prefix)
+        path = self._path(prefix)
+        self._request("delete", prefix, lambda: self._s.backend.delete_prefix(path))
+
+    # -- what a killed writer leaves ------------------------------------
+    def list_incomplete_uploads(self, prefix: str = "") -> list[IncompleteUpload]:
+        """Uploads under ``prefix`` that were started and never completed (S3
+        multipart uploads of a killed writer). ``[]`` on backends without the
+        concept (local disk, memory, GCS through gcsfs, ...).
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-uploads").list_incomplete_uploads()
+            []
+        """
+        path = self._dir_path(prefix)
+        backend = self._s.backend
+        if not backend.capabilities.lists_uploads:
+            return []
+        found = self._request("list_uploads", prefix, lambda: backend.list_uploads(path))
+        base = self._root.rstrip("/") + "/"
+        out = [IncompleteUpload(full[len(base) :], uid, at) for full, uid, at in found if full.startswith(base)]
+        return sorted(out, key=lambda u: (u.key, u.upload_id))
+
+    def abort_uploads(self, uploads: Iterable[IncompleteUpload]) -> int:
+        """Abort incomplete uploads (as listed by :meth:`list_incomplete_uploads`);
+        ones already gone are ignored. Returns how many were asked to abort.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-abort").abort_uploads([])
+            0
+        """
+        uploads = list(uploads)
+        for u in uploads:
+            validate_key(u.key)
+        backend = self._s.backend
+        if not backend.capabilities.lists_uploads or not uploads:
+            return 0
+
+        def one(u: IncompleteUpload) -> None:
+            path = self._path(u.key)
+            self._request("abort_upload", u.key, lambda: backend.abort_upload(path, u.upload_id))
+
+        self.map(one, uploads)
+        return len(uploads)
+
+    def temporaries(self, prefix: str = "") -> list[tuple[str, int, float]]:
+        """The temp files of killed or running writes in the directory ``prefix``
+        (local disk; object stores have none): ``(key, size, age in seconds)``.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-temps-list").temporaries()
+            []
+        """
+        path = self._dir_path(prefix)
+        backend = self._s.backend
+        if not backend.capabilities.temporaries:
+            return []
+        found = self._request("list", prefix, lambda: backend.list_temps(path))
+        return [(f"{prefix}/{n}" if prefix else n, size, age) for n, size, age in found]
+
+    def collect_temporaries(self, prefix: str = "", min_age: float = TEMP_MIN_AGE) -> list[str]:
+        """Remove what a killed write left in the directory ``prefix`` (local disk:
+        the temp file of a write-then-rename; object stores: nothing). Returns
+        the URLs removed. Only temp files last modified ``min_age`` seconds ago
+        or earlier go: a younger one may be the write of a live process (a
+        manager that has not yet learnt it lost the directory), which must
+        not fail because its temp file vanished before its rename.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-temps").collect_temporaries()
+            []
+        """
+        path = self._dir_path(prefix)
+        backend = self._s.backend
+        if not backend.capabilities.temporaries:
+            return []
+        removed: list[str] = self._request("delete", prefix, lambda: backend.clean_temps(path, min_age))
+        base = self._path("")
+        return [self.url_for(p[len(base) + 1 :]) if p.startswith(base + "/") else p for p in removed]
+
+    # -- concurrency ----------------------------------------------------
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, limit: int | None = None) -> list[R]:
+        """``[fn(x) for x in items]`` with at most ``limit`` (default
+        ``max_concurrency``) calls in flight, results in order. The first
+        exception stops new calls, waits for those in flight and is raised.
+        Items are taken lazily, so memory for in-flight work stays bounded.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-map").map(lambda x: x * 2, range(5))
+            [0, 2, 4, 6, 8]
+        """
+        conc = self._s.max_concurrency
+        return bounded_map(fn, items, limit=min(limit or conc, conc), pool_size=conc)
+
