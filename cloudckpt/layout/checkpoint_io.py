@@ -138,17 +138,8 @@ def write_checkpoint(
     outcome: dict[str, Any] = {"ok": True}
     if rank == 0:
         manifest = build_manifest(
-            tree=node,
-            arrays=written.records,
-            pack=written.pack,
-            objects=written.objects,  # type: ignore[arg-type]
-            data=prefix,
-            attempt=attempt,
-            checkpoint_number=checkpoint_number,
-            epoch=epoch,
-            metadata=metadata,
-            created=created,
-            writer_extra=writer_extra,
+            tree=node, arrays=written.records, pack=written.pack, objects=written.objects, data=prefix, attempt=attempt,
+            checkpoint_number=checkpoint_number, epoch=epoch, metadata=metadata, created=created, writer_extra=writer_extra,
         )
         outcome = _commit_on_leader(storage, group, manifest, prefix, after_commit)
     if world > 1:
@@ -157,15 +148,8 @@ def write_checkpoint(
             raise_remote(outcome["error"], 0)
     seconds = time.perf_counter() - t0
     requests = storage.stats.requests - requests0
-    log.info(
-        "saved %s%s: %d bytes in %d arrays, %.3f s, %d requests",
-        storage.url,
-        f" (rank {rank} of {world})" if world > 1 else "",
-        written.nbytes,
-        len(leaves),
-        seconds,
-        requests,
-    )
+    where = f" (rank {rank} of {world})" if world > 1 else ""
+    log.info("saved %s%s: %d bytes in %d arrays, %.3f s, %d requests", storage.url, where, written.nbytes, len(leaves), seconds, requests)
     return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {})
 
 

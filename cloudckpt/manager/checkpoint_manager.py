@@ -326,8 +326,7 @@ class CheckpointManager(LeaderProtocol):
         return self._layout.storage
 
     def _time_limit(self, seconds: float | None) -> contextlib.AbstractContextManager[None]:
-        """Within the block, every storage request of this manager (also of an
-        async save in flight) ends within ``seconds``; none starts after."""
+        """Within the block, every request of this manager (async save too) ends within ``seconds``."""
         return self._layout.time_limit(seconds)
 
     def gc(self) -> list[str]:

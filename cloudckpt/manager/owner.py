@@ -1,12 +1,15 @@
 """Rank 0's model of the directory: ownership, fencing, garbage collection, the lineage of saves.
 
-The decisions of a :class:`~cloudckpt.CheckpointManager` that are not TF's:
-it claims the directory (:mod:`cloudckpt.layout.ownership`: claim, scan,
-record what was accepted), re-checks ownership before changing anything,
-removes what no live writer can still use (fenced checkpoints and orphaned
-data of its own name), numbers its commits within its epoch and records the
-rollbacks it made (abandoned ranges). Every read and write goes through the
-manager's :class:`~cloudckpt.layout.handle.DirectoryHandle`.
+The decisions of a :class:`~cloudckpt.CheckpointManager` about what is on
+storage: it claims the directory (:mod:`cloudckpt.layout.ownership`: claim,
+scan, record what was accepted), re-checks ownership before changing
+anything, removes what no live writer can still use (fenced checkpoints and
+orphaned data of its own name), numbers its commits within its epoch and
+records the rollbacks it made (abandoned ranges); it keeps the active set
+from the manifests, applies the retention that
+:mod:`cloudckpt.manager.retention` decides (preserve or uncommit-and-delete)
+and writes the state file. Every read and write goes through the manager's
+:class:`~cloudckpt.layout.handle.DirectoryHandle`.
 
 :class:`Ownership` is the base class of the manager that holds this model;
 :mod:`cloudckpt.manager.leader` runs its decisions on rank 0,

@@ -328,57 +328,9 @@ def find_garbage(
     """
     now = time.time() if now is None else now
     view = directory_model.read_view(storage)
-    entries, owner_epoch = view.entries, view.owner_epoch
     out: list[Garbage] = []
-    for e in entries:
-        state = _entry_state(e, view)
-        if state in ("corrupt", "newer"):
-            continue  # not ours to judge: `cloudckpt rm` removes a damaged checkpoint
-        if state == "fenced":
-            size = e.stored[1] if e.stored else None
-            out.append(
-                Garbage(
-                    "fenced-checkpoint",
-                    storage.url_for(e.name),
-                    e.name,
-                    size,
-                    f"committed under epoch {e.epoch} by a manager that had lost the directory",
-                )
-            )
-            continue
-        if state in ("committed", "abandoned"):
-            for p in e.orphans:
-                key = f"{e.name}/{p}"
-                out.append(
-                    Garbage(
-                        "orphaned-data",
-                        storage.url_for(key),
-                        key,
-                        sum(storage.list_all(key).values()),
-                        "data of a failed save attempt; the checkpoint committed another one",
-                    )
-                )
-            continue
-        size = sum(storage.list_all(e.name).values())
-        if state == "orphaned":
-            reason = (
-                f"no manifest; written under epoch(s) older than the owner's ({owner_epoch}): a crashed save"
-                if e.data_prefixes
-                else "no manifest and no data"
-            )
-            out.append(Garbage("partial-save", storage.url_for(e.name), e.name, size, reason))
-        else:
-            who = f"the current owner (epoch {owner_epoch})" if owner_epoch else "an unmanaged writer"
-            out.append(
-                Garbage(
-                    "partial-save",
-                    storage.url_for(e.name),
-                    e.name,
-                    size,
-                    f"no manifest; may be a save of {who} still running",
-                    collect=include_active,
-                )
-            )
+    for e in view.entries:
+        out.extend(_entry_garbage(storage, e, view, include_active))
     for u in storage.list_incomplete_uploads():
         age = None if u.initiated is None else now - u.initiated
         old = age is not None and age >= min_upload_age
@@ -395,8 +347,37 @@ def find_garbage(
             )
         )
     if storage.is_local:
-        out.extend(_temp_files(storage, [e.name for e in entries], include_active))
+        out.extend(_temp_files(storage, [e.name for e in view.entries], include_active))
     return out
+
+
+def _entry_garbage(storage: Storage, e: catalog.Entry, view: directory_model.View, include_active: bool) -> list[Garbage]:
+    """What ``gc`` can remove of the entry ``e``: a fenced checkpoint, orphaned data, a partial save."""
+    state = _entry_state(e, view)
+    owner_epoch = view.owner_epoch
+    if state in ("corrupt", "newer"):
+        return []  # not ours to judge: `cloudckpt rm` removes a damaged checkpoint
+    if state == "fenced":
+        reason = f"committed under epoch {e.epoch} by a manager that had lost the directory"
+        return [Garbage("fenced-checkpoint", storage.url_for(e.name), e.name, e.stored[1] if e.stored else None, reason)]
+    if state in ("committed", "abandoned"):
+        out = []
+        for p in e.orphans:
+            key = f"{e.name}/{p}"
+            reason = "data of a failed save attempt; the checkpoint committed another one"
+            out.append(Garbage("orphaned-data", storage.url_for(key), key, sum(storage.list_all(key).values()), reason))
+        return out
+    size = sum(storage.list_all(e.name).values())
+    if state == "orphaned":
+        reason = (
+            f"no manifest; written under epoch(s) older than the owner's ({owner_epoch}): a crashed save"
+            if e.data_prefixes
+            else "no manifest and no data"
+        )
+        return [Garbage("partial-save", storage.url_for(e.name), e.name, size, reason)]
+    who = f"the current owner (epoch {owner_epoch})" if owner_epoch else "an unmanaged writer"
+    reason = f"no manifest; may be a save of {who} still running"
+    return [Garbage("partial-save", storage.url_for(e.name), e.name, size, reason, collect=include_active)]
 
 
 def _temp_files(storage: Storage, names: list[str], include_active: bool) -> list[Garbage]:

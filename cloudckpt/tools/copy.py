@@ -374,12 +374,10 @@ def copy(
 ) -> CopyReport:
     """Copy one checkpoint, or every committed checkpoint of a directory, from ``src`` to ``dst``.
 
-    ``src`` is a checkpoint (it holds ``manifest.json``) or a directory of
-    ``<name>-<N>`` checkpoints; ``dst`` is where the checkpoint, or the
-    directory, goes — a checkpoint goes *into* ``dst`` (as
-    ``dst/<its name>``) when ``dst`` ends with ``/`` or already is a
-    directory of checkpoints, as ``cp file dir/`` does. Both are any fsspec URL or local path, each with its
-    own storage options. See the module docstring for the guarantees:
+    ``src`` is a checkpoint (it holds ``manifest.json``) or a directory of ``<name>-<N>`` checkpoints;
+    ``dst`` is where the checkpoint, or the directory, goes — a checkpoint goes *into* ``dst`` (as
+    ``dst/<its name>``) when ``dst`` ends with ``/`` or already is a directory of checkpoints, as
+    ``cp file dir/`` does. Both are any fsspec URL or local path, each with its own storage options. See the module docstring for the guarantees:
     bounded memory (``buffer_bytes``), concurrency (``max_concurrency``),
     crc32c checked on the way, data first and the manifest create-only
     last, resumable after an interruption.
