@@ -1,8 +1,10 @@
-"""The layout of checkpoints on storage, and the one owner of its names.
+"""The layout of checkpoints on storage: the one owner of its names and of their life.
 
-Which object names a directory holds (``ckpt-N/manifest.json``, attempt data
-prefixes, ownership claims, the ``checkpoint`` state file), how a checkpoint
-is written and committed (``checkpoint_io``), listed (``catalog``),
-classified — latest, fenced, abandoned (``directory``) — and who owns the
-directory (``ownership``).
+``names`` spells and parses every object name (checkpoint directories,
+manifest, preserved marker, attempt data prefixes, ownership keys, state
+file); ``checkpoint_io`` writes and reads one checkpoint; ``commit`` makes
+one visible or invisible (commit, uncommit-and-delete, preserve, orphan
+collection); ``catalog`` lists a directory, ``directory`` classifies it
+(latest, fenced, abandoned), ``ownership`` holds the claims, ``statefile``
+the TF-style state file; ``handle`` is the manager's door to all of it.
 """

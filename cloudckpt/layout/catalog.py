@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,15 +36,13 @@ from cloudckpt.format.manifest import (
     parse_header,
     parse_manifest,
 )
+from cloudckpt.layout.names import PRESERVED_KEY, is_data_prefix, parse_name
 from cloudckpt.storage import Storage
 
-__all__ = ["Entry", "Position", "scan", "read_header", "PRESERVED_KEY", "parse_name", "data_prefix_epoch"]
+__all__ = ["Entry", "Position", "scan", "read_header"]
 
 log = logging.getLogger("cloudckpt")
 
-PRESERVED_KEY = "preserved.json"
-_NAME_RE = re.compile(r"^(?P<name>.+)-(?P<number>[0-9]{1,18})$")
-_DATA_EPOCH_RE = re.compile(r"^data-e(?P<epoch>[0-9]+)-")
 
 #: A checkpoint's place in commit order: ``(managed, epoch, sequence)``.
 #: Checkpoints written by a manager are ``(1, epoch, seq)`` (``seq`` is the
@@ -135,32 +132,6 @@ class Entry:
         return [p for p in self.data_prefixes if p != used]
 
 
-def parse_name(dirname: str, checkpoint_name: str | None = None) -> tuple[str, int] | None:
-    """``"ckpt-7"`` -> ``("ckpt", 7)``; None if it is not a checkpoint name.
-
-    Example:
-        >>> parse_name("ckpt-7"), parse_name("model-ckpt-12", "model-ckpt"), parse_name("other")
-        (('ckpt', 7), ('model-ckpt', 12), None)
-    """
-    m = _NAME_RE.match(dirname)
-    if not m:
-        return None
-    if checkpoint_name is not None and m.group("name") != checkpoint_name:
-        return None
-    return m.group("name"), int(m.group("number"))
-
-
-def data_prefix_epoch(prefix: str) -> int:
-    """The ownership epoch encoded in a data prefix (``data-e3-...`` -> 3; else 0).
-
-    Example:
-        >>> data_prefix_epoch("data-e12-abcd"), data_prefix_epoch("data-abcd")
-        (12, 0)
-    """
-    m = _DATA_EPOCH_RE.match(prefix)
-    return int(m.group("epoch")) if m else 0
-
-
 def read_header(storage: Storage, size: int | None = None) -> dict[str, Any]:
     """The validated header of the manifest of the checkpoint at ``storage``.
 
@@ -195,7 +166,7 @@ def _entry(storage: Storage, dirname: str, cname: str, number: int) -> Entry:
     sub = storage.child(dirname)
     files, dirs = sub.list_dir()
     entry = Entry(dirname, cname, number, "partial")
-    entry.data_prefixes = sorted(d for d in dirs if d.startswith("data-"))
+    entry.data_prefixes = sorted(d for d in dirs if is_data_prefix(d))
     entry.preserved = PRESERVED_KEY in files
     if MANIFEST_KEY in files:
         try:

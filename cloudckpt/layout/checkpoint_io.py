@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,9 +55,11 @@ from cloudckpt.format.tree import (
     select,
     unflatten,
 )
+from cloudckpt.layout.commit import commit, discard_attempt
+from cloudckpt.layout.names import attempt_id, data_prefix, is_data_prefix
 from cloudckpt.storage import Storage
 
-__all__ = ["WriteResult", "write_checkpoint", "read_manifest", "read_state", "new_attempt_id"]
+__all__ = ["WriteResult", "write_checkpoint", "read_manifest", "read_state"]
 
 log = logging.getLogger("cloudckpt")
 
@@ -73,16 +74,6 @@ class WriteResult:
     seconds: float
     requests: int
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def new_attempt_id() -> str:
-    """A fresh id for one save attempt (names its data prefix).
-
-    Example:
-        >>> len(new_attempt_id())
-        16
-    """
-    return uuid.uuid4().hex[:16]
 
 
 def write_checkpoint(
@@ -108,7 +99,7 @@ def write_checkpoint(
     committed checkpoint is already there (nothing is changed then).
     ``flat`` is the result of :func:`~cloudckpt.format.tree.flatten` when the caller
     has flattened (and perhaps copied) the state already; ``attempt`` names
-    the data prefix ``data-<attempt>``.
+    the data prefix ``data-<attempt>`` (:mod:`cloudckpt.layout.names`).
 
     With a ``group`` of several processes (:mod:`cloudckpt.distributed.group`) every rank
     calls this with its own state: all write their share of the data under
@@ -119,6 +110,13 @@ def write_checkpoint(
     the other ranks learn the outcome (its error is theirs too); the JSON
     dict it returns is every rank's ``extra`` in the result. The manifest in
     the result is rank 0's; other ranks get ``{}``.
+
+    Example:
+        >>> import numpy as np
+        >>> from cloudckpt.storage import open_storage
+        >>> r = write_checkpoint(open_storage("memory://doc-write/ckpt-3"), {"w": np.ones(2)}, checkpoint_number=3)
+        >>> r.manifest["checkpoint_number"], r.manifest["data"] == "data-" + r.manifest["writer"]["attempt"]
+        (3, True)
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
@@ -128,43 +126,103 @@ def write_checkpoint(
     leaves: list[Any] = []
     error: BaseException | None = None
     try:
-        node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
-        _check_json(node, metadata, storage)
-        if rank == 0:
-            _refuse_inside_data(storage)
-        if check_exists and rank == 0 and storage.exists(MANIFEST_KEY):
-            raise CheckpointExistsError(
-                f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
-                "never overwritten: write to another path, or delete it first"
-            )
+        node, leaves = _prepare(storage, state, flat, metadata, check_exists=check_exists and rank == 0, rank=rank)
     except Exception as exc:
         if world == 1:
             raise
         error = exc
-    attempt = attempt or new_attempt_id()
-    if world == 1:
+    node, leaves, holders, attempt = _plan(group, node, leaves, error, attempt or attempt_id(), options)
+    prefix = data_prefix(attempt)
+    written = _write_data(storage, group, prefix, node, leaves, holders, options)
+    manifest: dict[str, Any] = {}
+    outcome: dict[str, Any] = {"ok": True}
+    if rank == 0:
+        manifest = build_manifest(
+            tree=node, arrays=written.records, pack=written.pack, objects=written.objects, data=prefix, attempt=attempt,
+            checkpoint_number=checkpoint_number, epoch=epoch, metadata=metadata, created=created, writer_extra=writer_extra,
+        )
+        outcome = _commit_on_leader(storage, group, manifest, prefix, after_commit)
+    if world > 1:
+        outcome = group.broadcast_json(outcome if rank == 0 else None)
+        if "error" in outcome:
+            raise_remote(outcome["error"], 0)
+    seconds = time.perf_counter() - t0
+    requests = storage.stats.requests - requests0
+    where = f" (rank {rank} of {world})" if world > 1 else ""
+    log.info("saved %s%s: %d bytes in %d arrays, %.3f s, %d requests", storage.url, where, written.nbytes, len(leaves), seconds, requests)
+    return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {})
+
+
+def _prepare(
+    storage: Storage,
+    state: Any,
+    flat: tuple[dict[str, Any], list[Any]] | None,
+    metadata: Mapping[str, Any] | None,
+    *,
+    check_exists: bool,
+    rank: int,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Flatten the state and refuse, before anything is written, what cannot be saved here."""
+    node, leaves = flat if flat is not None else flatten(state, adapt=adapters.to_numpy)
+    _check_json(node, metadata, storage)
+    if rank == 0:
+        _refuse_inside_data(storage)
+    if check_exists and storage.exists(MANIFEST_KEY):
+        raise CheckpointExistsError(
+            f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "
+            "never overwritten: write to another path, or delete it first"
+        )
+    return node, leaves
+
+
+def _plan(
+    group: Any,
+    node: dict[str, Any],
+    leaves: list[Any],
+    error: BaseException | None,
+    attempt: str,
+    options: StoreOptions | None,
+) -> tuple[dict[str, Any], list[Any], Any, str]:
+    """Agree across ranks on the attempt and on which rank writes which leaf;
+    raise every rank's error on every rank. Returns ``(node, leaves, holders, attempt)``."""
+    if group.size == 1:
         descs = [describe(node, leaves)] if _needs_plan(leaves) or has_per_rank(node) else None
     else:
         mine = {"error": _payload(error)} if error is not None else {**describe(node, leaves), "attempt": attempt}
         descs = group.all_gather_json(mine)
-        _raise_first(descs, rank, error)
+        _raise_first(descs, group.rank, error)
         attempt = str(descs[0]["attempt"])
-    if descs is not None:
-        limit = min(collective.GATHER_BELOW, (options or StoreOptions()).pack_threshold)
-        leaves = gather_small(group, descs, leaves, limit)
-        node, leaves, holders = plan(descs, rank, node, leaves)
-    else:
-        holders = None
-    prefix = f"data-{attempt}"
+    if descs is None:
+        return node, leaves, None, attempt
+    limit = min(collective.GATHER_BELOW, (options or StoreOptions()).pack_threshold)
+    leaves = gather_small(group, descs, leaves, limit)
+    node, leaves, holders = plan(descs, group.rank, node, leaves)
+    return node, leaves, holders, attempt
+
+
+def _write_data(
+    storage: Storage,
+    group: Any,
+    prefix: str,
+    node: dict[str, Any],
+    leaves: list[Any],
+    holders: Any,
+    options: StoreOptions | None,
+) -> Any:
+    """Every rank writes its share of the data under ``prefix`` and makes it
+    durable; rank 0 learns what the others wrote. A failure anywhere removes
+    the attempt's data and raises on every rank."""
+    rank, world = group.rank, group.size
     paths_by_index = node_paths(node)
     paths = [paths_by_index[i] for i in range(len(leaves))]
     written = None
+    error: BaseException | None = None
     try:
         written = write_arrays(storage, prefix, leaves, options, node_paths=paths, holders=holders, rank=rank, world=world)
         storage.barrier()
     except BaseException as exc:
         if world == 1 or not isinstance(exc, Exception):
-            _cleanup(storage, prefix)
+            discard_attempt(storage, prefix)
             raise
         error = exc
     if world > 1:
@@ -179,7 +237,7 @@ def write_checkpoint(
         reports = group.all_gather_json(report)
         if any("error" in r for r in reports):
             if rank == 0:
-                _cleanup(storage, prefix)
+                discard_attempt(storage, prefix)
             _raise_first(reports, rank, error)
         assert written is not None
         if rank == 0:
@@ -189,50 +247,30 @@ def write_checkpoint(
             crcs = {int(i): int(c) for r in reports for i, c in r["crcs"].items()}
             fill_packed_crcs(written.records, crcs)
     assert written is not None
-    manifest: dict[str, Any] = {}
+    if rank == 0 and any(o is None for o in written.objects):
+        raise AssertionError("an object of the checkpoint was written by no rank")
+    return written
+
+
+def _commit_on_leader(
+    storage: Storage,
+    group: Any,
+    manifest: dict[str, Any],
+    prefix: str,
+    after_commit: Callable[[dict[str, Any]], dict[str, Any] | None] | None,
+) -> dict[str, Any]:
+    """Rank 0: commit and run ``after_commit``; the outcome the other ranks are told."""
     outcome: dict[str, Any] = {"ok": True}
-    if rank == 0:
-        if any(o is None for o in written.objects):
-            raise AssertionError("an object of the checkpoint was written by no rank")
-        manifest = build_manifest(
-            tree=node,
-            arrays=written.records,
-            pack=written.pack,
-            objects=written.objects,  # type: ignore[arg-type]
-            data=prefix,
-            attempt=attempt,
-            checkpoint_number=checkpoint_number,
-            epoch=epoch,
-            metadata=metadata,
-            created=created,
-            writer_extra=writer_extra,
-        )
-        try:
-            _commit(storage, manifest, prefix)
-            if after_commit is not None:
-                outcome["extra"] = after_commit(manifest) or {}
-        except BaseException as exc:
-            if world == 1 or not isinstance(exc, Exception):
-                raise
-            outcome = {"error": _payload(exc)}
-            group.broadcast_json(outcome)
+    try:
+        _commit(storage, manifest, prefix)
+        if after_commit is not None:
+            outcome["extra"] = after_commit(manifest) or {}
+    except BaseException as exc:
+        if group.size == 1 or not isinstance(exc, Exception):
             raise
-    if world > 1:
-        outcome = group.broadcast_json(outcome if rank == 0 else None)
-        if "error" in outcome:
-            raise_remote(outcome["error"], 0)
-    seconds = time.perf_counter() - t0
-    requests = storage.stats.requests - requests0
-    log.info(
-        "saved %s%s: %d bytes in %d arrays, %.3f s, %d requests",
-        storage.url,
-        f" (rank {rank} of {world})" if world > 1 else "",
-        written.nbytes,
-        len(leaves),
-        seconds,
-        requests,
-    )
-    return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {})
+        group.broadcast_json({"error": _payload(exc)})
+        raise
+    return outcome
 
 
 def _refuse_inside_data(storage: Storage) -> None:
@@ -243,7 +281,7 @@ def _refuse_inside_data(storage: Storage) -> None:
     while here is not None:
         name = here.url.rstrip("/").rsplit("/", 1)[-1]
         up = here.parent()
-        if name.startswith("data-") and up is not None and up.exists(MANIFEST_KEY):
+        if is_data_prefix(name) and up is not None and up.exists(MANIFEST_KEY):
             raise ValueError(
                 f"refusing to save at {storage.url}: it lies inside {here.url}, the data of the committed "
                 f"checkpoint {up.url}, which must not change. Save somewhere else"
@@ -270,33 +308,13 @@ def _raise_first(reports: Sequence[dict[str, Any]], rank: int, own: BaseExceptio
 
 
 def _commit(storage: Storage, manifest: dict[str, Any], prefix: str) -> None:
-    """Write the manifest create-only: the commit. Removes the attempt's data
-    when it certainly did not commit."""
+    """Write the manifest create-only (:func:`cloudckpt.layout.commit.commit`);
+    the attempt's data is removed when it certainly did not commit."""
     payload = encode_manifest(manifest)
     if len(payload) > max_manifest_bytes():
-        _cleanup(storage, prefix)
+        discard_attempt(storage, prefix)
         raise ValueError(_too_large(storage, len(payload)))
-    try:
-        created_it = storage.write_if_absent(MANIFEST_KEY, payload)
-    except BaseException:
-        # The outcome is unknown (the request may have landed): keep the data
-        # unless we can tell that our manifest is not there. The error raised
-        # is the commit's (bare raise after the check), not that of the check.
-        known = True
-        try:
-            ours = storage.read(MANIFEST_KEY) == payload
-        except ObjectNotFoundError:
-            ours = False
-        except Exception:
-            ours, known = False, False
-        if not known:
-            raise
-        if not ours:
-            _cleanup(storage, prefix)
-            raise
-        created_it = True
-    if not created_it:
-        _cleanup(storage, prefix)
+    if not commit(storage, payload, discard=prefix):
         raise CheckpointExistsError(
             f"another writer committed a checkpoint at {storage.url} while this save was running; "
             "this save's data was removed and nothing of the other checkpoint was changed"
@@ -322,13 +340,6 @@ def _check_json(node: dict[str, Any], metadata: Mapping[str, Any] | None, storag
         raise TypeError(f"the state or metadata cannot be stored in the manifest as JSON (no NaN or infinity): {exc}") from None
     if storage is not None and size > max_manifest_bytes():
         raise ValueError(_too_large(storage, size))
-
-
-def _cleanup(storage: Storage, prefix: str) -> None:
-    try:
-        storage.delete_prefix(prefix)
-    except Exception as exc:
-        log.debug("could not remove %s after a failed save: %s", storage.url_for(prefix), exc)
 
 
 def read_manifest(storage: Storage) -> dict[str, Any]:

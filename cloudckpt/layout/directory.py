@@ -39,7 +39,7 @@ from cloudckpt.layout import catalog, ownership
 from cloudckpt.layout.catalog import Entry, Position
 from cloudckpt.storage import Storage
 
-__all__ = ["View", "read_view", "classify", "in_ranges", "accepted_table", "sort_key"]
+__all__ = ["View", "read_view", "classify", "is_fenced", "in_ranges", "accepted_table", "sort_key"]
 
 
 def sort_key(e: Entry) -> tuple[Position, float, str]:
@@ -60,6 +60,19 @@ def in_ranges(position: Position, ranges: Sequence[tuple[Position, Position]]) -
         (True, False)
     """
     return any(lo < position <= hi for lo, hi in ranges)
+
+
+def is_fenced(e: Entry, claims: Sequence[ownership.Claim]) -> bool:
+    """Whether the committed entry ``e`` is fenced under ``claims``: written by a
+    manager after a newer claim recorded what it accepted. The one rule every
+    reader (manager, ``latest_checkpoint``, ``verify``, ``copy``, the CLI) applies.
+
+    Example:
+        >>> e = Entry("ckpt-4", "ckpt", 4, "committed", header={"writer": {"epoch": 1, "seq": 4}})
+        >>> is_fenced(e, [ownership.Claim(2, accepted={1: 3})]), is_fenced(e, [ownership.Claim(2, accepted={1: 4})])
+        (True, False)
+    """
+    return e.managed and ownership.is_fenced(e.epoch, e.position[2], claims)
 
 
 def _ranges_of(e: Entry) -> list[tuple[Position, Position]]:
@@ -123,8 +136,7 @@ def classify(entries: Sequence[Entry], claims: Sequence[ownership.Claim]) -> Vie
         else:
             view.partial.append(e)
     for e in sorted(committed, key=sort_key):
-        fenced = e.managed and ownership.is_fenced(e.epoch, e.position[2], claims)
-        (view.fenced if fenced else view.valid).append(e)
+        (view.fenced if is_fenced(e, claims) else view.valid).append(e)
     newest_managed = [e for e in view.valid if e.managed]
     if newest_managed:
         view.ranges = _ranges_of(newest_managed[-1])

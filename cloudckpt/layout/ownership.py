@@ -43,16 +43,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cloudckpt.errors import ObjectNotFoundError, OwnershipLostError
+from cloudckpt.layout.names import OWNER_PREFIX, claim_key, parse_owner_key, record_key
 from cloudckpt.storage import Storage
 
 __all__ = [
-    "OWNER_PREFIX",
     "Claim",
     "claim",
     "record_accepted",
@@ -63,9 +62,6 @@ __all__ = [
     "prune_claims",
 ]
 
-OWNER_PREFIX = "ownership"
-_CLAIM_RE = re.compile(r"^epoch-(?P<epoch>[0-9]{10,})\.json$")
-_RECORD_RE = re.compile(r"^epoch-(?P<epoch>[0-9]{10,})\.accepted\.json$")
 _MAX_EPOCHS_IN_RECORD = 100_000
 
 
@@ -95,25 +91,17 @@ class Claim:
         return position <= self.accepted.get(epoch, 0)
 
 
-def _claim_key(epoch: int) -> str:
-    return f"{OWNER_PREFIX}/epoch-{epoch:010d}.json"
-
-
-def _record_key(epoch: int) -> str:
-    return f"{OWNER_PREFIX}/epoch-{epoch:010d}.accepted.json"
-
-
 def _listing(storage: Storage) -> tuple[list[int], set[int]]:
     files, _ = storage.list_dir(OWNER_PREFIX)
     claims, records = [], set()
     for name in files:
-        m = _CLAIM_RE.match(name)
-        if m:
-            claims.append(int(m.group("epoch")))
-            continue
-        m = _RECORD_RE.match(name)
-        if m:
-            records.add(int(m.group("epoch")))
+        parsed = parse_owner_key(name)
+        if parsed is not None:
+            epoch, is_record = parsed
+            if is_record:
+                records.add(epoch)
+            else:
+                claims.append(epoch)
     return sorted(claims), records
 
 
@@ -140,7 +128,7 @@ def _read_json(storage: Storage, key: str) -> object:
 
 
 def _read_claim(storage: Storage, epoch: int, has_record: bool) -> Claim:
-    data = _read_json(storage, _claim_key(epoch))
+    data = _read_json(storage, claim_key(epoch))
     writer, t = "", 0.0
     if isinstance(data, dict):
         writer = str(data.get("writer", ""))[:200]
@@ -148,7 +136,7 @@ def _read_claim(storage: Storage, epoch: int, has_record: bool) -> Claim:
         t = float(tv) if isinstance(tv, (int, float)) and not isinstance(tv, bool) else 0.0
     accepted: dict[int, int] | None = None
     if has_record:
-        rec = _read_json(storage, _record_key(epoch))
+        rec = _read_json(storage, record_key(epoch))
         table = rec.get("accepted") if isinstance(rec, dict) else None
         if isinstance(table, dict) and len(table) <= _MAX_EPOCHS_IN_RECORD:
             parsed: dict[int, int] = {}
@@ -200,7 +188,7 @@ def claim(
         epoch = current_epoch(storage) + 1
         now = float(clock())
         record = {"epoch": epoch, "writer": writer, "host": socket.gethostname(), "pid": os.getpid(), "time": now}
-        if storage.write_if_absent(_claim_key(epoch), json.dumps(record).encode()):
+        if storage.write_if_absent(claim_key(epoch), json.dumps(record).encode()):
             return Claim(epoch, writer, now)
     raise OwnershipLostError(
         f"could not claim {storage.url}: {attempts} other managers claimed it first; "
@@ -221,9 +209,9 @@ def record_accepted(storage: Storage, epoch: int, accepted: Mapping[int, int]) -
     """
     table = {str(e): int(p) for e, p in sorted(accepted.items()) if e < epoch}
     body = json.dumps({"epoch": epoch, "accepted": table}).encode()
-    if not storage.write_if_absent(_record_key(epoch), body):
+    if not storage.write_if_absent(record_key(epoch), body):
         raise OwnershipLostError(
-            f"the ownership record {storage.url_for(_record_key(epoch))} was written by someone else; "
+            f"the ownership record {storage.url_for(record_key(epoch))} was written by someone else; "
             "only one manager should write a directory"
         )
     return Claim(epoch, accepted={int(k): v for k, v in table.items()})
@@ -273,6 +261,6 @@ def prune_claims(storage: Storage, claims: Sequence[Claim]) -> None:
         return
     below = max(recorded)
     epochs, records = _listing(storage)
-    old = [_claim_key(e) for e in epochs if e < below] + [_record_key(e) for e in records if e < below]
+    old = [claim_key(e) for e in epochs if e < below] + [record_key(e) for e in records if e < below]
     if old:
         storage.delete(old)

@@ -26,11 +26,10 @@ import math
 from dataclasses import dataclass, field
 
 from cloudckpt.errors import ObjectNotFoundError
+from cloudckpt.layout.names import STATE_KEY
 from cloudckpt.storage import Storage
 
-__all__ = ["STATE_KEY", "CheckpointState", "format_state", "parse_state", "read_state_file", "write_state_file"]
-
-STATE_KEY = "checkpoint"
+__all__ = ["CheckpointState", "format_state", "parse_state", "read_state_file", "write_state_file"]
 
 
 @dataclass
@@ -130,7 +129,15 @@ def parse_state(text: str) -> CheckpointState:
 
 
 def read_state_file(storage: Storage) -> CheckpointState | None:
-    """The state file of a directory, or None if it is missing or unparsable."""
+    """The state file of a directory, or None if it is missing or unparsable.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> s = open_storage("memory://doc-statefile")
+        >>> write_state_file(s, CheckpointState("ckpt-1", ["ckpt-1"], [1.0]))
+        >>> read_state_file(s).model_checkpoint_path
+        'ckpt-1'
+    """
     try:
         data = storage.read(STATE_KEY)
     except ObjectNotFoundError:
@@ -142,5 +149,10 @@ def read_state_file(storage: Storage) -> CheckpointState | None:
 
 
 def write_state_file(storage: Storage, state: CheckpointState) -> None:
-    """Replace the state file in one whole-object write (atomic on every backend)."""
+    """Replace the state file in one whole-object write (atomic on every backend).
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> write_state_file(open_storage("memory://doc-statefile-w"), CheckpointState("ckpt-2"))
+    """
     storage.write(STATE_KEY, format_state(state).encode(), atomic=True)

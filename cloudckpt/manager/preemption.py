@@ -59,7 +59,8 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-from cloudckpt.manager.checkpoint_manager import CheckpointManager, _as_int
+from cloudckpt.manager.checkpoint_manager import CheckpointManager
+from cloudckpt.manager.options import as_int
 
 __all__ = ["PreemptionCheckpointHandler"]
 
@@ -239,7 +240,7 @@ class PreemptionCheckpointHandler:
                 self._received_at = time.monotonic()
         if self._signum is None:
             return
-        number = None if step is None else _as_int(step, "step")
+        number = None if step is None else as_int(step, "step")
         assert self._received_at is not None
         name = signal.Signals(self._signum).name
         deadline = self._received_at + self._grace - self._margin

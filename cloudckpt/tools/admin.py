@@ -47,10 +47,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cloudckpt.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, FormatVersionError
-from cloudckpt.format.manifest import MANIFEST_KEY
-from cloudckpt.layout import catalog, ownership
+from cloudckpt.layout import catalog
 from cloudckpt.layout import directory as directory_model
-from cloudckpt.layout.statefile import STATE_KEY, CheckpointState, read_state_file, write_state_file
+from cloudckpt.layout.commit import delete_checkpoint, delete_checkpoint_at
+from cloudckpt.layout.names import MANIFEST_KEY, OWNER_PREFIX, PRESERVED_KEY, STATE_KEY, data_prefix_epoch, parse_name
+from cloudckpt.layout.statefile import CheckpointState, read_state_file, write_state_file
 from cloudckpt.storage import TEMP_MIN_AGE, IncompleteUpload, Storage
 
 __all__ = [
@@ -66,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger("cloudckpt")
 
-_TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
 
 
 class RefusedError(CheckpointError):
@@ -160,7 +160,7 @@ def _entry_state(e: catalog.Entry, view: directory_model.View) -> str:
     if e.status == "partial":
         owner_epoch = view.owner_epoch
         if not e.data_prefixes or (
-            owner_epoch > 0 and all(catalog.data_prefix_epoch(p) < owner_epoch for p in e.data_prefixes)
+            owner_epoch > 0 and all(data_prefix_epoch(p) < owner_epoch for p in e.data_prefixes)
         ):
             return "orphaned"
         return "partial"
@@ -192,7 +192,7 @@ def list_directory(storage: Storage) -> Listing:
     view = directory_model.read_view(storage)
     entries, owner_epoch = view.entries, view.owner_epoch
     others = sorted(
-        (d for d in dirs if catalog.parse_name(d) is None and d != ownership.OWNER_PREFIX), key=_natural
+        (d for d in dirs if parse_name(d) is None and d != OWNER_PREFIX), key=_natural
     )
     unmanaged = [row for row in storage.map(lambda d: _unmanaged_entry(storage, d), others) if row is not None]
     if not entries and not unmanaged and STATE_KEY not in files:
@@ -260,7 +260,7 @@ def _unmanaged_entry(storage: Storage, name: str) -> ListedEntry | None:
         return None
     if MANIFEST_KEY not in files:
         return None
-    row = ListedEntry(name, None, sub.url, "committed", unmanaged=True, preserved=catalog.PRESERVED_KEY in files)
+    row = ListedEntry(name, None, sub.url, "committed", unmanaged=True, preserved=PRESERVED_KEY in files)
     try:
         head = catalog.read_header(sub, files[MANIFEST_KEY])
         stored = catalog.Entry(name, "", 0, "committed", header=head).stored or _stored(sub)
@@ -328,57 +328,9 @@ def find_garbage(
     """
     now = time.time() if now is None else now
     view = directory_model.read_view(storage)
-    entries, owner_epoch = view.entries, view.owner_epoch
     out: list[Garbage] = []
-    for e in entries:
-        state = _entry_state(e, view)
-        if state in ("corrupt", "newer"):
-            continue  # not ours to judge: `cloudckpt rm` removes a damaged checkpoint
-        if state == "fenced":
-            size = e.stored[1] if e.stored else None
-            out.append(
-                Garbage(
-                    "fenced-checkpoint",
-                    storage.url_for(e.name),
-                    e.name,
-                    size,
-                    f"committed under epoch {e.epoch} by a manager that had lost the directory",
-                )
-            )
-            continue
-        if state in ("committed", "abandoned"):
-            for p in e.orphans:
-                key = f"{e.name}/{p}"
-                out.append(
-                    Garbage(
-                        "orphaned-data",
-                        storage.url_for(key),
-                        key,
-                        sum(storage.list_all(key).values()),
-                        "data of a failed save attempt; the checkpoint committed another one",
-                    )
-                )
-            continue
-        size = sum(storage.list_all(e.name).values())
-        if state == "orphaned":
-            reason = (
-                f"no manifest; written under epoch(s) older than the owner's ({owner_epoch}): a crashed save"
-                if e.data_prefixes
-                else "no manifest and no data"
-            )
-            out.append(Garbage("partial-save", storage.url_for(e.name), e.name, size, reason))
-        else:
-            who = f"the current owner (epoch {owner_epoch})" if owner_epoch else "an unmanaged writer"
-            out.append(
-                Garbage(
-                    "partial-save",
-                    storage.url_for(e.name),
-                    e.name,
-                    size,
-                    f"no manifest; may be a save of {who} still running",
-                    collect=include_active,
-                )
-            )
+    for e in view.entries:
+        out.extend(_entry_garbage(storage, e, view, include_active))
     for u in storage.list_incomplete_uploads():
         age = None if u.initiated is None else now - u.initiated
         old = age is not None and age >= min_upload_age
@@ -395,13 +347,42 @@ def find_garbage(
             )
         )
     if storage.is_local:
-        out.extend(_temp_files(storage, [e.name for e in entries], include_active))
+        out.extend(_temp_files(storage, [e.name for e in view.entries], include_active))
     return out
+
+
+def _entry_garbage(storage: Storage, e: catalog.Entry, view: directory_model.View, include_active: bool) -> list[Garbage]:
+    """What ``gc`` can remove of the entry ``e``: a fenced checkpoint, orphaned data, a partial save."""
+    state = _entry_state(e, view)
+    owner_epoch = view.owner_epoch
+    if state in ("corrupt", "newer"):
+        return []  # not ours to judge: `cloudckpt rm` removes a damaged checkpoint
+    if state == "fenced":
+        reason = f"committed under epoch {e.epoch} by a manager that had lost the directory"
+        return [Garbage("fenced-checkpoint", storage.url_for(e.name), e.name, e.stored[1] if e.stored else None, reason)]
+    if state in ("committed", "abandoned"):
+        out = []
+        for p in e.orphans:
+            key = f"{e.name}/{p}"
+            reason = "data of a failed save attempt; the checkpoint committed another one"
+            out.append(Garbage("orphaned-data", storage.url_for(key), key, sum(storage.list_all(key).values()), reason))
+        return out
+    size = sum(storage.list_all(e.name).values())
+    if state == "orphaned":
+        reason = (
+            f"no manifest; written under epoch(s) older than the owner's ({owner_epoch}): a crashed save"
+            if e.data_prefixes
+            else "no manifest and no data"
+        )
+        return [Garbage("partial-save", storage.url_for(e.name), e.name, size, reason)]
+    who = f"the current owner (epoch {owner_epoch})" if owner_epoch else "an unmanaged writer"
+    reason = f"no manifest; may be a save of {who} still running"
+    return [Garbage("partial-save", storage.url_for(e.name), e.name, size, reason, collect=include_active)]
 
 
 def _temp_files(storage: Storage, names: list[str], include_active: bool) -> list[Garbage]:
     out = []
-    for prefix in ["", *names, ownership.OWNER_PREFIX]:
+    for prefix in ["", *names, OWNER_PREFIX]:
         for key, size, age in storage.temporaries(prefix):
             old = age >= TEMP_MIN_AGE
             reason = (
@@ -424,8 +405,7 @@ def collect_garbage(storage: Storage, items: list[Garbage]) -> list[Garbage]:
         if not g.collect or g.upload is not None:
             continue
         if g.kind == "fenced-checkpoint":
-            storage.child(g.key).delete([MANIFEST_KEY])
-            storage.delete_prefix(g.key)
+            delete_checkpoint(storage, g.key)  # manifest first, then data
         elif g.kind == "temp-file":
             storage.delete([g.key])
         else:
@@ -442,7 +422,7 @@ def collect_garbage(storage: Storage, items: list[Garbage]) -> list[Garbage]:
 
 def _is_managed(parent: Storage) -> bool:
     files, dirs = parent.list_dir()
-    return STATE_KEY in files or ownership.OWNER_PREFIX in dirs
+    return STATE_KEY in files or OWNER_PREFIX in dirs
 
 
 def _latest_name(parent: Storage) -> str | None:
@@ -469,7 +449,7 @@ def remove_checkpoint(storage: Storage, parent: Storage | None, *, yes: bool = F
     if not exists:
         files, dirs = storage.list_dir()
         hint = ""
-        if any(catalog.parse_name(d) for d in dirs) or STATE_KEY in files:
+        if any(parse_name(d) for d in dirs) or STATE_KEY in files:
             hint = f"; {storage.url} is a directory of checkpoints: rm removes one checkpoint"
         elif files or dirs:
             hint = "; it holds data without a manifest (a crashed or running save): `cloudckpt gc` collects those"
@@ -493,11 +473,7 @@ def remove_checkpoint(storage: Storage, parent: Storage | None, *, yes: bool = F
                 f"{storage.url} is the latest checkpoint of {parent.url}: a job restarting from it would silently "
                 "go back to an older checkpoint. Pass --yes (yes=True in Python) to remove it anyway"
             )
-    storage.delete([MANIFEST_KEY])
-    if parent is not None:
-        parent.delete_prefix(name)
-    else:
-        storage.delete(list(storage.list_all()))
+    delete_checkpoint_at(storage, parent)  # manifest first, then data
     objects = len(manifest["objects"]) if manifest else None
     state_updated = False
     if managed:

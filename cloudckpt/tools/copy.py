@@ -66,10 +66,12 @@ from cloudckpt.errors import (
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
-from cloudckpt.format.manifest import MANIFEST_KEY, header_of, max_manifest_bytes, parse_manifest
+from cloudckpt.format.manifest import header_of, max_manifest_bytes, parse_manifest
 from cloudckpt.layout import catalog, ownership
 from cloudckpt.layout import directory as directory_model
-from cloudckpt.layout.statefile import STATE_KEY, CheckpointState, format_state, parse_state, read_state_file
+from cloudckpt.layout.commit import commit, discard_if_uncommitted, preserve, read_preserved
+from cloudckpt.layout.names import MANIFEST_KEY, STATE_KEY, parse_name
+from cloudckpt.layout.statefile import CheckpointState, format_state, parse_state, read_state_file
 from cloudckpt.storage import Storage, open_storage
 from cloudckpt.tools.verify import BUFFER_BYTES, ByteBudget, read_checked
 
@@ -147,7 +149,7 @@ def _into_directory(src: Storage, dst: Storage, given: str) -> Storage:
     name = src.url.rstrip("/").rsplit("/", 1)[-1]
     if not given.endswith("/"):
         files, dirs = dst.list_dir()
-        if MANIFEST_KEY in files or not (STATE_KEY in files or any(catalog.parse_name(x) for x in dirs)):
+        if MANIFEST_KEY in files or not (STATE_KEY in files or any(parse_name(x) for x in dirs)):
             return dst
     try:
         return dst.child(name)
@@ -177,7 +179,7 @@ def _refuse_if_fenced(
     if number is None or not claims or epoch is None:  # written without a manager: never fenced
         return
     entry = catalog.Entry(dst.url, "", number, "committed", header=header_of(manifest))
-    if ownership.is_fenced(int(epoch), entry.position[2], claims):
+    if directory_model.is_fenced(entry, claims):
         raise CheckpointExistsError(
             f"refusing to copy into {dst.url}: the destination directory is owned by a manager "
             f"(ownership epoch {claims[-1].epoch}) that would treat this checkpoint (number {number}, written "
@@ -214,7 +216,7 @@ def _plan_checkpoint(
             existing = dst.read(MANIFEST_KEY)
         except ObjectNotFoundError:
             existing = None
-    marker = src.read(catalog.PRESERVED_KEY) if preserved else None
+    marker = read_preserved(src) if preserved else None
     if existing is not None:
         if not _same(existing, raw):
             raise CheckpointExistsError(
@@ -222,7 +224,7 @@ def _plan_checkpoint(
                 "overwritten: copy to another path, or remove it first (cloudckpt rm)"
             )
         if marker is not None and not (dst_entry is not None and dst_entry.preserved):
-            dst.write_if_absent(catalog.PRESERVED_KEY, marker)
+            preserve(dst, marker)
         report.skipped.append(dst.url)
         log.info("copy: %s is already committed at %s; skipped", src.url, dst.url)
         return None
@@ -304,9 +306,9 @@ def _run_job(
         dst.map(one, manifest["objects"])
         dst.barrier()
     except (_Vanished, CorruptCheckpointError):
-        _discard(dst, manifest["data"])
+        discard_if_uncommitted(dst, manifest["data"])
         raise
-    if not dst.write_if_absent(MANIFEST_KEY, job.raw):
+    if not commit(dst, job.raw):  # create-only, after the data
         existing = dst.read(MANIFEST_KEY)
         if not _same(existing, job.raw):
             raise CheckpointExistsError(
@@ -316,18 +318,9 @@ def _run_job(
     report.bytes_copied += len(job.raw)
     counter.add(len(job.raw))
     if job.marker is not None:
-        dst.write_if_absent(catalog.PRESERVED_KEY, job.marker)
+        preserve(dst, job.marker)
     report.copied.append(dst.url)
     log.info("copy: committed %s at %s (%d objects)", src.url, dst.url, len(manifest["objects"]))
-
-
-def _discard(dst: Storage, data: str) -> None:
-    """Remove the uncommitted data of an abandoned copy (only if nothing was committed)."""
-    try:
-        if not dst.exists(MANIFEST_KEY):
-            dst.delete_prefix(data)
-    except CheckpointError as exc:
-        log.debug("could not remove %s: %s", dst.url_for(data), exc)
 
 
 def _state_for(
@@ -341,7 +334,7 @@ def _state_for(
     names = [e.checkpoint_name for e in view.valid]
     cname = None
     if src_state is not None and src_state.model_checkpoint_path:
-        parsed = catalog.parse_name(src_state.model_checkpoint_path.rstrip("/").rsplit("/", 1)[-1])
+        parsed = parse_name(src_state.model_checkpoint_path.rstrip("/").rsplit("/", 1)[-1])
         cname = parsed[0] if parsed and parsed[0] in names else None
     if cname is None:
         cname = view.latest.checkpoint_name
@@ -381,12 +374,10 @@ def copy(
 ) -> CopyReport:
     """Copy one checkpoint, or every committed checkpoint of a directory, from ``src`` to ``dst``.
 
-    ``src`` is a checkpoint (it holds ``manifest.json``) or a directory of
-    ``<name>-<N>`` checkpoints; ``dst`` is where the checkpoint, or the
-    directory, goes — a checkpoint goes *into* ``dst`` (as
-    ``dst/<its name>``) when ``dst`` ends with ``/`` or already is a
-    directory of checkpoints, as ``cp file dir/`` does. Both are any fsspec URL or local path, each with its
-    own storage options. See the module docstring for the guarantees:
+    ``src`` is a checkpoint (it holds ``manifest.json``) or a directory of ``<name>-<N>`` checkpoints;
+    ``dst`` is where the checkpoint, or the directory, goes — a checkpoint goes *into* ``dst`` (as
+    ``dst/<its name>``) when ``dst`` ends with ``/`` or already is a directory of checkpoints, as
+    ``cp file dir/`` does. Both are any fsspec URL or local path, each with its own storage options. See the module docstring for the guarantees:
     bounded memory (``buffer_bytes``), concurrency (``max_concurrency``),
     crc32c checked on the way, data first and the manifest create-only
     last, resumable after an interruption.
@@ -420,106 +411,18 @@ def copy(
     s0, d0 = s.stats.requests, d.stats.requests
     if verify_existing is None:
         verify_existing = not d.capabilities.remote
-    budget = ByteBudget(buffer_bytes)
-    piece = max(1, min(buffer_bytes, 64 << 20))
-
+    plan: _DirectoryPlan | None = None
     if s.exists(MANIFEST_KEY):
         d = _into_directory(s, d, str(dst))
         report = CopyReport(s.url, d.url, "checkpoint")
-        number = catalog.parse_name(d.url.rstrip("/").rsplit("/", 1)[-1])
-        claims = _dst_claims(d.parent()) if number else []
-        job = _plan_checkpoint(
-            s,
-            d,
-            dst_entry=None,
-            dst_known=False,
-            number=number[1] if number else None,
-            claims=claims,
-            preserved=False,
-            report=report,
-        )
-        jobs = [job] if job is not None else []
-        src_state = None
-        src_entries: list[catalog.Entry] = []
+        jobs = _plan_one(s, d, report)
     else:
         report = CopyReport(s.url, d.url, "directory")
-        src_files, _ = s.list_dir()
-        src_view = directory_model.read_view(s)
-        entries = src_view.entries
-        if not any(e.status == "committed" for e in entries):
-            raise CheckpointNotFoundError(
-                f"nothing to copy at {s.url}: no {MANIFEST_KEY} there and no committed <name>-<N> checkpoint below it"
-            )
-        src_fenced = {e.name for e in src_view.fenced}
-        src_entries = []
-        for e in entries:
-            url = s.url_for(e.name)
-            if e.name in src_fenced:
-                report.warnings.append(
-                    f"not copied: {url} is fenced (committed by a manager that had lost the directory)"
-                )
-            elif e.status == "committed":
-                src_entries.append(e)
-            elif e.status == "partial":
-                report.warnings.append(f"not copied: {url} has no manifest (a save in progress or a crashed one)")
-            else:
-                report.warnings.append(f"not copied: {url} is {e.status}: {e.error}")
-        src_state = read_state_file(s) if STATE_KEY in src_files else None
-        dst_view = directory_model.read_view(d)
-        by_name = {e.name: e for e in dst_view.entries}
-        claims = dst_view.claims
-        jobs = []
-        for e in src_entries:
-            try:
-                job = _plan_checkpoint(
-                    s.child(e.name),
-                    d.child(e.name),
-                    dst_entry=by_name.get(e.name),
-                    dst_known=True,
-                    number=e.number,
-                    claims=claims,
-                    preserved=e.preserved,
-                    report=report,
-                )
-            except CheckpointNotFoundError:
-                report.vanished.append(s.url_for(e.name))
-                continue
-            if job is not None:
-                jobs.append(job)
-
-    total = sum(sum(int(o["size"]) for o in j.manifest["objects"]) + len(j.raw) for j in jobs)
-    counter = _Counter(total, progress)
-    if progress is not None:
-        progress(0, total)
-    for job in jobs:
-        try:
-            _run_job(job, report, counter, budget, verify_existing, piece)
-        except _Vanished:
-            if report.kind == "checkpoint":
-                raise CheckpointNotFoundError(
-                    f"{job.src.url} was deleted while it was being copied; nothing was committed at {job.dst.url}"
-                ) from None
-            log.warning("copy: %s was deleted during the copy; not copied", job.src.url)
-            report.vanished.append(job.src.url)
-
-    if report.kind == "directory" and (src_state is not None or STATE_KEY in src_files):
-        vanished = set(report.vanished)
-        done_names = {e.name for e in src_entries if s.url_for(e.name) not in vanished}
-        rows: dict[str, catalog.Entry] = {e.name: e for e in dst_view.valid}
-        for e in src_entries:
-            if e.name in done_names:
-                rows[e.name] = e
-        state = _state_for(src_state, list(rows.values()), claims)
-        if state is not None:
-            text = format_state(state).encode()
-            try:
-                current = d.read(STATE_KEY)
-            except ObjectNotFoundError:
-                current = None
-            if current is None or _parse_or_none(current) != state:
-                d.write(STATE_KEY, text, atomic=True)
-            report.state_file = d.url_for(STATE_KEY)
-
+        plan = _plan_directory(s, d, report)
+        jobs = plan.jobs
+    _run_jobs(jobs, report, progress, ByteBudget(buffer_bytes), verify_existing, max(1, min(buffer_bytes, 64 << 20)))
+    if plan is not None and (plan.src_state is not None or plan.src_has_state):
+        _write_state_file(s, d, plan, report)
     report.seconds = time.perf_counter() - t0
     report.src_requests = s.stats.requests - s0
     report.dst_requests = d.stats.requests - d0
@@ -536,6 +439,125 @@ def copy(
         report.seconds,
     )
     return report
+
+
+def _plan_one(s: Storage, d: Storage, report: CopyReport) -> list[_Job]:
+    """The copy of the one checkpoint ``s`` to ``d`` (nothing if it is there already)."""
+    number = parse_name(d.url.rstrip("/").rsplit("/", 1)[-1])
+    claims = _dst_claims(d.parent()) if number else []
+    job = _plan_checkpoint(
+        s,
+        d,
+        dst_entry=None,
+        dst_known=False,
+        number=number[1] if number else None,
+        claims=claims,
+        preserved=False,
+        report=report,
+    )
+    return [job] if job is not None else []
+
+
+@dataclass
+class _DirectoryPlan:
+    """What a copy of a directory does: the jobs, and what rebuilding the state file needs."""
+
+    jobs: list[_Job]
+    src_entries: list[catalog.Entry]
+    src_state: CheckpointState | None
+    src_has_state: bool
+    dst_view: directory_model.View
+
+
+def _plan_directory(s: Storage, d: Storage, report: CopyReport) -> _DirectoryPlan:
+    """The copies of every committed, unfenced checkpoint of the directory ``s``
+    into ``d``; what is not copied, and why, goes to ``report.warnings``."""
+    src_files, _ = s.list_dir()
+    src_view = directory_model.read_view(s)
+    if not any(e.status == "committed" for e in src_view.entries):
+        raise CheckpointNotFoundError(
+            f"nothing to copy at {s.url}: no {MANIFEST_KEY} there and no committed <name>-<N> checkpoint below it"
+        )
+    src_fenced = {e.name for e in src_view.fenced}
+    src_entries = []
+    for e in src_view.entries:
+        url = s.url_for(e.name)
+        if e.name in src_fenced:
+            report.warnings.append(f"not copied: {url} is fenced (committed by a manager that had lost the directory)")
+        elif e.status == "committed":
+            src_entries.append(e)
+        elif e.status == "partial":
+            report.warnings.append(f"not copied: {url} has no manifest (a save in progress or a crashed one)")
+        else:
+            report.warnings.append(f"not copied: {url} is {e.status}: {e.error}")
+    src_state = read_state_file(s) if STATE_KEY in src_files else None
+    dst_view = directory_model.read_view(d)
+    by_name = {e.name: e for e in dst_view.entries}
+    jobs = []
+    for e in src_entries:
+        try:
+            job = _plan_checkpoint(
+                s.child(e.name),
+                d.child(e.name),
+                dst_entry=by_name.get(e.name),
+                dst_known=True,
+                number=e.number,
+                claims=dst_view.claims,
+                preserved=e.preserved,
+                report=report,
+            )
+        except CheckpointNotFoundError:
+            report.vanished.append(s.url_for(e.name))
+            continue
+        if job is not None:
+            jobs.append(job)
+    return _DirectoryPlan(jobs, src_entries, src_state, STATE_KEY in src_files, dst_view)
+
+
+def _run_jobs(
+    jobs: list[_Job],
+    report: CopyReport,
+    progress: Progress | None,
+    budget: ByteBudget,
+    verify_existing: bool,
+    piece: int,
+) -> None:
+    """Copy and commit each planned checkpoint in turn; one deleted at the source meanwhile is skipped."""
+    total = sum(sum(int(o["size"]) for o in j.manifest["objects"]) + len(j.raw) for j in jobs)
+    counter = _Counter(total, progress)
+    if progress is not None:
+        progress(0, total)
+    for job in jobs:
+        try:
+            _run_job(job, report, counter, budget, verify_existing, piece)
+        except _Vanished:
+            if report.kind == "checkpoint":
+                raise CheckpointNotFoundError(
+                    f"{job.src.url} was deleted while it was being copied; nothing was committed at {job.dst.url}"
+                ) from None
+            log.warning("copy: %s was deleted during the copy; not copied", job.src.url)
+            report.vanished.append(job.src.url)
+
+
+def _write_state_file(s: Storage, d: Storage, plan: _DirectoryPlan, report: CopyReport) -> None:
+    """Rebuild the destination's state file from the checkpoints now committed there (if it changed)."""
+    vanished = set(report.vanished)
+    done_names = {e.name for e in plan.src_entries if s.url_for(e.name) not in vanished}
+    rows: dict[str, catalog.Entry] = {e.name: e for e in plan.dst_view.valid}
+    for e in plan.src_entries:
+        if e.name in done_names:
+            rows[e.name] = e
+    state = _state_for(plan.src_state, list(rows.values()), plan.dst_view.claims)
+    if state is None:
+        return
+    text = format_state(state).encode()
+    try:
+        current = d.read(STATE_KEY)
+    except ObjectNotFoundError:
+        current = None
+    if current is None or _parse_or_none(current) != state:
+        d.write(STATE_KEY, text, atomic=True)
+    report.state_file = d.url_for(STATE_KEY)
 
 
 def _parse_or_none(data: bytes) -> CheckpointState | None:

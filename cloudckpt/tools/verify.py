@@ -37,7 +37,8 @@ from cloudckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, Ob
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.manifest import MANIFEST_KEY, max_manifest_bytes, parse_manifest
 from cloudckpt.layout import directory as directory_model
-from cloudckpt.layout.statefile import STATE_KEY, parse_state
+from cloudckpt.layout.names import STATE_KEY
+from cloudckpt.layout.statefile import parse_state
 from cloudckpt.storage import Storage, open_storage
 
 __all__ = ["verify", "VerifyReport", "CheckpointReport", "Damage"]
