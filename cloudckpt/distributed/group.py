@@ -156,9 +156,10 @@ def register_provider(framework: str, provide: Provider) -> None:
     core never imports a framework.
 
     Example:
-        >>> register_provider("doc-framework", lambda pg, timeout: SINGLE if pg == "doc" else None)
-        >>> resolve_group("doc") is SINGLE
-        True
+        >>> class DocGroup(SingleProcess): ...
+        >>> register_provider("doc-framework", lambda pg, timeout: DocGroup() if pg is None else None)
+        >>> type(resolve_group(None)).__name__   # no other framework's job: this one's
+        'DocGroup'
         >>> _ = _PROVIDERS.pop("doc-framework")
     """
     with _lock:
