@@ -12,13 +12,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloudckpt import frameworks
 from cloudckpt.checkpoint import regions_of, restore_into
 from cloudckpt.distributed.group import agree, current_rank, resolve_group
 from cloudckpt.format.tensor_store import StoreOptions
+from cloudckpt.format.tree import leaf_entries
 from cloudckpt.layout.checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
 from cloudckpt.storage import open_storage
 
@@ -150,7 +151,12 @@ class CheckpointInfo:
     every object the manifest lists, ``objects`` their number with the
     manifest; ``leaves`` has one dict per array (path, dtype, shape, bytes,
     where it is stored); ``epoch`` is the ownership epoch of the manager that
-    wrote it (None without a manager).
+    wrote it (None without a manager). ``writer`` is the manifest's record of
+    its writer (``library``, ``epoch``, ...), ``created_utc`` the creation
+    time as text; ``entries`` has one dict per leaf of the tree in order
+    (``path``, ``rank`` under a ``PerRank``, ``kind``): an array or scalar
+    with its ``leaves`` fields, an ``alias`` (tied tensor) with the path it
+    is ``of``, a ``json`` value with its ``type`` and ``value``.
 
     Example:
         >>> import numpy as np, cloudckpt, zarr
@@ -173,6 +179,9 @@ class CheckpointInfo:
     metadata: dict[str, Any]
     leaves: list[dict[str, Any]]
     epoch: int | None = None
+    writer: dict[str, Any] = field(default_factory=dict)
+    created_utc: str | None = None
+    entries: list[dict[str, Any]] = field(default_factory=list)
 
 
 def info(path: str, *, storage_options: dict[str, Any] | None = None) -> CheckpointInfo:
@@ -187,6 +196,7 @@ def info(path: str, *, storage_options: dict[str, Any] | None = None) -> Checkpo
     """
     storage = open_storage(path, storage_options)
     m = read_manifest(storage)
+    leaves = describe_leaves(m)
     return CheckpointInfo(
         url=storage.url,
         data_url=storage.url_for(m["data"]),
@@ -197,6 +207,20 @@ def info(path: str, *, storage_options: dict[str, Any] | None = None) -> Checkpo
         objects=len(m["objects"]) + 1,
         stored_bytes=sum(int(o["size"]) for o in m["objects"]),
         metadata=dict(m["metadata"]),
-        leaves=describe_leaves(m),
+        leaves=leaves,
         epoch=m["writer"].get("epoch"),
+        writer=dict(m["writer"]),
+        created_utc=m.get("created_utc"),
+        entries=[_entry(e, leaves) for e in leaf_entries(m["tree"])],
     )
+
+
+def _entry(e: dict[str, Any], leaves: list[dict[str, Any]]) -> dict[str, Any]:
+    """A leaf of the tree (:func:`leaf_entries`) with what ``leaves`` says of its array."""
+    i = e.pop("array", None)
+    if i is None:
+        return e
+    if e["kind"] == "alias":
+        return {**e, "of": leaves[i]["path"]}
+    kind = e.pop("kind")
+    return {**e, **{k: v for k, v in leaves[i].items() if k not in ("path", "name")}, "kind": kind}

@@ -10,6 +10,10 @@ instead of hang.
 :func:`resolve_group` picks the group: an explicit ``process_group``, else
 torch.distributed's default group when the program has initialized it with
 more than one process, else ``SINGLE`` (``cloudckpt.SINGLE_PROCESS``) (one process; no collective).
+A framework's groups come from its provider (:func:`register_provider`):
+``cloudckpt.frameworks.torch_group`` and ``jax_group`` register themselves,
+loaded by name once the program has imported torch or jax, so that nothing
+here imports a framework or ``cloudckpt.frameworks``.
 
 Example:
     >>> g = resolve_group(None)
@@ -19,10 +23,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +39,7 @@ __all__ = [
     "SingleProcess",
     "SINGLE",
     "resolve_group",
+    "register_provider",
     "current_rank",
     "leader_call",
     "agree",
@@ -120,6 +127,58 @@ SINGLE = SingleProcess()
 distributed job without the others."""
 
 
+#: a provider of process groups: ``provide(process_group, timeout)`` -> the
+#: group of ``process_group`` (None: the framework's default job, ``SINGLE``
+#: when that is one process), or None when ``process_group`` is not its framework's
+Provider = Callable[[Any, float], Any]
+
+# framework module -> the cloudckpt module that registers its provider, in the
+# order resolve_group asks them (torch.distributed before jax.distributed)
+_LAZY = {
+    "torch": "cloudckpt.frameworks.torch_group",
+    "jax": "cloudckpt.frameworks.jax_group",
+}
+_PROVIDERS: dict[str, Provider] = {}
+_pending = dict(_LAZY)
+_lock = threading.RLock()
+
+
+def register_provider(framework: str, provide: Provider) -> None:
+    """Register the process groups of ``framework`` (the name of its module).
+
+    ``provide(process_group, timeout)`` returns the cloudckpt group of
+    ``process_group`` (None: the framework's default job; ``SINGLE`` when that
+    job is one process or not initialized), or None when ``process_group`` is
+    not one of its framework's. :func:`resolve_group` asks the providers of
+    the frameworks the program has imported; ``cloudckpt.frameworks.torch_group``
+    and ``jax_group`` register themselves when imported, which
+    :func:`resolve_group` does once torch or jax is in ``sys.modules``: the
+    core never imports a framework.
+
+    Example:
+        >>> class DocGroup(SingleProcess): ...
+        >>> register_provider("doc-framework", lambda pg, timeout: DocGroup() if pg is None else None)
+        >>> type(resolve_group(None)).__name__   # no other framework's job: this one's
+        'DocGroup'
+        >>> _ = _PROVIDERS.pop("doc-framework")
+    """
+    with _lock:
+        _PROVIDERS[framework] = provide
+
+
+def _providers() -> list[Provider]:
+    """The providers of the frameworks the program has imported (theirs
+    registered on first use), torch's before jax's, then any other."""
+    if any(name in sys.modules for name in _pending):
+        with _lock:  # other threads wait here until the registration is complete
+            for name in [n for n in _pending if n in sys.modules]:
+                importlib.import_module(_pending[name])  # an error is raised again on the next call
+                _pending.pop(name, None)
+    order = {name: i for i, name in enumerate(_LAZY)}
+    with _lock:
+        return [_PROVIDERS[n] for n in sorted(_PROVIDERS, key=lambda n: order.get(n, len(order)))]
+
+
 def resolve_group(process_group: Any = None, *, timeout: float | None = None) -> Any:
     """The group a save or restore runs on.
 
@@ -128,6 +187,7 @@ def resolve_group(process_group: Any = None, *, timeout: float | None = None) ->
     is initialized with several processes, else all processes of an
     initialized ``jax.distributed`` job, else a single process. ``timeout`` (seconds, default
     ``CLOUDCKPT_COLLECTIVE_TIMEOUT`` or 600) bounds every collective.
+    The groups of a framework come from its provider (:func:`register_provider`).
 
     Example:
         >>> resolve_group(None) is SINGLE
@@ -136,22 +196,13 @@ def resolve_group(process_group: Any = None, *, timeout: float | None = None) ->
     if process_group is not None and hasattr(process_group, "all_gather_bytes"):
         return process_group
     t = DEFAULT_TIMEOUT if timeout is None else timeout
-    if process_group is None and "torch.distributed" not in sys.modules:
-        if "jax" in sys.modules:  # a jax.distributed job (else: SINGLE)
-            from cloudckpt.frameworks import jax_group
-
-            return jax_group.group_for(t)
-        return SINGLE
-    if process_group is not None and "torch" not in sys.modules:
+    for provide in _providers():
+        group = provide(process_group, t)
+        if group is not None and (process_group is not None or group is not SINGLE):
+            return group
+    if process_group is not None:
         raise TypeError(f"process_group must be a torch.distributed ProcessGroup or None, got {type(process_group).__name__}")
-    from cloudckpt.frameworks import torch_group  # imports torch, which the program has already imported
-
-    group = torch_group.group_for(process_group, t)
-    if group is SINGLE and process_group is None and "jax" in sys.modules:
-        from cloudckpt.frameworks import jax_group
-
-        return jax_group.group_for(t)
-    return group
+    return SINGLE
 
 
 def current_rank() -> int:

@@ -550,3 +550,45 @@ def leaf_paths(node: Mapping[str, Any], n: int) -> list[Path]:
 
     walk(node, ())
     return paths
+
+
+def leaf_entries(node: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every leaf of a tree in tree order, for showing what a checkpoint holds.
+
+    Each is ``{"path": [keys], "kind": ...}``, with ``"rank"`` under a
+    ``PerRank`` value (one entry per rank's leaf); kind ``"array"`` /
+    ``"scalar"`` / ``"alias"`` (tied: the same tensor as an earlier leaf)
+    carry ``"array"``, the array index; kind ``"json"`` carries the value's
+    ``"type"`` name and ``"value"``.
+
+    Example:
+        >>> import numpy as np
+        >>> tree, _ = flatten({"w": np.zeros(2), "step": 3})
+        >>> for e in leaf_entries(tree):
+        ...     print(e)
+        {'path': ['w'], 'kind': 'array', 'array': 0}
+        {'path': ['step'], 'kind': 'json', 'type': 'int', 'value': 3}
+    """
+    out: list[dict[str, Any]] = []
+
+    def walk(n: Mapping[str, Any], path: Path, rank: dict[str, int]) -> None:
+        t = n["t"]
+        if t == "dict":
+            for k, v in zip(n["k"], n["v"], strict=True):
+                walk(v, (*path, k), rank)
+        elif t in ("list", "tuple"):
+            for i, v in enumerate(n["v"]):
+                walk(v, (*path, i), rank)
+        elif t == "per_rank" and "r" in n:  # format 3: one entry per rank's value
+            for r, v in enumerate(n["r"]):
+                walk(v, path, {"rank": r})
+        elif t == "per_rank":  # before a save: this process's own value
+            walk(n["v"], path, rank)
+        elif t in ("array", "scalar", "alias"):
+            out.append({"path": list(path), **rank, "kind": t, "array": n["a"]})
+        else:
+            value = unflatten(n, {})
+            out.append({"path": list(path), **rank, "kind": "json", "type": type(value).__name__, "value": value})
+
+    walk(node, (), {})
+    return out

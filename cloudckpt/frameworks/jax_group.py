@@ -50,7 +50,7 @@ from typing import Any
 
 import jax
 
-from cloudckpt.distributed.group import DEFAULT_TIMEOUT, SINGLE, _JsonMixin
+from cloudckpt.distributed.group import DEFAULT_TIMEOUT, SINGLE, _JsonMixin, register_provider
 from cloudckpt.errors import CheckpointError
 
 __all__ = ["JaxGroup", "group_for"]
@@ -186,3 +186,12 @@ def group_for(timeout: float | None = None) -> Any:
             group = JaxGroup(t, namespace=f"cloudckpt/t{t:g}")
             _GROUPS[key] = group
     return group
+
+
+def _provide(process_group: Any, timeout: float) -> Any:
+    """resolve_group's provider: the job's group for None (a jax.distributed
+    job has no process-group objects of its own)."""
+    return group_for(timeout) if process_group is None else None
+
+
+register_provider("jax", _provide)

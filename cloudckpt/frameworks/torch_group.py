@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cloudckpt.distributed.group import _JsonMixin
+from cloudckpt.distributed.group import SINGLE, _JsonMixin, register_provider
 from cloudckpt.errors import CheckpointError
 
 __all__ = ["TorchGroup", "group_for"]
@@ -109,8 +109,6 @@ def group_for(process_group: Any, timeout: float) -> Any:
     that every rank must reach, so the first save, restore or manager must be
     created by all ranks together.
     """
-    from cloudckpt.distributed.group import SINGLE
-
     if not dist.is_available() or not dist.is_initialized():
         if process_group is not None:
             raise ValueError("process_group was given, but torch.distributed is not initialized")
@@ -126,3 +124,6 @@ def group_for(process_group: Any, timeout: float) -> Any:
     return group
 
 
+# resolve_group asks this module for torch.distributed's groups: every
+# process_group that is not a cloudckpt group is taken for a torch one
+register_provider("torch", group_for)
