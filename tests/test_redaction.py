@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import cloudckpt
-from cloudckpt.storage import BARE_MIN, RetryPolicy, _field_kind, _redact_text, _secrets_of, open_storage
+from cloudckpt.storage import RetryPolicy, open_storage
+from cloudckpt.storage.redact import BARE_MIN, field_kind, redact_text, secrets_of
 from cloudckpt.tools import cli
 
 
@@ -55,23 +56,23 @@ from cloudckpt.tools import cli
     ],
 )
 def test_redact_text(text, secrets, want):
-    assert _redact_text(text, secrets, bare_min=BARE_MIN) == (text if want is None else want)
+    assert redact_text(text, secrets, bare_min=BARE_MIN) == (text if want is None else want)
 
 
 def test_short_secrets_stand_alone_only_in_a_backends_error_text():
     text = "bad signature for secret test (bucket latest-test)"
-    assert _redact_text(text, ["test"], bare_min=BARE_MIN) == text  # the command's own output
-    assert _redact_text(text, ["test"]) == "bad signature for secret *** (bucket latest-test)"  # a backend's text
+    assert redact_text(text, ["test"], bare_min=BARE_MIN) == text  # the command's own output
+    assert redact_text(text, ["test"]) == "bad signature for secret *** (bucket latest-test)"  # a backend's text
 
 
 def test_field_kinds():
     strong = ["secret", "token", "password", "AWS_SECRET_ACCESS_KEY", "aws_access_key_id", "AccessKeyId",
               "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "sig", "client_secret",
               "account_key", "connection_string", "AZURE_STORAGE_SAS_TOKEN", "private_key", "refresh_token"]  # fmt: skip
-    assert {n: _field_kind(n) for n in strong} == {n: "strong" for n in strong}
-    assert _field_kind("key") == "weak"
+    assert {n: field_kind(n) for n in strong} == {n: "strong" for n in strong}
+    assert field_kind("key") == "weak"
     for plain in ("latest", "tokens", "token_count", "sort_key", "session", "key_id", "endpoint_url", "anon"):
-        assert _field_kind(plain) is None, plain
+        assert field_kind(plain) is None, plain
 
 
 def test_secrets_of_options_and_environment():
@@ -83,7 +84,7 @@ def test_secrets_of_options_and_environment():
         "client_kwargs": {"aws_session_token": "tok-123", "region_name": "eu-west-1"},
         "token": "anon",  # a gcsfs mode, not a secret
     }
-    assert _secrets_of(options, {"AWS_SECRET_ACCESS_KEY": "test", "HOME": "/root"}) == ["tok-123", "s3cr3t", "AKID", "test"]
+    assert secrets_of(options, {"AWS_SECRET_ACCESS_KEY": "test", "HOME": "/root"}) == ["tok-123", "s3cr3t", "AKID", "test"]
 
 
 def test_cli_redact_leaves_normal_output_alone(monkeypatch):

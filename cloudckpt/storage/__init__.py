@@ -19,9 +19,6 @@ from cloudckpt.storage.hooks import add_global_hook
 from cloudckpt.storage.opener import open_storage
 from cloudckpt.storage.protocol import TEMP_MIN_AGE, Backend, Capabilities, IncompleteUpload, WriteMode
 from cloudckpt.storage.redact import BARE_MIN, redact_text, secrets_of
-from cloudckpt.storage.redact import field_kind as _field_kind  # the CLI's old names, until it uses redact's
-from cloudckpt.storage.redact import redact_text as _redact_text
-from cloudckpt.storage.redact import secrets_of as _secrets_of
 from cloudckpt.storage.retry import RetryPolicy
 from cloudckpt.storage.stats import RequestStats
 from cloudckpt.storage.urls import join_url, validate_key
@@ -29,5 +26,5 @@ from cloudckpt.storage.urls import join_url, validate_key
 __all__ = [
     "Storage", "open_storage", "RetryPolicy", "RequestStats", "IncompleteUpload", "validate_key", "join_url",
     "add_global_hook", "TEMP_MIN_AGE", "Backend", "Capabilities", "WriteMode", "BARE_MIN", "redact_text",
-    "secrets_of", "_field_kind", "_redact_text", "_secrets_of",
+    "secrets_of",
 ]  # fmt: skip

@@ -1,14 +1,11 @@
-"""The one place the command reaches into the storage layer's private parts.
+"""What the command asks of the storage layer beyond its verbs, in one place.
 
-Three questions the storage verbs do not answer yet: which credentials a
-set of options holds and how to mask them in text (``_secrets_of``,
-``_redact_text``, ``BARE_MIN``), which option names a backend takes where it
-would silently ignore others, and whether the bucket of a URL exists (both
-asked of the fsspec filesystem behind a storage). Everything else of the
-command uses only the public storage API, so that switching these to public
-ones (``cloudckpt.storage.redact``, ``Storage.accepted_options()``,
-``Storage.backend_name``, ``Storage.missing_bucket()``) touches this module
-alone.
+Which credentials a set of options holds and how to mask them in text
+(:mod:`cloudckpt.storage.redact`), which option names a backend takes where
+it would silently ignore others (:meth:`Storage.accepted_options`), how to
+name a backend in a message (:attr:`Storage.backend_name`) and whether the
+bucket of a URL exists (:meth:`Storage.missing_bucket`): each a public
+question of the storage layer, worded here for the command's messages.
 
 Example:
     >>> from cloudckpt.storage import open_storage
@@ -18,25 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import logging
 from collections.abc import Iterable
 from typing import Any
 
-from cloudckpt.storage import BARE_MIN, _redact_text, _secrets_of
+from cloudckpt.storage import Storage
+from cloudckpt.storage.redact import BARE_MIN
+from cloudckpt.storage.redact import redact_text as _mask
+from cloudckpt.storage.redact import secrets_of as _credentials
 
 __all__ = ["secrets_of", "redact_text", "accepted_options", "backend_name", "missing_bucket"]
-
-log = logging.getLogger("cloudckpt")
-
-# options every fsspec filesystem takes (its instance cache and listings cache)
-_GENERIC_OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths"})
-# what fsspec's local filesystem takes: a local path accepts (and ignores) these
-_LOCAL_OPTIONS = _GENERIC_OPTIONS | {"auto_mkdir"}
-# backends whose filesystem silently ignores an option it does not know (s3fs
-# passes one on to aiobotocore, which rejects it at the first request)
-_SILENT_BACKENDS = ("memory", "gs", "gcs")
-
 
 def secrets_of(options: dict[str, Any] | None) -> list[str]:
     """The credential values of ``options`` and of the credential environment variables.
@@ -45,7 +32,7 @@ def secrets_of(options: dict[str, Any] | None) -> list[str]:
         >>> "abc-123-xyz" in secrets_of({"secret": "abc-123-xyz", "anon": True})
         True
     """
-    return _secrets_of(options)
+    return _credentials(options)
 
 
 def redact_text(text: str, secrets: Iterable[str], *, command_output: bool = True) -> str:
@@ -58,16 +45,11 @@ def redact_text(text: str, secrets: Iterable[str], *, command_output: bool = Tru
         'secret=***; key ***'
     """
     if command_output:
-        return _redact_text(text, sorted(secrets), bare_min=BARE_MIN)
-    return _redact_text(text, sorted(secrets))
+        return _mask(text, sorted(secrets), bare_min=BARE_MIN)
+    return _mask(text, sorted(secrets))
 
 
-def _filesystem(storage: Any) -> Any:
-    """The fsspec filesystem behind ``storage`` (None on local disk)."""
-    return getattr(getattr(storage._s, "backend", None), "fs", None)
-
-
-def backend_name(storage: Any) -> str:
+def backend_name(storage: Storage) -> str:
     """How an error names the backend of ``storage``: ``a local path`` or ``memory:// (MemoryFileSystem)``.
 
     Example:
@@ -77,10 +59,10 @@ def backend_name(storage: Any) -> str:
     """
     if storage.is_local:
         return "a local path"
-    return f"{storage.protocol}:// ({type(_filesystem(storage)).__name__})"
+    return f"{storage.protocol}:// ({storage.backend_name})"
 
 
-def accepted_options(storage: Any) -> frozenset[str] | None:
+def accepted_options(storage: Storage) -> frozenset[str] | None:
     """The option names the backend of ``storage`` takes, where it would
     silently ignore others; None where the backend reports them itself.
 
@@ -89,28 +71,10 @@ def accepted_options(storage: Any) -> frozenset[str] | None:
         >>> "auto_mkdir" in accepted_options(open_storage("/tmp"))
         True
     """
-    if storage.is_local:
-        return _LOCAL_OPTIONS
-    if storage.protocol not in _SILENT_BACKENDS:
-        return None
-    fs = _filesystem(storage)
-    if fs is None:
-        return None
-    names = set(_GENERIC_OPTIONS)
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    for klass in type(fs).__mro__:
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        try:
-            params = inspect.signature(init).parameters.values()
-        except (TypeError, ValueError):  # pragma: no cover - a builtin __init__
-            continue
-        names.update(p.name for p in params if p.kind in kinds and p.name != "self")
-    return frozenset(names)
+    return storage.accepted_options()
 
 
-def missing_bucket(storages: Iterable[Any]) -> str | None:
+def missing_bucket(storages: Iterable[Storage]) -> str | None:
     """When a command found nothing: name the bucket of one of ``storages``
     that does not exist (one request per object-store URL; None if all exist
     or the backend does not say).
@@ -121,18 +85,11 @@ def missing_bucket(storages: Iterable[Any]) -> str | None:
         True
     """
     for storage in storages:
-        fs = _filesystem(storage)
-        if fs is None or storage.protocol not in ("s3", "s3a", "gs", "gcs"):
-            continue
-        bucket = storage.url.split("://", 1)[1].split("/", 1)[0]
-        try:
-            fs.info(bucket)
-        except FileNotFoundError:
+        bucket = storage.missing_bucket()
+        if bucket is not None:
             endpoint = "AWS_ENDPOINT_URL" if storage.protocol.startswith("s3") else "STORAGE_EMULATOR_HOST"
             return (
                 f"no such bucket: '{bucket}' does not exist, so there is nothing at {storage.url}; "
                 f"check the bucket name and the endpoint ({endpoint} or -o endpoint_url=...)"
             )
-        except Exception as exc:  # permission denied, unreachable, ...: the original message stands
-            log.debug("bucket probe of %s: %s", bucket, type(exc).__name__)
     return None
