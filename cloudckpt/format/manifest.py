@@ -26,13 +26,14 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cloudckpt import __about__
 from cloudckpt.errors import CorruptCheckpointError, FormatVersionError
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.dtypes import parse_dtype, storage_dtype, storage_shape
+from cloudckpt.format.records import ArrayRecord, ObjectEntry, PackRecord
 from cloudckpt.format.shards import partition_problem
 from cloudckpt.storage import validate_key
 
@@ -92,9 +93,9 @@ def version_for(tree: Mapping[str, Any], arrays: list[dict[str, Any]] | None = N
 def build_manifest(
     *,
     tree: dict[str, Any],
-    arrays: list[dict[str, Any]],
-    pack: dict[str, Any] | None,
-    objects: list[dict[str, Any]],
+    arrays: Sequence[ArrayRecord],
+    pack: PackRecord | None,
+    objects: Sequence[ObjectEntry],
     data: str,
     attempt: str,
     checkpoint_number: int | None = None,
@@ -107,25 +108,27 @@ def build_manifest(
 
     ``writer_extra`` adds fields to ``writer`` (the manager records its
     retention clock there so that it survives the loss of the state file).
+    The typed records become the JSON they stand for (:meth:`to_json`).
     """
+    arrays_json = [a.to_json() for a in arrays]
     created = time.time() if created is None else float(created)
     writer = {"library": f"cloudckpt {__about__.__version__}", "attempt": attempt, "epoch": epoch}
     writer.update(writer_extra or {})
     return {
         "format": "cloudckpt",
-        "format_version": version_for(tree, arrays),
+        "format_version": version_for(tree, arrays_json),
         "created": created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         "writer": writer,
         "checkpoint_number": checkpoint_number,
         "data": data,
-        "nbytes": sum(int(a["nbytes"]) for a in arrays),
+        "nbytes": sum(a.nbytes for a in arrays),
         "stored": {"objects": len(objects) + 1, "bytes": sum(int(o["size"]) for o in objects)},
         "metadata": dict(metadata or {}),
         "tree": tree,
-        "arrays": arrays,
-        "pack": pack,
-        "objects": objects,
+        "arrays": arrays_json,
+        "pack": None if pack is None else pack.to_json(),
+        "objects": list(objects),
     }
 
 
