@@ -5,7 +5,8 @@ only if it exists and parses. It records the format version, the tree
 structure, every array (dtype, shape, where its bytes are, crc32c of packed
 tensors), and every object the checkpoint owns with its size and crc32c, so
 that restore, verify, copy and delete need no listing. Its JSON Schema is
-``manifest.schema.json`` beside this module (and in docs/format.md).
+``manifest.schema.json`` beside this module (and in docs/format.md),
+generated from the types of :mod:`cloudckpt.format.manifest_types`.
 
 Everything read from a manifest is validated here before any I/O: keys stay
 inside the checkpoint's data prefix, sizes agree with shapes and dtypes,
@@ -27,15 +28,18 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudckpt import __about__
 from cloudckpt.errors import CorruptCheckpointError, FormatVersionError
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.dtypes import parse_dtype, storage_dtype, storage_shape
-from cloudckpt.format.records import ArrayRecord, ObjectEntry, PackRecord
+from cloudckpt.format.records import ArrayRecord, PackRecord
 from cloudckpt.format.shards import partition_problem
 from cloudckpt.storage import validate_key
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,7 +64,7 @@ _NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "
 _V2_NODE_TYPES = {"alias"}  # node types that format version 1 lacks
 
 
-def version_for(tree: Mapping[str, Any], arrays: list[dict[str, Any]] | None = None) -> int:
+def version_for(tree: Mapping[str, Any], arrays: Sequence[Mapping[str, Any]] | None = None) -> int:
     """The oldest format version that can hold ``tree`` and ``arrays``.
 
     3 if it has ``per_rank`` nodes (``PerRank`` values) or sharded arrays

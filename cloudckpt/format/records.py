@@ -15,6 +15,7 @@ manifest's bytes do not depend on these types; :func:`record_from_json`
 builds a record from the JSON of a validated manifest
 (:func:`cloudckpt.format.manifest.parse_manifest` checks it first).
 ``objects`` is a ``[start, stop)`` range of the manifest's object list.
+The JSON's types (and so the schema) are in :mod:`cloudckpt.format.manifest_types`.
 
 Example:
     >>> r = record_from_json({"dtype": "<f4", "shape": [2], "nbytes": 8, "packed": {"offset": 0, "crc32c": 5}})
@@ -28,10 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ArrayJson, ChunkedJson, PackJson, ShardJson
 
 __all__ = [
-    "ObjectEntry",
     "PackedRecord",
     "ChunkedRecord",
     "Shard",
@@ -42,20 +45,8 @@ __all__ = [
     "records_from_json",
     "pack_from_json",
     "is_region_record",
+    "to_json",
 ]
-
-
-class ObjectEntry(TypedDict):
-    """One object the checkpoint owns: its key (under the data prefix), size and crc32c.
-
-    Example:
-        >>> ObjectEntry(key="data-1/c/0", size=4, crc32c=7)["size"]
-        4
-    """
-
-    key: str
-    size: int
-    crc32c: int
 
 
 Span = tuple[int, int]
@@ -77,7 +68,7 @@ class PackedRecord:
     offset: int
     crc32c: int | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ArrayJson:
         """The record as the manifest stores it.
 
         Example:
@@ -88,7 +79,7 @@ class PackedRecord:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "nbytes": self.nbytes,
-            "packed": {"offset": self.offset, "crc32c": self.crc32c},
+            "packed": {"offset": self.offset, "crc32c": self.crc32c},  # type: ignore[typeddict-item]
         }
 
 
@@ -111,19 +102,15 @@ class ChunkedRecord:
     axis: int | None
     objects: Span
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ArrayJson:
         """The record as the manifest stores it (see the class example)."""
-        return {
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-            "nbytes": self.nbytes,
-            "chunked": {
-                "path": self.path,
-                "chunk_shape": list(self.chunk_shape),
-                "axis": self.axis,
-                "objects": list(self.objects),
-            },
+        chunked: ChunkedJson = {
+            "path": self.path,
+            "chunk_shape": list(self.chunk_shape),
+            "axis": self.axis,
+            "objects": list(self.objects),  # type: ignore[typeddict-item]  # (a JSON list: a tuple to the types)
         }
+        return {"dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes, "chunked": chunked}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +130,15 @@ class Shard:
     axis: int | None
     objects: Span
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ShardJson:
         """The shard as the manifest stores it (see the class example)."""
         return {
             "path": self.path,
             "offset": list(self.offset),
             "shape": list(self.shape),
             "chunk_shape": list(self.chunk_shape),
-            "axis": self.axis,
-            "objects": list(self.objects),
+            "axis": self.axis,  # type: ignore[typeddict-item]  # (writers never make a shard without an axis)
+            "objects": list(self.objects),  # type: ignore[typeddict-item]
         }
 
 
@@ -170,7 +157,7 @@ class ShardedRecord:
     nbytes: int
     shards: tuple[Shard, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ArrayJson:
         """The record as the manifest stores it (see the class example)."""
         return {
             "dtype": self.dtype,
@@ -197,9 +184,10 @@ class PackRecord:
     chunk_bytes: int
     objects: Span
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PackJson:
         """The pack as the manifest stores it (see the class example)."""
-        return {"path": self.path, "nbytes": self.nbytes, "chunk_bytes": self.chunk_bytes, "objects": list(self.objects)}
+        objects = list(self.objects)
+        return {"path": self.path, "nbytes": self.nbytes, "chunk_bytes": self.chunk_bytes, "objects": objects}  # type: ignore[typeddict-item]
 
 
 def _span(v: Sequence[int]) -> Span:

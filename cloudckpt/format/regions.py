@@ -39,7 +39,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,7 +51,6 @@ from cloudckpt.format.object_io import corrupt, flat_bytes, read_into
 from cloudckpt.format.records import (
     ArrayRecord,
     ChunkedRecord,
-    ObjectEntry,
     PackedRecord,
     PackRecord,
     Shard,
@@ -64,6 +63,9 @@ from cloudckpt.format.store_read import read_arrays
 from cloudckpt.format.tree import Leaf, format_path
 from cloudckpt.format.zarr_meta import array_doc
 from cloudckpt.storage import Storage
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
 
 __all__ = ["ShardedPlan", "plan_sharded", "read_regions"]
 

@@ -21,18 +21,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cloudckpt.format.chunking import PAGE, Chunk, chunk_layout, chunks_of
 from cloudckpt.format.dtypes import dtype_name, storage_dtype, storage_shape
-from cloudckpt.format.records import ArrayRecord, ChunkedRecord, ObjectEntry, PackedRecord, PackRecord, ShardedRecord
+from cloudckpt.format.records import ArrayRecord, ChunkedRecord, PackedRecord, PackRecord, ShardedRecord
 from cloudckpt.format.regions import plan_sharded
 from cloudckpt.format.tensor_store import PACK_NODE, MiB, StoreOptions
 from cloudckpt.format.tree import Leaf
 from cloudckpt.format.zarr_meta import array_doc, group_doc
 from cloudckpt.storage import Storage
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
 
 __all__ = ["Job", "StorePlan", "plan_store", "place_objects"]
 
@@ -41,7 +44,7 @@ _MIN_PACK_PIECE = 4 * MiB  # ... of at least this size (see _pack_chunk_bytes)
 
 #: What writing one object returns: its manifest entry, and the crc32c of
 #: the packed tensors that start in it (by leaf index).
-JobResult = tuple[ObjectEntry, dict[int, int]]
+JobResult = tuple["ObjectEntry", dict[int, int]]
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,10 +40,13 @@ from cloudckpt.format.object_io import (
     read_into,
     read_many,
 )
-from cloudckpt.format.records import ArrayRecord, ChunkedRecord, ObjectEntry, PackedRecord, PackRecord
+from cloudckpt.format.records import ArrayRecord, ChunkedRecord, PackedRecord, PackRecord
 from cloudckpt.format.tensor_store import PACK_NODE, StoreOptions, check_options
 from cloudckpt.format.tree import format_path
 from cloudckpt.storage import Storage
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
 
 __all__ = ["read_arrays"]
 

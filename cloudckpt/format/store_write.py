@@ -21,18 +21,21 @@ import contextlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudckpt.format.budget import ByteBudget
 from cloudckpt.format.checksum import crc32c_many, crc32c_of
 from cloudckpt.format.chunking import Chunk
 from cloudckpt.format.object_io import flat_bytes
-from cloudckpt.format.records import ArrayRecord, ObjectEntry, PackedRecord, PackRecord
+from cloudckpt.format.records import ArrayRecord, PackedRecord, PackRecord
 from cloudckpt.format.store_plan import Job, JobResult, StorePlan, place_objects, plan_store
 from cloudckpt.format.tensor_store import PACK_NODE, StoreOptions, check_options
 from cloudckpt.format.tree import Leaf
 from cloudckpt.format.zarr_meta import encode_doc
 from cloudckpt.storage import Storage
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
 
 __all__ = ["WrittenArrays", "write_arrays", "fill_packed_crcs", "assign_owners"]
 
