@@ -599,9 +599,9 @@ def test_schema_version_is_the_library_version(schema: dict[str, Any]) -> None:
     assert schema["title"] == f"cloudckpt manifest, format versions {versions}"
     assert f"versions {versions}" in _doc()
     # every node type a reader knows is in the schema
-    from cloudckpt.format.manifest import _NODE_TYPES
+    from cloudckpt.format.manifest_check import NODE_TYPES
 
-    assert set(schema["$defs"]["node"]["properties"]["t"]["enum"]) == _NODE_TYPES
+    assert set(schema["$defs"]["node"]["properties"]["t"]["enum"]) == NODE_TYPES
 
 
 # -- docs/format.md ------------------------------------------------------------
