@@ -28,7 +28,7 @@ import numpy as np
 from cloudckpt.format.chunking import PAGE, Chunk, chunk_layout, chunks_of
 from cloudckpt.format.dtypes import dtype_name, storage_dtype, storage_shape
 from cloudckpt.format.records import ArrayRecord, ChunkedRecord, PackedRecord, PackRecord, ShardedRecord
-from cloudckpt.format.regions import plan_sharded
+from cloudckpt.format.shard_plan import plan_sharded
 from cloudckpt.format.tensor_store import PACK_NODE, MiB, StoreOptions
 from cloudckpt.format.tree import Leaf
 from cloudckpt.format.zarr_meta import array_doc, group_doc
