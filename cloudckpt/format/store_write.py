@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudckpt.format.budget import ByteBudget
@@ -222,7 +222,7 @@ def fill_packed_crcs(records: list[ArrayRecord], crcs: dict[int, int]) -> None:
         if isinstance(rec, PackedRecord):
             if i not in crcs:
                 raise AssertionError(f"no writer reported the checksum of packed tensor #{i}")
-            records[i] = replace(rec, crc32c=crcs[i])
+            rec.crc32c = crcs[i]
 
 
 _REQUEST_COST = 1 << 20  # a request weighs like this many bytes when spreading jobs over ranks
