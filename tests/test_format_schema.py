@@ -599,9 +599,9 @@ def test_schema_version_is_the_library_version(schema: dict[str, Any]) -> None:
     assert schema["title"] == f"cloudckpt manifest, format versions {versions}"
     assert f"versions {versions}" in _doc()
     # every node type a reader knows is in the schema
-    from cloudckpt.format.manifest import _NODE_TYPES
+    from cloudckpt.format.manifest_check import NODE_TYPES
 
-    assert set(schema["$defs"]["node"]["properties"]["t"]["enum"]) == _NODE_TYPES
+    assert set(schema["$defs"]["node"]["properties"]["t"]["enum"]) == NODE_TYPES
 
 
 # -- docs/format.md ------------------------------------------------------------
@@ -722,3 +722,20 @@ def test_every_earlier_version_reads_and_zero_is_invalid() -> None:
     _, payload = _with_version(0)
     with pytest.raises(cloudckpt.CorruptCheckpointError, match="format_version"):
         parse_manifest(payload, "memory://x/manifest.json")
+
+
+# -- the schema is generated from the manifest's types -------------------------
+
+
+def test_schema_file_is_generated_from_the_types() -> None:
+    from cloudckpt.format.schema import main, manifest_schema, schema_text
+
+    assert SCHEMA_PATH.read_text(encoding="utf-8") == schema_text(), "run python -m cloudckpt.format.schema --write"
+    assert json.loads(SCHEMA_PATH.read_text(encoding="utf-8")) == manifest_schema()
+    assert main(["--check"]) == 0  # docs/format.md's copy too
+
+
+def test_schema_versions_are_the_readers() -> None:
+    from cloudckpt.format.manifest_types import FORMAT_VERSIONS
+
+    assert FORMAT_VERSIONS == tuple(range(1, FORMAT_VERSION + 1))

@@ -15,8 +15,11 @@ import pytest
 
 import cloudckpt
 from cloudckpt.errors import CorruptCheckpointError, ObjectNotFoundError, StorageError
-from cloudckpt.format import tensor_store as arrays
-from cloudckpt.format.tensor_store import StoreOptions, read_arrays, write_arrays
+from cloudckpt.format.budget import ByteBudget
+from cloudckpt.format.chunking import chunk_layout
+from cloudckpt.format.store_read import read_arrays
+from cloudckpt.format.store_write import write_arrays
+from cloudckpt.format.tensor_store import StoreOptions
 from cloudckpt.format.tree import flatten
 from cloudckpt.storage import RetryPolicy, open_storage
 from cloudckpt.storage.backends import fsspec as _fsspec
@@ -233,12 +236,12 @@ def test_local_and_s3_do_not_copy_writes_others_do(tmp_path):
 
 
 def test_budget_bounds_bytes_in_flight():
-    budget = arrays._Budget(100)
+    budget = ByteBudget(100)
     peak = [0]
     lock = threading.Lock()
 
     def job(n):
-        with arrays._held(budget, n):
+        with budget.held(n):
             with lock:
                 peak[0] = max(peak[0], budget.used)
             time.sleep(0.01)
@@ -315,9 +318,9 @@ def _flip(s, key, at):
 
 
 def _tensor_location(w, i):
-    off = w.records[i]["packed"]["offset"]
-    csize = w.pack["chunk_bytes"]
-    lo = w.pack["objects"][0]
+    off = w.records[i].offset
+    csize = w.pack.chunk_bytes
+    lo = w.pack.objects[0]
     return w.objects[lo + off // csize]["key"], off % csize
 
 
@@ -344,14 +347,14 @@ def test_damaged_packed_tensor_names_its_object(store, chunk_bytes):
 
 def test_damaged_spanning_tensor_read_by_ranges_names_its_first_object(store):
     _leaves, w, opts = _write_packed(store, _packed_state(), 7000)
-    csize = w.pack["chunk_bytes"]
+    csize = w.pack.chunk_bytes
     span = next(
         i for i, r in enumerate(w.records)
-        if r["packed"]["offset"] // csize != (r["packed"]["offset"] + r["nbytes"] - 1) // csize
+        if r.offset // csize != (r.offset + r.nbytes - 1) // csize
     )
     first_key, _ = _tensor_location(w, span)
-    end = w.records[span]["packed"]["offset"] + w.records[span]["nbytes"] - 1
-    lo = w.pack["objects"][0]
+    end = w.records[span].offset + w.records[span].nbytes - 1
+    lo = w.pack.objects[0]
     last_key = w.objects[lo + end // csize]["key"]
     assert last_key != first_key
     _flip(store, last_key, end % csize)  # damage the tail, in the second object
@@ -362,8 +365,8 @@ def test_damaged_spanning_tensor_read_by_ranges_names_its_first_object(store):
 
 def test_damaged_pack_padding_is_caught_on_a_whole_read(store):
     _leaves, w, opts = _write_packed(store, _packed_state(n=3), 1 << 20)
-    key = w.objects[w.pack["objects"][0]]["key"]
-    size = w.objects[w.pack["objects"][0]]["size"]
+    key = w.objects[w.pack.objects[0]]["key"]
+    size = w.objects[w.pack.objects[0]]["size"]
     # flip the last byte: padding if there is any, else the last tensor's
     _flip(store, key, size - 1)
     with pytest.raises(CorruptCheckpointError, match="crc32c mismatch") as info:
@@ -373,7 +376,7 @@ def test_damaged_pack_padding_is_caught_on_a_whole_read(store):
 
 def test_truncated_pack_object_is_damage_not_a_storage_error(store):
     leaves, w, opts = _write_packed(store, _packed_state(), 1 << 20)
-    key = w.objects[w.pack["objects"][0]]["key"]
+    key = w.objects[w.pack.objects[0]]["key"]
     store.write(key, store.read(key)[:100])
     with pytest.raises(CorruptCheckpointError, match="truncated") as info:
         read_arrays(store, "d", w.records, w.pack, w.objects, list(range(len(leaves))), opts)
@@ -385,7 +388,7 @@ def test_padded_edge_chunk_is_read_in_place_and_checked(store):
     leaves = flatten({"w": arr})[1]
     opts = StoreOptions(pack_threshold=0, chunk_bytes=334 * 3 * 8)
     w = write_arrays(store, "d", leaves, opts)
-    lo, hi = w.records[0]["chunked"]["objects"]
+    lo, hi = w.records[0].objects
     assert hi - lo == 3
     out = read_arrays(store, "d", w.records, w.pack, w.objects, [0], opts)
     assert np.array_equal(out[0], arr)
@@ -603,10 +606,10 @@ def test_local_load_maps_chunked_arrays_back_to_back(tmp_path):
 def test_page_sized_chunks_are_chosen_when_they_cost_little_padding():
     # 50257 rows of 1792 bytes (GPT-2's embedding): balanced rows 16753 make
     # 30,021,376-byte chunks, which cannot be mapped back to back
-    chunk, k = arrays.chunk_layout((50257, 448), 4, 32 << 20)
+    chunk, k = chunk_layout((50257, 448), 4, 32 << 20)
     assert k == 0 and chunk[0] * 448 * 4 % 4096 == 0 and -(-50257 // chunk[0]) == 3
     # where whole pages would pad by more than 1%, the balanced rows stay
-    assert arrays.chunk_layout((1000, 10), 4, 8000) == ((200, 10), 0)
+    assert chunk_layout((1000, 10), 4, 8000) == ((200, 10), 0)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])

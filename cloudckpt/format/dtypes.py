@@ -31,7 +31,7 @@ import numpy as np
 
 __all__ = ["dtype_name", "parse_dtype", "storage_dtype", "storage_shape", "check_supported", "is_native"]
 
-_ML_DTYPE_NAMES = (
+ML_DTYPE_NAMES = (  # the ml_dtypes names a manifest may hold (and the schema lists)
     "bfloat16",
     "float8_e3m4",
     "float8_e4m3",
@@ -62,7 +62,7 @@ def _ml_dtypes() -> dict[str, np.dtype]:
     except ImportError:  # pragma: no cover - ml_dtypes is a dependency
         return {}
     out = {}
-    for name in _ML_DTYPE_NAMES:
+    for name in ML_DTYPE_NAMES:
         t = getattr(ml_dtypes, name, None)
         if t is not None:
             out[name] = np.dtype(t)
@@ -137,7 +137,7 @@ def _parse_dtype_name(name: str) -> np.dtype:
     thousands of arrays and a load parses each name more than once. ml_dtypes
     (a second or so of import) is imported only for a name numpy lacks."""
     if not _NUMPY_NAME.match(name):
-        ml = _ml_dtypes() if name in _ML_DTYPE_NAMES else {}
+        ml = _ml_dtypes() if name in ML_DTYPE_NAMES else {}
         if name in ml:
             return ml[name]
         raise ValueError(f"unsupported dtype name {name!r}")

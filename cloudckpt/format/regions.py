@@ -1,14 +1,7 @@
-"""Writing sharded arrays and reading regions of stored arrays.
+"""Reading regions of stored arrays (sharded arrays are written as planned by
+:mod:`cloudckpt.format.shard_plan`).
 
-Writing: a :class:`~cloudckpt.format.shards.ShardedArray` leaf becomes one global
-zarr array whose regular chunk grid tiles every shard exactly
-(:func:`~cloudckpt.format.shards.grid_for`), so each chunk object is written by a
-rank that holds its shard, straight from that shard's memory when the
-chunk is a contiguous run of it. Where no such grid exists (nested or
-uneven shardings), each shard is its own zarr array ``<node>/_s<k>``, listed
-in the manifest record with its offset.
-
-Reading: :func:`read_regions` fills boxes of stored arrays (any layout:
+:func:`read_regions` fills boxes of stored arrays (any layout:
 dense chunked, grid, per-shard, packed), reading only the byte ranges of the
 chunk objects that intersect each box. A chunk read whole is checked
 against its crc32c; a part of a chunk cannot be (verify the whole checkpoint
@@ -18,15 +11,16 @@ Example:
     >>> import numpy as np
     >>> from cloudckpt.storage import open_storage
     >>> from cloudckpt.format.tree import flatten
-    >>> from cloudckpt.format.tensor_store import write_arrays, StoreOptions
+    >>> from cloudckpt.format.store_write import write_arrays
+    >>> from cloudckpt.format.tensor_store import StoreOptions
     >>> from cloudckpt.format.shards import ShardedArray
     >>> full = np.arange(40.0).reshape(8, 5)
     >>> sa = ShardedArray((8, 5), full.dtype, [((0, 0), full[:4]), ((4, 0), full[4:])])
     >>> s = open_storage("memory://doc-shard-io")
     >>> _, leaves = flatten({"w": sa})
     >>> w = write_arrays(s, "d", leaves, StoreOptions(pack_threshold=0))
-    >>> w.records[0]["chunked"]["chunk_shape"]
-    [4, 5]
+    >>> w.records[0].chunk_shape
+    (4, 5)
     >>> got = read_regions(s, w.records, w.objects, {0: [((2, 1), (4, 3))]})
     >>> np.array_equal(got[0].pieces[0][1], full[2:6, 1:4])
     True
@@ -35,132 +29,34 @@ Example:
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cloudckpt.errors import CorruptCheckpointError
 from cloudckpt.format.checksum import crc32c_of
-from cloudckpt.format.dtypes import dtype_name, parse_dtype, storage_dtype, storage_shape, stored_view, to_little
-from cloudckpt.format.shards import Box, Cell, ShardedArray, cells, grid_for, intersect, partition_problem
-from cloudckpt.format.tensor_store import _corrupt, _flat_bytes, _read_into, chunk_layout, read_arrays
-from cloudckpt.format.tree import Leaf, format_path
-from cloudckpt.format.zarr_meta import array_doc
+from cloudckpt.format.dtypes import parse_dtype, storage_shape, to_little
+from cloudckpt.format.object_io import corrupt, read_into
+from cloudckpt.format.records import (
+    ArrayRecord,
+    PackedRecord,
+    PackRecord,
+    pack_from_json,
+    records_from_json,
+)
+from cloudckpt.format.shards import Box, Cell, ShardedArray, cells, intersect
+from cloudckpt.format.store_read import read_arrays
 from cloudckpt.storage import Storage
 
-__all__ = ["ShardedPlan", "plan_sharded", "read_regions", "is_region_record"]
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
 
-
-@dataclass
-class ShardedPlan:
-    """How one sharded leaf is stored: its manifest record (object ranges
-    relative to the leaf's first object), its zarr documents by node path,
-    the groups above them, and one write job per chunk object:
-    ``(call, bytes, ranks that may write it)``."""
-
-    record: dict[str, Any]
-    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    groups: set[str] = field(default_factory=set)
-    jobs: list[tuple[Callable[[], tuple[dict[str, Any], dict[int, int]]], int, tuple[int, ...]]] = field(default_factory=list)
-
-
-def _parents(node: str) -> set[str]:
-    parts = node.split("/")
-    return {"/".join(parts[:d]) for d in range(1, len(parts))}
-
-
-def _cell_job(
-    storage: Storage, prefix: str, cell: Cell, box_offset: tuple[int, ...], pieces: Mapping[tuple[int, ...], np.ndarray], sdt: np.dtype
-) -> Callable[[], tuple[dict[str, Any], dict[int, int]]]:
-    key = f"{prefix}/{cell.key}"
-
-    def run() -> tuple[dict[str, Any], dict[int, int]]:
-        data = pieces.get(box_offset)
-        if data is None:
-            raise AssertionError(f"{storage.url_for(key)}: this process was given a chunk of a shard it does not hold")
-        index = tuple(slice(c - b, c - b + n) for c, b, n in zip(cell.offset, box_offset, cell.shape, strict=True))
-        part = data[index]
-        if cell.shape == cell.chunk:
-            view = _flat_bytes(part)  # a view when the chunk is a contiguous run of the shard
-        else:  # an edge chunk: zarr stores it padded to the full chunk shape
-            full = np.zeros(cell.chunk, sdt)
-            full[tuple(slice(0, n) for n in cell.shape)] = stored_view(part)
-            view = memoryview(full.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        crc = crc32c_of(view)
-        storage.write(key, [view])
-        return {"key": key, "size": view.nbytes, "crc32c": crc}, {}
-
-    return run
-
-
-def plan_sharded(storage: Storage, prefix: str, leaf: Leaf, node: str, target: int) -> ShardedPlan:
-    """The layout and write jobs of a sharded leaf stored at zarr node ``node``.
-
-    Every rank plans the same (from the same ``leaf.shards.boxes``); each
-    job names the ranks holding its bytes.
-    """
-    sa = leaf.shards
-    assert sa is not None
-    shape = sa.shape
-    sdt = storage_dtype(sa.dtype)
-    boxes = sa.boxes or {b: (0,) for b in sa.local_boxes()}
-    live = {b: tuple(r) for b, r in boxes.items() if math.prod(b[1]) > 0}
-    if not shape:
-        live = {b: tuple(r) for b, r in boxes.items()}
-    problem = partition_problem(shape, list(live))
-    if problem:
-        raise ValueError(
-            f"sharded array {format_path(leaf.path)} of shape {shape}: {problem}; the pieces of all "
-            "processes together must cover the array exactly (a box held by several processes counts once)"
-        )
-    pieces = {o: d for o, d in sa.pieces}
-    attrs: dict[str, Any] = {"cloudckpt": {"path": [*leaf.path], "dtype": dtype_name(sa.dtype)}}
-    chunk = grid_for(shape, list(live), sdt.itemsize, target)
-    plan = ShardedPlan(record={})
-    if chunk is not None:
-        rec = {"chunked": {"path": node, "chunk_shape": list(chunk), "axis": None, "objects": [0, 0]}}
-        plan.record = rec
-        plan.docs[node] = array_doc(sdt, shape, chunk, attrs)
-        plan.groups = _parents(node)
-        by_offset = {o: (s, r) for (o, s), r in live.items()}
-        starts = [sorted({o[d] for o in by_offset}) for d in range(len(shape))]
-        nbytes = math.prod(chunk) * sdt.itemsize
-        for cell in cells(rec, shape):
-            box_offset = tuple(st[bisect_right(st, c) - 1] for st, c in zip(starts, cell.offset, strict=True))
-            holders = by_offset[box_offset][1]
-            plan.jobs.append((_cell_job(storage, prefix, cell, box_offset, pieces, sdt), nbytes, holders))
-        return plan
-    shards: list[dict[str, Any]] = []
-    pos = 0
-    for k, ((offset, bshape), holders) in enumerate(sorted(live.items())):
-        path = f"{node}/_s{k}"
-        bchunk, axis = chunk_layout(bshape, sdt.itemsize, target)
-        sattrs = {"cloudckpt": {**attrs["cloudckpt"], "offset": list(offset), "global_shape": list(shape)}}
-        plan.docs[path] = array_doc(sdt, bshape, bchunk, sattrs)
-        srec = {"path": path, "offset": list(offset), "shape": list(bshape), "chunk_shape": list(bchunk), "axis": axis}
-        shard_cells = cells({"shards": [{**srec, "objects": [pos, pos]}]}, shape)
-        srec["objects"] = [pos, pos + len(shard_cells)]
-        shards.append(srec)
-        nbytes = math.prod(bchunk) * sdt.itemsize
-        for cell in shard_cells:
-            plan.jobs.append((_cell_job(storage, prefix, cell, offset, pieces, sdt), nbytes, holders))
-        pos += len(shard_cells)
-    plan.record = {"shards": shards}
-    plan.groups = _parents(node) | {node}
-    return plan
-
-
-def is_region_record(record: Mapping[str, Any]) -> bool:
-    """Whether a record needs :func:`read_regions` even for a whole-array
-    read (a sharded grid or per-shard layout)."""
-    return "shards" in record or ("chunked" in record and record["chunked"].get("axis") is None)
+__all__ = ["read_regions"]
 
 
 def _region_task(
-    storage: Storage, obj: Mapping[str, Any], cell: Cell, want: Box, dest: np.ndarray
+    storage: Storage, obj: ObjectEntry, cell: Cell, want: Box, dest: np.ndarray
 ) -> Callable[[], None]:
     key = obj["key"]
     itemsize = dest.dtype.itemsize
@@ -190,31 +86,31 @@ def _region_task(
         dview = dest[in_dest] if in_dest else dest[...]  # (dest[()] of a 0-d array is a copy)
         if hi - lo == n_inter and dview.flags.c_contiguous:
             out = memoryview(dview.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-            _read_into(storage, key, out, lo)
+            read_into(storage, key, out, lo)
             got_view: Any = out
         else:
             buf = np.empty(hi - lo, np.uint8)
             got_view = memoryview(buf)  # type: ignore[arg-type]
-            _read_into(storage, key, got_view, lo)
+            read_into(storage, key, got_view, lo)
             elems = buf.view(dest.dtype)[first - lo // itemsize :]
             src = np.lib.stride_tricks.as_strided(elems, shape=ish, strides=[s * itemsize for s in strides])
             dview[...] = src
         if lo == 0 and hi == csize:
             got = crc32c_of(got_view)
             if got != obj["crc32c"]:
-                raise _corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
+                raise corrupt(storage, key, f"crc32c mismatch (expected {obj['crc32c']}, got {got})")
 
     return run
 
 
 def read_regions(
     storage: Storage,
-    records: Sequence[dict[str, Any]],
-    objects: Sequence[dict[str, Any]],
+    records: Sequence[ArrayRecord | Mapping[str, Any]],
+    objects: Sequence[ObjectEntry],
     wants: Mapping[int, Sequence[Box]],
     *,
     prefix: str = "",
-    pack: dict[str, Any] | None = None,
+    pack: PackRecord | Mapping[str, Any] | None = None,
     where: Callable[[int], str] | None = None,
 ) -> dict[int, ShardedArray]:
     """Read boxes of stored arrays: ``wants[i]`` lists the boxes of array
@@ -226,14 +122,15 @@ def read_regions(
     :class:`~cloudckpt.CorruptCheckpointError` naming a damaged object.
     """
     describe = where or (lambda i: f"#{i}")
+    recs = records_from_json(records)
     out: dict[int, ShardedArray] = {}
     tasks: list[Callable[[], None]] = []
-    packed = [i for i in wants if "packed" in records[i]]
-    whole = read_arrays(storage, prefix, records, pack, objects, packed) if packed else {}
+    packed = [i for i in wants if isinstance(recs[i], PackedRecord)]
+    whole = read_arrays(storage, prefix, recs, pack_from_json(pack), objects, packed) if packed else {}
     for i, boxes in wants.items():
-        rec = records[i]
-        dt = parse_dtype(rec["dtype"])
-        shape = tuple(rec["shape"])
+        rec = recs[i]
+        dt = parse_dtype(rec.dtype)
+        shape = rec.shape
         pieces: list[tuple[tuple[int, ...], np.ndarray]] = []
         for offset, bshape in boxes:
             offset, bshape = tuple(offset), tuple(bshape)
@@ -256,12 +153,14 @@ def read_regions(
             pieces.append((offset, dest))
             if math.prod(bshape) == 0 and shape:
                 continue
+            assert not isinstance(rec, PackedRecord)
             for cell in cells(rec, shape, (offset, bshape)):
                 tasks.append(_region_task(storage, objects[cell.obj], cell, (offset, bshape), dest))
         out[i] = ShardedArray(shape, to_little(dt), pieces)
     storage.map(lambda t: t(), tasks, limit=storage.max_concurrency)
     for i, sa in out.items():
-        dt = parse_dtype(records[i]["dtype"])
+        dt = parse_dtype(recs[i].dtype)
         if sa.dtype != dt:
             out[i] = ShardedArray(sa.shape, dt, [(o, d.astype(dt)) for o, d in sa.pieces])
     return out
+

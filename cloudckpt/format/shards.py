@@ -31,11 +31,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from cloudckpt.format.chunking import chunk_layout
+from cloudckpt.format.records import ChunkedRecord, ShardedRecord, record_from_json
+from cloudckpt.format.zarr_meta import chunk_key
 
 __all__ = ["Box", "ShardedArray", "PerRank", "grid_for", "box_chunking", "cells", "Cell", "intersect", "partition_problem"]
 
@@ -210,8 +214,6 @@ def box_chunking(box_shape: Sequence[int], itemsize: int, target: int) -> tuple[
         >>> box_chunking((101, 1000), 4, 40000)   # 101 is prime: no 10-row chunks
         (101, 1000)
     """
-    from cloudckpt.format.tensor_store import chunk_layout  # layout arithmetic shared with dense arrays
-
     shape = tuple(int(d) for d in box_shape)
     if not shape:
         return ()
@@ -281,8 +283,6 @@ class Cell:
 def _grid_cells(
     path: str, shape: tuple[int, ...], chunk: tuple[int, ...], first: int, origin: tuple[int, ...], want: Box | None
 ) -> Iterator[Cell]:
-    from cloudckpt.format.zarr_meta import chunk_key
-
     n = len(shape)
     if n == 0:
         yield Cell(f"{path}/c", first, origin, (), ())
@@ -314,29 +314,29 @@ def _grid_cells(
         yield Cell(f"{path}/{chunk_key(cell)}", first + flat, offset, valid, chunk)
 
 
-def cells(record: dict[str, Any], shape: Sequence[int], want: Box | None = None) -> list[Cell]:
+def cells(record: ChunkedRecord | ShardedRecord | Mapping[str, Any], shape: Sequence[int], want: Box | None = None) -> list[Cell]:
     """The chunk objects of a stored (chunked or per-box) array record that
     intersect ``want`` (all of them when None), with their boxes.
 
     ``shape`` is the stored shape. Object indices are into the manifest's
-    object list.
+    object list. A record as JSON is read as its typed record.
 
     Example:
-        >>> rec = {"chunked": {"path": "w", "chunk_shape": [2, 3], "axis": None, "objects": [5, 9]}}
+        >>> rec = ChunkedRecord("<f4", (4, 5), 80, "w", (2, 3), None, (5, 9))
         >>> [(c.key, c.obj, c.offset, c.shape) for c in cells(rec, (4, 5), ((1, 3), (1, 2)))]
         [('w/c/0/1', 6, (0, 3), (2, 2))]
     """
+    rec = record if isinstance(record, (ChunkedRecord, ShardedRecord)) else record_from_json(record)
     shape = tuple(int(d) for d in shape)
-    if "chunked" in record:
-        ch = record["chunked"]
-        return list(
-            _grid_cells(ch["path"], shape, tuple(ch["chunk_shape"]), int(ch["objects"][0]), (0,) * len(shape), want)
-        )
+    if isinstance(rec, ChunkedRecord):
+        return list(_grid_cells(rec.path, shape, rec.chunk_shape, rec.objects[0], (0,) * len(shape), want))
+    if not isinstance(rec, ShardedRecord):
+        raise ValueError("a packed array has no chunk objects of its own")
     out: list[Cell] = []
-    for sh in record["shards"]:
-        origin = tuple(sh["offset"]) + (0,) * (len(shape) - len(sh["offset"]))
-        sshape = tuple(sh["shape"]) + shape[len(sh["shape"]) :]
-        out.extend(_grid_cells(sh["path"], sshape, tuple(sh["chunk_shape"]), int(sh["objects"][0]), origin, want))
+    for sh in rec.shards:
+        origin = sh.offset + (0,) * (len(shape) - len(sh.offset))
+        sshape = sh.shape + shape[len(sh.shape) :]
+        out.extend(_grid_cells(sh.path, sshape, sh.chunk_shape, sh.objects[0], origin, want))
     return out
 
 

@@ -156,14 +156,24 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
     identity of a foreign leaf's memory, or None), foreign leaves with equal
     keys (tied weights) are stored once: later ones become ``alias`` nodes.
     """
-    leaves: list[Leaf] = []
-    active: set[int] = set()
-    alias_key = getattr(adapt, "alias_key", None)
-    aliased: dict[Any, int] = {}
-    in_per_rank = False
+    flat = _Flattener(adapt)
+    node = flat.walk(state, ())
+    return node, flat.leaves
 
-    def walk(x: Any, path: Path) -> dict[str, Any]:
-        nonlocal in_per_rank
+
+class _Flattener:
+    """The walk of :func:`flatten`: its leaves so far, the containers on the
+    current path (cycles), the aliases of tied foreign leaves."""
+
+    def __init__(self, adapt: Callable[[Any], Any] | None) -> None:
+        self.leaves: list[Leaf] = []
+        self.active: set[int] = set()
+        self.adapt = adapt
+        self.alias_key = getattr(adapt, "alias_key", None)
+        self.aliased: dict[Any, int] = {}
+        self.in_per_rank = False
+
+    def walk(self, x: Any, path: Path) -> dict[str, Any]:
         if len(path) > MAX_DEPTH:
             raise ValueError(f"the state is nested deeper than {MAX_DEPTH} levels at {format_path(path[:8])}...")
         if x is None:
@@ -176,86 +186,106 @@ def flatten(state: Any, *, adapt: Callable[[Any], Any] | None = None) -> tuple[d
             return _float_node(float(x))
         if isinstance(x, str) and not isinstance(x, np.generic):
             return {"t": "str", "v": str(x)}
-        if isinstance(x, np.ndarray):
-            if type(x) is not np.ndarray:
-                raise TypeError(
-                    f"leaf {format_path(path)} is a {type(x).__name__}, a numpy array subclass whose "
-                    "extra state would be lost; pass np.asarray(value) if that is intended"
-                )
-            reason = check_supported(x.dtype)
-            if reason:
-                raise TypeError(f"leaf {format_path(path)} has dtype {x.dtype}: {reason}")
-            leaves.append(Leaf(path, x, per_rank=in_per_rank))
-            return {"t": "array", "a": len(leaves) - 1}
-        if isinstance(x, np.generic):
-            arr = np.asarray(x)
-            reason = check_supported(arr.dtype)
-            if reason:
-                raise TypeError(f"leaf {format_path(path)} has dtype {arr.dtype}: {reason}")
-            leaves.append(Leaf(path, arr, scalar=True, per_rank=in_per_rank))
-            return {"t": "scalar", "a": len(leaves) - 1}
+        if isinstance(x, (np.ndarray, np.generic)):
+            return self._numpy(x, path)
         if isinstance(x, ShardedArray):
-            reason = check_supported(x.dtype)
-            if reason or storage_shape(x.dtype, x.shape) != x.shape:
-                raise TypeError(f"leaf {format_path(path)} is a sharded array of dtype {x.dtype}: {reason or 'not a numeric dtype'}")
-            if in_per_rank:
-                raise TypeError(f"leaf {format_path(path)}: a sharded array inside a PerRank value; save its local shard instead")
-            leaves.append(Leaf(path, stand_in(x.shape, x.dtype), shards=x))
-            return {"t": "array", "a": len(leaves) - 1}
+            return self._sharded(x, path)
         if isinstance(x, PerRank):
-            if in_per_rank:
-                raise TypeError(f"leaf {format_path(path)}: a PerRank value inside another PerRank value")
-            in_per_rank = True
-            try:
-                return {"t": "per_rank", "v": walk(x.value, path)}
-            finally:
-                in_per_rank = False
+            return self._per_rank(x, path)
         if isinstance(x, (dict, list, tuple)):
-            if id(x) in active:
-                raise ValueError(f"the state contains a reference cycle at {format_path(path)}")
-            active.add(id(x))
-            try:
-                if isinstance(x, dict):
-                    keys: list[Key] = []
-                    values = []
-                    for k, v in x.items():
-                        if isinstance(k, bool) or not isinstance(k, (str, int)) or isinstance(k, np.generic):
-                            raise TypeError(
-                                f"dict key {k!r} of type {type(k).__name__} at {format_path(path)}: "
-                                "only str and int keys are supported"
-                            )
-                        k = str(k) if isinstance(k, str) else int(k)
-                        keys.append(k)
-                        values.append(walk(v, (*path, k)))
-                    return {"t": "dict", "k": keys, "v": values}
-                kind = "list" if isinstance(x, list) else "tuple"
-                out: dict[str, Any] = {"t": kind, "v": [walk(v, (*path, i)) for i, v in enumerate(x)]}
-                if _is_namedtuple(x):
-                    cls: Any = type(x)
-                    out["namedtuple"] = {"name": f"{cls.__module__}.{cls.__qualname__}", "fields": list(cls._fields)}
-                return out
-            finally:
-                active.discard(id(x))
-        if adapt is not None:
-            try:
-                key = alias_key(x) if alias_key is not None and not in_per_rank else None
-                if key is not None and key in aliased:
-                    return {"t": "alias", "a": aliased[key]}
-                adapted = adapt(x)
-            except TypeError as exc:
-                raise TypeError(f"leaf {format_path(path)}: {exc}") from None
-            if adapted is not None:
-                node = walk(adapted, path)
-                if key is not None and node["t"] == "array":
-                    aliased[key] = node["a"]
-                return node
+            return self._container(x, path)
+        node = self._foreign(x, path)
+        if node is not None:
+            return node
         raise TypeError(
             f"leaf {format_path(path)} has unsupported type {type(x).__module__}.{type(x).__qualname__}; "
             "supported leaves are numpy arrays and scalars, None, bool, int, float and str"
         )
 
-    node = walk(state, ())
-    return node, leaves
+    def _numpy(self, x: np.ndarray | np.generic, path: Path) -> dict[str, Any]:
+        if isinstance(x, np.generic):
+            arr = np.asarray(x)
+            reason = check_supported(arr.dtype)
+            if reason:
+                raise TypeError(f"leaf {format_path(path)} has dtype {arr.dtype}: {reason}")
+            self.leaves.append(Leaf(path, arr, scalar=True, per_rank=self.in_per_rank))
+            return {"t": "scalar", "a": len(self.leaves) - 1}
+        if type(x) is not np.ndarray:
+            raise TypeError(
+                f"leaf {format_path(path)} is a {type(x).__name__}, a numpy array subclass whose "
+                "extra state would be lost; pass np.asarray(value) if that is intended"
+            )
+        reason = check_supported(x.dtype)
+        if reason:
+            raise TypeError(f"leaf {format_path(path)} has dtype {x.dtype}: {reason}")
+        self.leaves.append(Leaf(path, x, per_rank=self.in_per_rank))
+        return {"t": "array", "a": len(self.leaves) - 1}
+
+    def _sharded(self, x: ShardedArray, path: Path) -> dict[str, Any]:
+        reason = check_supported(x.dtype)
+        if reason or storage_shape(x.dtype, x.shape) != x.shape:
+            raise TypeError(f"leaf {format_path(path)} is a sharded array of dtype {x.dtype}: {reason or 'not a numeric dtype'}")
+        if self.in_per_rank:
+            raise TypeError(f"leaf {format_path(path)}: a sharded array inside a PerRank value; save its local shard instead")
+        self.leaves.append(Leaf(path, stand_in(x.shape, x.dtype), shards=x))
+        return {"t": "array", "a": len(self.leaves) - 1}
+
+    def _per_rank(self, x: PerRank, path: Path) -> dict[str, Any]:
+        if self.in_per_rank:
+            raise TypeError(f"leaf {format_path(path)}: a PerRank value inside another PerRank value")
+        self.in_per_rank = True
+        try:
+            return {"t": "per_rank", "v": self.walk(x.value, path)}
+        finally:
+            self.in_per_rank = False
+
+    def _container(self, x: dict[Any, Any] | list[Any] | tuple[Any, ...], path: Path) -> dict[str, Any]:
+        if id(x) in self.active:
+            raise ValueError(f"the state contains a reference cycle at {format_path(path)}")
+        self.active.add(id(x))
+        try:
+            if isinstance(x, dict):
+                return self._dict(x, path)
+            kind = "list" if isinstance(x, list) else "tuple"
+            out: dict[str, Any] = {"t": kind, "v": [self.walk(v, (*path, i)) for i, v in enumerate(x)]}
+            if _is_namedtuple(x):
+                cls: Any = type(x)
+                out["namedtuple"] = {"name": f"{cls.__module__}.{cls.__qualname__}", "fields": list(cls._fields)}
+            return out
+        finally:
+            self.active.discard(id(x))
+
+    def _dict(self, x: dict[Any, Any], path: Path) -> dict[str, Any]:
+        keys: list[Key] = []
+        values = []
+        for k, v in x.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)) or isinstance(k, np.generic):
+                raise TypeError(
+                    f"dict key {k!r} of type {type(k).__name__} at {format_path(path)}: "
+                    "only str and int keys are supported"
+                )
+            k = str(k) if isinstance(k, str) else int(k)
+            keys.append(k)
+            values.append(self.walk(v, (*path, k)))
+        return {"t": "dict", "k": keys, "v": values}
+
+    def _foreign(self, x: Any, path: Path) -> dict[str, Any] | None:
+        """The node of a framework leaf (through ``adapt``), an alias of a tied one, or None."""
+        if self.adapt is None:
+            return None
+        try:
+            key = self.alias_key(x) if self.alias_key is not None and not self.in_per_rank else None
+            if key is not None and key in self.aliased:
+                return {"t": "alias", "a": self.aliased[key]}
+            adapted = self.adapt(x)
+        except TypeError as exc:
+            raise TypeError(f"leaf {format_path(path)}: {exc}") from None
+        if adapted is None:
+            return None
+        node = self.walk(adapted, path)
+        if key is not None and node["t"] == "array":
+            self.aliased[key] = node["a"]
+        return node
 
 
 def _is_namedtuple(x: Any) -> bool:

@@ -41,9 +41,19 @@ from cloudckpt.errors import (
 )
 from cloudckpt.format import adapters
 from cloudckpt.format.manifest import MANIFEST_KEY, build_manifest, encode_manifest, max_manifest_bytes, parse_manifest
-from cloudckpt.format.regions import is_region_record, read_regions
+from cloudckpt.format.records import (
+    ChunkedRecord,
+    PackedRecord,
+    ShardedRecord,
+    is_region_record,
+    pack_from_json,
+    records_from_json,
+)
+from cloudckpt.format.regions import read_regions
 from cloudckpt.format.shards import Box, ShardedArray
-from cloudckpt.format.tensor_store import StoreOptions, fill_packed_crcs, read_arrays, write_arrays
+from cloudckpt.format.store_read import read_arrays
+from cloudckpt.format.store_write import fill_packed_crcs, write_arrays
+from cloudckpt.format.tensor_store import StoreOptions
 from cloudckpt.format.tree import (
     Leaf,
     array_ids,
@@ -385,7 +395,7 @@ def read_state(
     (the shards of distributed tensors): those leaves load as
     :class:`~cloudckpt.format.shards.ShardedArray` holding just those boxes, read
     from byte ranges. ``PerRank`` values are those saved by ``rank``.
-    ``mmap``: see :func:`cloudckpt.format.tensor_store.read_arrays`.
+    ``mmap``: see :func:`cloudckpt.format.store_read.read_arrays`.
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
@@ -404,23 +414,24 @@ def read_state(
             raise KeyError(f"{exc.args[0]} at {storage.url}") from None
     wanted = array_ids(node, rank)
     paths = leaf_paths(manifest["tree"], len(manifest["arrays"]))
-    records = manifest["arrays"]
+    records = records_from_json(manifest["arrays"])  # the validated manifest's records, typed
+    pack = pack_from_json(manifest.get("pack"))
     boxes: dict[int, Sequence[Box]] = {}  # arrays read by regions
     sliced: dict[int, Sequence[Box]] = {}  # packed arrays a region of which is wanted: read whole, with the others
     for i in wanted:
         want = regions.get(paths[i]) if regions else None
-        if want is not None and "packed" in records[i]:
+        if want is not None and isinstance(records[i], PackedRecord):
             sliced[i] = want
         elif want is not None:
             boxes[i] = want
         elif is_region_record(records[i]):
-            boxes[i] = [((0,) * len(records[i]["shape"]), tuple(records[i]["shape"]))]
+            boxes[i] = [((0,) * len(records[i].shape), records[i].shape)]
     try:
         arrays: dict[int, Any] = read_arrays(
             storage,
             manifest["data"],
             records,
-            manifest.get("pack"),
+            pack,
             manifest["objects"],
             [i for i in wanted if i not in boxes],  # one plan for every packed tensor: few requests
             options,
@@ -432,7 +443,7 @@ def read_state(
         if boxes:
             got = read_regions(
                 storage, records, manifest["objects"], boxes,
-                prefix=manifest["data"], pack=manifest.get("pack"), where=lambda i: format_path(paths[i]),
+                prefix=manifest["data"], pack=pack, where=lambda i: format_path(paths[i]),
             )
             for i, sa in got.items():
                 whole = not (regions and paths[i] in regions)
@@ -446,7 +457,7 @@ def read_state(
             ) from None
         raise
     state = unflatten(node, arrays, rank)
-    nbytes = sum(int(manifest["arrays"][i]["nbytes"]) for i in wanted)
+    nbytes = sum(records[i].nbytes for i in wanted)
     log.info(
         "restored %s: %d bytes in %d arrays, %.3f s, %d requests",
         storage.url,
@@ -474,21 +485,22 @@ def describe_leaves(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One entry per array leaf: path, dtype, shape, bytes and where it is stored."""
     paths = leaf_paths(manifest["tree"], len(manifest["arrays"]))
     out = []
-    for i, a in enumerate(manifest["arrays"]):
-        if "chunked" in a:
-            where = a["chunked"]["path"]
-        elif "shards" in a:
-            where = a["shards"][0]["path"].rsplit("/", 1)[0]
-        else:
-            where = f"{manifest['pack']['path']}@{a['packed']['offset']}"
+    for i, a in enumerate(records_from_json(manifest["arrays"])):
+        match a:
+            case ChunkedRecord():
+                where, stored_as = a.path, "array"
+            case ShardedRecord():
+                where, stored_as = a.shards[0].path.rsplit("/", 1)[0], "shards"
+            case PackedRecord():
+                where, stored_as = f"{manifest['pack']['path']}@{a.offset}", "packed"
         out.append(
             {
                 "path": list(paths[i]),
                 "name": format_path(paths[i]),
-                "dtype": a["dtype"],
-                "shape": list(a["shape"]),
-                "nbytes": a["nbytes"],
-                "stored_as": "packed" if "packed" in a else ("shards" if "shards" in a else "array"),
+                "dtype": a.dtype,
+                "shape": list(a.shape),
+                "nbytes": a.nbytes,
+                "stored_as": stored_as,
                 "zarr_path": where,
             }
         )

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cloudckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, ObjectNotFoundError
+from cloudckpt.format.budget import ByteBudget
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.manifest import MANIFEST_KEY, max_manifest_bytes, parse_manifest
 from cloudckpt.layout import directory as directory_model
@@ -149,38 +150,6 @@ class VerifyReport:
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
         }
-
-
-class ByteBudget:
-    """A counting semaphore of bytes: bounds the object bytes held at once.
-
-    A request for more than the whole budget waits for the whole budget, so
-    one oversized object still proceeds (alone).
-
-    Example:
-        >>> b = ByteBudget(10); n = b.acquire(25); n, b.free
-        (10, 0)
-        >>> b.release(n); b.free
-        10
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total = max(1, int(total))
-        self.free = self.total
-        self._cv = threading.Condition()
-
-    def acquire(self, n: int) -> int:
-        n = max(0, min(int(n), self.total))
-        with self._cv:
-            while self.free < n:
-                self._cv.wait()
-            self.free -= n
-        return n
-
-    def release(self, n: int) -> None:
-        with self._cv:
-            self.free += n
-            self._cv.notify_all()
 
 
 def read_checked(
