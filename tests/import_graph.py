@@ -46,12 +46,17 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
 def _targets(mod: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, known: dict[str, Path]) -> list[str]:
     if isinstance(node, ast.Import):
         return [a.name for a in node.names]
-    base = node.module or ""
-    if node.level:
-        parts = mod.split(".") if is_pkg else mod.split(".")[:-1]
-        parts = parts[: len(parts) - (node.level - 1)]
-        base = ".".join(parts + ([node.module] if node.module else []))
+    base = _base(mod, is_pkg, node)
     return [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+
+
+def _base(mod: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    """The absolute module of ``from <base> import ...``."""
+    if not node.level:
+        return node.module or ""
+    parts = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
 
 
 def _owner(name: str, known: dict[str, Path]) -> str | None:
@@ -78,7 +83,8 @@ def _transparent(path: Path) -> bool:
 def graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Module -> the modules it imports (transparent packages looked through)."""
     known = modules(root)
-    edges: dict[str, set[str]] = defaultdict(set)
+    edges: dict[str, set[str]] = defaultdict(set)  # module -> the modules it imports (packages as such)
+    raw: dict[str, set[str]] = defaultdict(set)  # module -> the dotted names it imports (``pkg.name`` kept)
     for mod, path in known.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -86,20 +92,37 @@ def graph(root: Path = ROOT) -> dict[str, set[str]]:
                     owner = _owner(target, known)
                     if owner and owner != mod:
                         edges[mod].add(owner)
+                        if isinstance(node, ast.Import):
+                            raw[mod].add(target)
+                if isinstance(node, ast.ImportFrom):
+                    prefix = _base(mod, path.name == "__init__.py", node)
+                    raw[mod].update(f"{prefix}.{a.name}" for a in node.names if _owner(f"{prefix}.{a.name}", known) not in (None, mod))
     transparent = {m for m, p in known.items() if _transparent(p)}
+    exported = {m: _exports(m, known[m], known) for m in transparent}
 
-    def through(m: str, seen: set[str]) -> set[str]:
-        out: set[str] = set()
-        for t in edges[m]:
-            if t in transparent:
-                if t not in seen:
-                    seen.add(t)
-                    out |= through(t, seen)
-            else:
-                out.add(t)
-        return out
+    def resolve(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        """The modules behind ``name`` (a module, or ``package.attribute`` of a transparent package)."""
+        owner = _owner(name, known)
+        if owner not in transparent or owner in seen:
+            return {owner} if owner else set()
+        attr = name[len(owner) + 1 :].partition(".")[0]
+        if attr and attr in exported[owner]:
+            return resolve(exported[owner][attr], seen | {owner})
+        # the package as a whole (``import pkg``, or a name it does not re-export): all it imports
+        return set().union(*(resolve(t, seen | {owner}) for t in edges[owner])) if edges[owner] else set()
 
-    return {m: through(m, set()) - {m} for m in known if m not in transparent}
+    return {m: set().union(*(resolve(t) for t in raw[m])) - {m} for m in known if m not in transparent}
+
+
+def _exports(mod: str, path: Path, known: dict[str, Path]) -> dict[str, str]:
+    """The names a transparent ``__init__`` re-exports -> the dotted name each comes from."""
+    out = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            base = _base(mod, True, node)
+            for a in node.names:
+                out[a.asname or a.name] = f"{base}.{a.name}"
+    return out
 
 
 def circles(g: dict[str, set[str]]) -> list[list[str]]:
