@@ -18,8 +18,8 @@ from typing import Any
 from cloudckpt import frameworks
 from cloudckpt.checkpoint import regions_of, restore_into
 from cloudckpt.distributed.group import agree, current_rank, resolve_group
+from cloudckpt.format.node_names import leaf_entries
 from cloudckpt.format.tensor_store import StoreOptions
-from cloudckpt.format.tree import leaf_entries
 from cloudckpt.layout.checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
 from cloudckpt.storage import open_storage
 

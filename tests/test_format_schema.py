@@ -28,7 +28,7 @@ import cloudckpt
 from cloudckpt import PerRank, ShardedArray
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.manifest import FORMAT_VERSION, MANIFEST_KEY, encode_manifest, parse_manifest
-from cloudckpt.format.tree import decode_name, encode_name
+from cloudckpt.format.node_names import decode_name, encode_name
 from cloudckpt.storage import open_storage
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -226,7 +226,7 @@ class WrittenKeys:
 
 def _record(url: str, path: str | tuple[Any, ...]) -> dict[str, Any]:
     """The manifest record of the array at ``path`` (``"a/b"`` or a tuple of keys)."""
-    from cloudckpt.format.tree import leaf_paths
+    from cloudckpt.format.node_names import leaf_paths
     from cloudckpt.storage import open_storage
 
     key = tuple(path.split("/")) if isinstance(path, str) else tuple(path)

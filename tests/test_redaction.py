@@ -90,7 +90,7 @@ def test_secrets_of_options_and_environment():
 def test_cli_redact_leaves_normal_output_alone(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
-    cli._reset()
+    cli.reset_command()
     try:
         cli.storage_options_for("s3://b/run", ["secret=test", "key=test"])
         line = "3 committed checkpoints in s3://b/test/run; latest: s3://b/test/run/ckpt-5"
@@ -99,7 +99,7 @@ def test_cli_redact_leaves_normal_output_alone(monkeypatch):
             "retrying with secret=***, key=*** as ***"
         )
     finally:
-        cli._reset()
+        cli.reset_command()
 
 
 def test_storage_errors_mask_a_short_secret_only_where_it_is_one(tmp_path):

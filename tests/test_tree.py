@@ -13,18 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cloudckpt
-from cloudckpt.format.tree import (
-    MAX_DEPTH,
-    array_ids,
-    decode_name,
-    encode_name,
-    flatten,
-    format_path,
-    node_paths,
-    parse_key_path,
-    select,
-    unflatten,
-)
+from cloudckpt.format.node_names import decode_name, encode_name, node_paths
+from cloudckpt.format.tree import MAX_DEPTH, array_ids, flatten, format_path, parse_key_path, select, unflatten
 
 # ---------------------------------------------------------------- helpers
 

@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 from cloudckpt import errors
 
 __all__ = [
+    "JsonCollectives",
     "Group",
     "SingleProcess",
     "SINGLE",
@@ -76,7 +77,14 @@ class Group(Protocol):
     def fork(self) -> Group: ...
 
 
-class _JsonMixin:
+class JsonCollectives:
+    """The JSON collectives of a :class:`Group`, built on its byte collectives: a base for group classes.
+
+    Example:
+        >>> SINGLE.all_gather_json({"a": 1}), SINGLE.broadcast_json([1, 2])
+        ([{'a': 1}], [1, 2])
+    """
+
     def all_gather_json(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (JSON), in rank order."""
         raw = self.all_gather_bytes(json.dumps(value, separators=(",", ":")).encode())  # type: ignore[attr-defined]
@@ -88,7 +96,7 @@ class _JsonMixin:
         return json.loads(self.broadcast_bytes(data, src))  # type: ignore[attr-defined]
 
 
-class SingleProcess(_JsonMixin):
+class SingleProcess(JsonCollectives):
     """A group of one process: every collective returns its own input.
 
     Example:

@@ -50,7 +50,7 @@ from typing import Any
 
 import jax
 
-from cloudckpt.distributed.group import DEFAULT_TIMEOUT, SINGLE, _JsonMixin, register_provider
+from cloudckpt.distributed.group import DEFAULT_TIMEOUT, SINGLE, JsonCollectives, register_provider
 from cloudckpt.errors import CheckpointError
 
 __all__ = ["JaxGroup", "group_for"]
@@ -68,7 +68,7 @@ def _client() -> Any:
     return getattr(global_state, "client", None)
 
 
-class JaxGroup(_JsonMixin):
+class JaxGroup(JsonCollectives):
     """All processes of a ``jax.distributed`` job as a cloudckpt group (see the module docs).
 
     ``timeout`` (seconds) bounds every collective; ``namespace`` prefixes its

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cloudckpt.distributed.group import SINGLE, _JsonMixin, register_provider
+from cloudckpt.distributed.group import SINGLE, JsonCollectives, register_provider
 from cloudckpt.errors import CheckpointError
 
 __all__ = ["TorchGroup", "group_for"]
@@ -31,7 +31,7 @@ _GROUPS: dict[tuple[Any, float], TorchGroup] = {}
 _LOCK = threading.Lock()
 
 
-class TorchGroup(_JsonMixin):
+class TorchGroup(JsonCollectives):
     """A torch.distributed process group as a cloudckpt group (see the module docs)."""
 
     def __init__(self, pg: Any, timeout: float) -> None:

@@ -41,6 +41,7 @@ from cloudckpt.errors import (
 )
 from cloudckpt.format import adapters
 from cloudckpt.format.manifest import MANIFEST_KEY, build_manifest, encode_manifest, max_manifest_bytes, parse_manifest
+from cloudckpt.format.node_names import leaf_paths, node_paths
 from cloudckpt.format.records import (
     ChunkedRecord,
     PackedRecord,
@@ -54,17 +55,7 @@ from cloudckpt.format.shards import Box, ShardedArray
 from cloudckpt.format.store_read import read_arrays
 from cloudckpt.format.store_write import fill_packed_crcs, write_arrays
 from cloudckpt.format.tensor_store import StoreOptions
-from cloudckpt.format.tree import (
-    Leaf,
-    array_ids,
-    flatten,
-    format_path,
-    leaf_paths,
-    node_paths,
-    parse_key_path,
-    select,
-    unflatten,
-)
+from cloudckpt.format.tree import Leaf, array_ids, flatten, format_path, parse_key_path, select, unflatten
 from cloudckpt.layout.commit import commit, discard_attempt
 from cloudckpt.layout.names import attempt_id, data_prefix, is_data_prefix
 from cloudckpt.storage import Storage
@@ -399,33 +390,12 @@ def read_state(
     """
     t0 = time.perf_counter()
     requests0 = storage.stats.requests
-    node = manifest["tree"]
-    if keys is not None:
-        if not isinstance(keys, (str, tuple, list)):
-            raise TypeError(
-                f"keys must be a key path ('model/w' or a tuple of keys) or a list of them, got {type(keys).__name__}"
-            )
-        if isinstance(keys, (str, tuple)):
-            keys = [keys]
-        paths = [parse_key_path(k) for k in keys]
-        try:
-            node = select(node, paths)
-        except KeyError as exc:
-            raise KeyError(f"{exc.args[0]} at {storage.url}") from None
+    node = _selected(storage, manifest["tree"], keys)
     wanted = array_ids(node, rank)
     paths = leaf_paths(manifest["tree"], len(manifest["arrays"]))
     records = records_from_json(manifest["arrays"])  # the validated manifest's records, typed
     pack = pack_from_json(manifest.get("pack"))
-    boxes: dict[int, Sequence[Box]] = {}  # arrays read by regions
-    sliced: dict[int, Sequence[Box]] = {}  # packed arrays a region of which is wanted: read whole, with the others
-    for i in wanted:
-        want = regions.get(paths[i]) if regions else None
-        if want is not None and isinstance(records[i], PackedRecord):
-            sliced[i] = want
-        elif want is not None:
-            boxes[i] = want
-        elif is_region_record(records[i]):
-            boxes[i] = [((0,) * len(records[i].shape), records[i].shape)]
+    boxes, sliced = _region_reads(wanted, records, paths, regions)
     try:
         arrays: dict[int, Any] = read_arrays(
             storage,
@@ -467,6 +437,41 @@ def read_state(
         storage.stats.requests - requests0,
     )
     return state
+
+
+def _selected(storage: Storage, node: Mapping[str, Any], keys: Sequence[str | Sequence[Any]] | None) -> Mapping[str, Any]:
+    """The subtree of ``node`` that ``keys`` (a key path or a list of them) select; all of it for None."""
+    if keys is None:
+        return node
+    if not isinstance(keys, (str, tuple, list)):
+        raise TypeError(f"keys must be a key path ('model/w' or a tuple of keys) or a list of them, got {type(keys).__name__}")
+    if isinstance(keys, (str, tuple)):
+        keys = [keys]
+    paths = [parse_key_path(k) for k in keys]
+    try:
+        return select(node, paths)
+    except KeyError as exc:
+        raise KeyError(f"{exc.args[0]} at {storage.url}") from None
+
+
+def _region_reads(
+    wanted: Sequence[int],
+    records: Sequence[Any],
+    paths: Sequence[tuple[Any, ...]],
+    regions: Mapping[tuple[Any, ...], Sequence[Box]] | None,
+) -> tuple[dict[int, Sequence[Box]], dict[int, Sequence[Box]]]:
+    """Which wanted arrays are read by regions (boxes), and which packed ones are read whole then sliced."""
+    boxes: dict[int, Sequence[Box]] = {}
+    sliced: dict[int, Sequence[Box]] = {}
+    for i in wanted:
+        want = regions.get(paths[i]) if regions else None
+        if want is not None and isinstance(records[i], PackedRecord):
+            sliced[i] = want
+        elif want is not None:
+            boxes[i] = want
+        elif is_region_record(records[i]):
+            boxes[i] = [((0,) * len(records[i].shape), records[i].shape)]
+    return boxes, sliced
 
 
 def _manifest_gone(storage: Storage, manifest: Mapping[str, Any]) -> bool:

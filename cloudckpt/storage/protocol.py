@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Buffer", "byte_view", "scatter_runs", "WriteMode", "Capabilities", "Backend", "IncompleteUpload", "TEMP_MIN_AGE"]
+__all__ = ["Buffer", "byte_view", "joined", "scatter_runs", "WriteMode", "Capabilities", "Backend", "IncompleteUpload", "TEMP_MIN_AGE"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -75,6 +75,18 @@ def scatter_runs(pieces: Sequence[tuple[Any, int]], where: str, *, whole: bool =
             runs.append((offset, [out]))
         end = offset + out.nbytes
     return runs
+
+
+def joined(buffers: Sequence[Buffer]) -> bytes:
+    """``buffers`` as one ``bytes`` (the one ``bytes`` itself, not copied), for a backend that sends one body.
+
+    Example:
+        >>> joined([b"ab", memoryview(b"c")]), joined([b"x"])
+        (b'abc', b'x')
+    """
+    if len(buffers) == 1 and isinstance(buffers[0], bytes):
+        return buffers[0]
+    return b"".join(buffers)
 
 
 class WriteMode(enum.Enum):

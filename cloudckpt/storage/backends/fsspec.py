@@ -36,7 +36,7 @@ import fsspec.asyn
 from fsspec.asyn import AsyncFileSystem
 
 from cloudckpt.storage.backends.base import BackendBase
-from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, joined
 from cloudckpt.storage.urls import normalise_key_path
 
 __all__ = ["FsspecBackend", "GENERIC_OPTIONS"]
@@ -75,12 +75,6 @@ async def drain(read: Any, views: list[memoryview]) -> int:
             pos += n
             done += n
     return done
-
-
-def _as_bytes(buffers: Sequence[Buffer]) -> bytes:
-    if len(buffers) == 1 and isinstance(buffers[0], bytes):
-        return buffers[0]
-    return b"".join(buffers)
 
 
 def _credential_env() -> str:
@@ -256,7 +250,7 @@ class FsspecBackend(BackendBase):
 
     def body(self, buffers: Sequence[Buffer]) -> Any:
         """What an overwriting upload of ``buffers`` sends: here their join."""
-        return _as_bytes(buffers)
+        return joined(buffers)
 
     # -- listings and deletes
     def list_dir(self, path: str) -> tuple[dict[str, int], list[str]]:

@@ -21,8 +21,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from cloudckpt.storage.backends.fsspec import FsspecBackend, _as_bytes
-from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, byte_view
+from cloudckpt.storage.backends.fsspec import FsspecBackend
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, byte_view, joined
 from cloudckpt.storage.urls import normalise_key_path
 
 __all__ = ["MemoryBackend"]
@@ -91,4 +91,4 @@ class MemoryBackend(FsspecBackend):
         """One buffer as a memoryview (the store copies it once), several joined."""
         if len(buffers) == 1 and not isinstance(buffers[0], bytes):
             return byte_view(buffers[0])
-        return _as_bytes(buffers)
+        return joined(buffers)

@@ -20,9 +20,8 @@ from typing import Any
 
 import fsspec.asyn
 
-from cloudckpt.storage.backends import fsspec as generic
 from cloudckpt.storage.backends.fsspec import FsspecBackend, drain
-from cloudckpt.storage.protocol import Buffer, Capabilities, byte_view
+from cloudckpt.storage.protocol import Buffer, Capabilities, byte_view, joined
 
 __all__ = ["S3Backend"]
 
@@ -153,7 +152,7 @@ class S3Backend(FsspecBackend):
     def body(self, buffers: Sequence[Buffer]) -> Any:
         """No copy: botocore reads the body from the buffers while sending it."""
         if len(buffers) == 1 and isinstance(buffers[0], bytes):
-            return generic._as_bytes(buffers)
+            return joined(buffers)
         return _ViewReader([byte_view(b) for b in buffers])
 
     def exists(self, path: str) -> bool:

@@ -11,10 +11,10 @@ from cloudckpt.tools.cli.app import main
 from cloudckpt.tools.cli.exits import EXIT
 from cloudckpt.tools.cli.output import human, plural
 from cloudckpt.tools.cli.storage_options import (
-    _reset,
     env_storage_options,
     parse_option,
     redact,
+    reset_command,
     storage_options_for,
 )
 
@@ -27,5 +27,5 @@ __all__ = [
     "redact",
     "human",
     "plural",
-    "_reset",
+    "reset_command",
 ]

@@ -33,7 +33,7 @@ from cloudckpt.tools.cli.cp import cp_cmd
 from cloudckpt.tools.cli.demo import demo_cmd
 from cloudckpt.tools.cli.ls_inspect import inspect_cmd, ls_cmd
 from cloudckpt.tools.cli.rm_gc import gc_cmd, rm_cmd
-from cloudckpt.tools.cli.storage_options import _reset, redact
+from cloudckpt.tools.cli.storage_options import redact, reset_command
 from cloudckpt.tools.cli.verify import verify_cmd
 
 __all__ = ["main", "EPILOG"]
@@ -80,7 +80,7 @@ class _EchoHandler(logging.Handler):
 def main(verbose: int) -> None:
     """Inspect, verify, copy and clean up cloudckpt checkpoints on any fsspec URL
     (local paths, s3://, gs://, memory://, ...)."""
-    _reset()
+    reset_command()
     lg = logging.getLogger("cloudckpt")
     level = lg.level
     handler: logging.Handler

@@ -26,6 +26,7 @@ from cloudckpt.storage import open_storage
 from cloudckpt.tools.cli.storage_internals import accepted_options, backend_name, redact_text, secrets_of
 
 __all__ = [
+    "reset_command",
     "parse_option",
     "env_storage_options",
     "storage_options_for",
@@ -41,8 +42,13 @@ _opened: list[Any] = []
 _given: set[str] = set()
 
 
-def _reset() -> None:
-    """Forget the previous command's options (each command starts here)."""
+def reset_command() -> None:
+    """Forget the previous command's options (each command starts here).
+
+    Example:
+        >>> _secrets.add("hunter2-hunter2"); reset_command(); redact("said hunter2-hunter2")
+        'said hunter2-hunter2'
+    """
     _secrets.clear()
     _secrets.update(secrets_of({}))  # the credential environment variables
     _opened.clear()
@@ -138,7 +144,7 @@ def redact(text: str) -> str:
         >>> _secrets.update({"test", "hunter2-hunter2"})
         >>> redact("latest: s3://b/run/ckpt-5; secret=test; said hunter2-hunter2")
         'latest: s3://b/run/ckpt-5; secret=***; said ***'
-        >>> _reset()
+        >>> reset_command()
     """
     return redact_text(text, _secrets)
 
