@@ -65,11 +65,14 @@ def train_step(state: dict[str, np.ndarray], step: int, lr: float = 0.05, beta: 
 
 
 def _worker(directory: str, steps: int, every: int, delay: float) -> int:
-    import cloudckpt
+    # the public cloudckpt.Checkpoint / cloudckpt.CheckpointManager, imported from their modules
+    # (the demo is part of the package: it does not import the package's root)
+    from cloudckpt.checkpoint import Checkpoint
+    from cloudckpt.manager.checkpoint_manager import CheckpointManager
 
     state = initial_state()
-    ckpt = cloudckpt.Checkpoint(model=state, step=0)
-    manager = cloudckpt.CheckpointManager(ckpt, directory, max_to_keep=3, checkpoint_name="ckpt")
+    ckpt = Checkpoint(model=state, step=0)
+    manager = CheckpointManager(ckpt, directory, max_to_keep=3, checkpoint_name="ckpt")
     restored = manager.restore_or_initialize()
     start = int(ckpt.step)
     print(f"[worker {os.getpid()}] {'resumed from ' + restored if restored else 'fresh start'} at step {start}", flush=True)
@@ -176,13 +179,15 @@ def run(
         >>> status, "bit for bit: True" in out.getvalue()
         (0, True)
     """
-    import cloudckpt
+    from cloudckpt.__about__ import __version__
+    from cloudckpt.api import load
+    from cloudckpt.manager.checkpoint_manager import latest_checkpoint
 
     directory = directory or os.path.join(tempfile.mkdtemp(prefix="cloudckpt-demo-"), "run")
-    print(f"cloudckpt {cloudckpt.__version__} demo — checkpoints in {directory}\n", flush=True)
+    print(f"cloudckpt {__version__} demo — checkpoints in {directory}\n", flush=True)
     print("1. training, saving every", every, "steps, max_to_keep=3; killed at step", kill_at, flush=True)
     _run_worker(directory, steps, every, delay, kill_at)
-    latest = cloudckpt.latest_checkpoint(directory)
+    latest = latest_checkpoint(directory)
     print(f"\n2. after the kill: latest committed checkpoint is {latest}")
     print("\n3. a new process resumes from it", flush=True)
     status = _run_worker(directory, steps, every, 0.0, None)
@@ -192,7 +197,7 @@ def run(
     reference = initial_state()
     for step in range(steps):
         train_step(reference, step)
-    final: Any = cloudckpt.load(cloudckpt.latest_checkpoint(directory) or "", keys=["model"])["model"]
+    final: Any = load(latest_checkpoint(directory) or "", keys=["model"])["model"]
     same = all(np.array_equal(final[k], reference[k]) for k in reference)
     print(f"\n4. resumed run equals an uninterrupted run, bit for bit: {same}")
     print(f"   checkpoints left: {[u.rsplit('/', 1)[-1] for u in _committed(directory)]}")
