@@ -9,10 +9,10 @@ was expected. What the types cannot say (cross-field rules) is
 :mod:`cloudckpt.format.manifest_check`'s.
 
 Example:
-    >>> check_structure({"key": "d/x", "size": -1, "crc32c": 0}, ObjectEntry)
+    >>> check_structure({"key": "d/x", "size": -1, "crc32c": 0}, mt.ObjectEntry, "objects[0]")
     Traceback (most recent call last):
     ...
-    cloudckpt.format.structure.Invalid: size: expected an integer in [0, 72057594037927936], got -1
+    cloudckpt.format.structure.Invalid: objects[0].size: expected an integer in [0, 72057594037927936], got -1
 """
 
 from __future__ import annotations
