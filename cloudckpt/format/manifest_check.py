@@ -28,9 +28,8 @@ from cloudckpt import __about__
 from cloudckpt.errors import FormatVersionError
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.dtypes import parse_dtype, storage_dtype, storage_shape
-from cloudckpt.format.manifest_types import Manifest
 from cloudckpt.format.shards import partition_problem
-from cloudckpt.format.structure import Invalid, check_fields, check_structure
+from cloudckpt.format.structure import Invalid, check_header, check_structure
 from cloudckpt.storage import validate_key
 
 __all__ = [
@@ -45,8 +44,6 @@ __all__ = [
 
 FORMAT_VERSION = 3  # the newest version this library reads; it writes the oldest that holds the tree
 _MAX_DEPTH = 500  # the deepest a tree may nest
-#: The header: the manifest's fields from 'format' to 'metadata' (its first line).
-_HEADER_FIELDS = tuple(Manifest.__annotations__)[: tuple(Manifest.__annotations__).index("metadata") + 1]
 NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar", "alias", "per_rank"}
 _V2_NODE_TYPES = {"alias"}  # node types that format version 1 lacks
 
@@ -246,7 +243,7 @@ def _check_header_rules(m: Mapping[str, Any]) -> None:
 def validate_header(m: Any) -> dict[str, Any]:
     """``m`` if its header fields are valid (see the module example): everything but the tree, arrays and objects."""
     _check_version(m)
-    check_fields(m, _HEADER_FIELDS)
+    check_header(m)
     _check_header_rules(m)
     return m  # type: ignore[no-any-return]
 

@@ -9,7 +9,8 @@ was expected. What the types cannot say (cross-field rules) is
 :mod:`cloudckpt.format.manifest_check`'s.
 
 Example:
-    >>> check_structure({"key": "d/x", "size": -1, "crc32c": 0}, mt.ObjectEntry, "objects[0]")
+    >>> from cloudckpt.format.manifest_types import ObjectEntry
+    >>> check_structure({"key": "d/x", "size": -1, "crc32c": 0}, ObjectEntry, "objects[0]")
     Traceback (most recent call last):
     ...
     cloudckpt.format.structure.Invalid: objects[0].size: expected an integer in [0, 72057594037927936], got -1
@@ -23,9 +24,10 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NotRequired, Union, get_args, get_origin, get_type_hints, is_typeddict
 
-from cloudckpt.format import manifest_types as mt
+if typing.TYPE_CHECKING:
+    from cloudckpt.format import manifest_types as mt
 
-__all__ = ["Invalid", "check_structure", "check_fields"]
+__all__ = ["Invalid", "check_structure", "check_header"]
 
 Check = Callable[[Any], None]
 _JSON_TYPES = {int: "an integer", str: "a string", float: "a number", bool: "a boolean", type(None): "null"}
@@ -358,8 +360,12 @@ _PLAN: _Plan | None = None
 
 
 def _plan() -> _Plan:
-    global _PLAN
+    """The check plan, made on first use (importing the types costs ~3 ms: a load pays it, ``import cloudckpt`` does not)."""
+    global _PLAN, mt
     if _PLAN is None:
+        from cloudckpt.format import manifest_types
+
+        mt = manifest_types  # (this module's name for the types module, bound here on first use)
         _PLAN = _Plan()
     return _PLAN
 
@@ -533,48 +539,54 @@ def _fast(tp: Any) -> Callable[[Any], bool]:
     return _FAST.pred(tp)
 
 
-def check_structure(value: Any, tp: Any = mt.Manifest, root: str = "manifest") -> None:
+def check_structure(value: Any, tp: Any = None, root: str = "manifest") -> None:
     """Raise :class:`Invalid` unless ``value`` (parsed JSON) has the structure of the type ``tp``.
 
-    The message names the JSON path of the bad field and what was expected
-    (``root`` names the value itself).
+    ``tp``: a type of :mod:`cloudckpt.format.manifest_types` (None: the
+    manifest). The message names the JSON path of the bad field and what was
+    expected (``root`` names the value itself).
 
     Example:
-        >>> check_structure({"t": "per_rank", "r": []}, mt.Node, "tree")
+        >>> from cloudckpt.format.manifest_types import Node
+        >>> check_structure({"t": "per_rank", "r": []}, Node, "tree")
         Traceback (most recent call last):
         ...
         cloudckpt.format.structure.Invalid: tree.r: expected a list of 1..1048576 items, got [] (in a 'per_rank' node)
     """
+    plan = _plan()
+    tp = mt.Manifest if tp is None else tp
     if _fast(tp)(value):
         return
     try:
-        _plan().of(tp)(value)
+        plan.of(tp)(value)
     except _Bad as exc:
         raise exc.invalid(root) from None
     raise Invalid(f"{root}: does not have the structure of a {getattr(tp, '__name__', 'manifest value')}")  # (the two agree)
 
 
-def check_fields(value: Any, names: Iterable[str], tp: Any = mt.Manifest) -> None:
-    """Like :func:`check_structure` for the fields ``names`` of the object type ``tp`` only (a header).
+def check_header(value: Any) -> None:
+    """Like :func:`check_structure` for the manifest's header: its fields from 'format' to 'metadata' (its first line).
 
     Example:
-        >>> check_fields({"format": "cloudckpt", "data": "../x"}, ["format", "data"])
+        >>> check_header({"format": "cloudckpt", "format_version": 1, "created": -1})
         Traceback (most recent call last):
         ...
-        cloudckpt.format.structure.Invalid: data: expected a string matching '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$', got '../x'
+        cloudckpt.format.structure.Invalid: created: expected a number in [0, inf], got -1
     """
-    hints = _plan().hints(tp)
+    plan = _plan()
+    hints, required = plan.hints(mt.Manifest), plan.required(mt.Manifest)
+    names = list(hints)
     if type(value) is not dict:
         raise Invalid(f"manifest: expected an object, got {_got(value)}")
-    for k in names:
+    for k in names[: names.index("metadata") + 1]:
         if k not in value:
-            if k in _plan().required(tp):
+            if k in required:
                 raise Invalid(f"manifest: missing field {k!r}")
             continue
         if _fast(hints[k])(value[k]):
             continue
         try:
-            _plan().of(hints[k])(value[k])
+            plan.of(hints[k])(value[k])
         except _Bad as exc:
             exc.path.append(f".{k}")
             raise exc.invalid("manifest") from None
