@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from cloudckpt.errors import FormatVersionError
 from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.dtypes import parse_dtype, storage_dtype, storage_shape
 from cloudckpt.format.shards import partition_problem
+from cloudckpt.format.structure import Invalid, check_header, check_structure
 from cloudckpt.storage import validate_key
 
 __all__ = [
@@ -41,9 +43,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 3  # the newest version this library reads; it writes the oldest that holds the tree
-_DATA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_MAX_NDIM = 64
-_MAX_SIZE = 1 << 56
+_MAX_DEPTH = 500  # the deepest a tree may nest
 NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar", "alias", "per_rank"}
 _V2_NODE_TYPES = {"alias"}  # node types that format version 1 lacks
 
@@ -104,135 +104,71 @@ def check_self_crc(data: bytes, m: Mapping[str, Any]) -> None:
 
 
 
-class Invalid(Exception):
-    """What is wrong with a manifest, and where (the parser turns it into a CorruptCheckpointError naming the URL).
-
-    Example:
-        >>> validate_manifest([])
-        Traceback (most recent call last):
-        ...
-        cloudckpt.format.manifest_check.Invalid: manifest is not a JSON object
-    """
-
-
-def _req(d: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
-    if key not in d:
-        raise Invalid(f"{where}: missing field '{key}'")
-    v = d[key]
-    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise Invalid(f"{where}.{key}: expected {types}, got bool")
-    if not isinstance(v, types):
-        raise Invalid(f"{where}.{key}: expected {getattr(types, '__name__', types)}, got {type(v).__name__}")
-    return v
-
-
-def _int(d: Mapping[str, Any], key: str, where: str, lo: int = 0, hi: int = _MAX_SIZE) -> int:
-    v = _req(d, key, int, where)
-    if not lo <= v <= hi:
-        raise Invalid(f"{where}.{key}: {v} out of range [{lo}, {hi}]")
-    return int(v)
-
-
 def _range(d: Mapping[str, Any], where: str, n_objects: int) -> tuple[int, int]:
-    r = _req(d, "objects", list, where)
-    if len(r) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in r):
-        raise Invalid(f"{where}.objects: expected [start, stop]")
-    lo, hi = r
-    if not 0 <= lo <= hi <= n_objects:
-        raise Invalid(f"{where}.objects: range {r} outside the {n_objects} objects")
+    lo, hi = d["objects"]
+    if not lo <= hi <= n_objects:
+        raise Invalid(f"{where}.objects: range {[lo, hi]} outside the {n_objects} objects")
     return lo, hi
 
 
-def _check_tree(
-    node: Any, n_arrays: int, used: set[int], depth: int = 0, aliases: list[int] | None = None, in_rank: bool = False
-) -> None:
-    if depth > 500:
-        raise Invalid("tree: nested deeper than 500 levels")
-    if not isinstance(node, dict):
-        raise Invalid("tree: node is not an object")
-    t = node.get("t")
-    if t not in NODE_TYPES:
-        raise Invalid(f"tree: unknown node type {t!r}")
+def _check_tree(node: Any, n_arrays: int, used: set[int], depth: int, aliases: list[int], features: set[str], in_rank: bool = False) -> None:
+    """The tree's rules beyond its structure (checked before): depth, keys, references, nesting.
+
+    ``features`` collects what needs a newer format version ('namedtuple', 'per_rank')."""
+    if depth > _MAX_DEPTH:
+        raise Invalid(f"tree: nested deeper than {_MAX_DEPTH} levels")
+    t = node["t"]
     if t in ("dict", "list", "tuple"):
-        vs = node.get("v")
-        if not isinstance(vs, list):
-            raise Invalid(f"tree: {t} node without a list 'v'")
+        vs = node["v"]
         if t == "dict":
-            ks = node.get("k")
-            if not isinstance(ks, list) or len(ks) != len(vs):
+            ks = node["k"]
+            if len(ks) != len(vs):
                 raise Invalid("tree: dict node with keys not matching values")
-            seen: set[tuple[str, Any]] = set()
-            for k in ks:
-                if isinstance(k, bool) or not isinstance(k, (str, int)):
-                    raise Invalid(f"tree: dict key {k!r} is not a str or int")
-                mk = (type(k).__name__, k)
-                if mk in seen:
-                    raise Invalid(f"tree: duplicate dict key {k!r}")
-                seen.add(mk)
+            if len(set(ks)) != len(ks):  # (no bools: 1 and '1' differ)
+                seen: set[tuple[type, Any]] = set()
+                for k in ks:
+                    if (type(k), k) in seen:
+                        raise Invalid(f"tree: duplicate dict key {k!r}")
+                    seen.add((type(k), k))
         nt = node.get("namedtuple")
-        if nt is not None and not (
-            t == "tuple"
-            and isinstance(nt, dict)
-            and set(nt) == {"name", "fields"}
-            and isinstance(nt["name"], str)
-            and 0 < len(nt["name"]) <= 1024
-            and isinstance(nt["fields"], list)
-            and len(nt["fields"]) == len(vs)
-            and all(isinstance(f, str) and 0 < len(f) <= 1024 for f in nt["fields"])
-        ):
-            raise Invalid("tree: malformed 'namedtuple' (a tuple node's {name, fields}, one field per value)")
+        if nt is not None:
+            if len(nt["fields"]) != len(vs):
+                raise Invalid("tree: malformed 'namedtuple' (a tuple node's {name, fields}, one field per value)")
+            features.add("namedtuple")
         for v in vs:
-            _check_tree(v, n_arrays, used, depth + 1, aliases, in_rank)
+            _check_tree(v, n_arrays, used, depth + 1, aliases, features, in_rank)
     elif t == "per_rank":
-        rs = node.get("r")
-        if in_rank or not isinstance(rs, list) or not 1 <= len(rs) <= 1 << 20:
+        if in_rank:
             raise Invalid("tree: per_rank node needs a non-empty list 'r' and cannot be nested")
-        for v in rs:
-            _check_tree(v, n_arrays, used, depth + 1, aliases, True)
+        features.add("per_rank")
+        for v in node["r"]:
+            _check_tree(v, n_arrays, used, depth + 1, aliases, features, True)
     elif t == "alias":
-        a = node.get("a")
-        if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n_arrays:
+        a = node["a"]
+        if a >= n_arrays:
             raise Invalid(f"tree: alias of array {a!r} out of range")
-        if aliases is not None:
-            aliases.append(a)
+        aliases.append(a)
     elif t in ("array", "scalar"):
-        a = node.get("a")
-        if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < n_arrays:
+        a = node["a"]
+        if a >= n_arrays:
             raise Invalid(f"tree: array reference {a!r} out of range")
         if a in used:
             raise Invalid(f"tree: array {a} referenced twice")
         used.add(a)
-    else:
-        _check_value(node, t)
-
-
-def _check_value(node: Mapping[str, Any], t: str) -> None:
-    """A node of a non-array leaf: bool, int, float or str (none has nothing to check)."""
-    if t == "bool":
-        if not isinstance(node.get("v"), bool):
-            raise Invalid("tree: bool node without a bool value")
-    elif t == "int":
-        v = node.get("v")
-        if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise Invalid("tree: int node without an int value")
-        # big ints: decimal (within Python's int/str conversion limit) or hex
-        if isinstance(v, str) and not (
-            (len(v) <= 4000 and re.fullmatch(r"-?[0-9]+", v)) or re.fullmatch(r"-?0x[0-9a-f]+", v)
-        ):
-            raise Invalid("tree: int node with a malformed value")
     elif t == "float":
-        v = node.get("v")
-        if not isinstance(v, str) or len(v) > 64:
-            raise Invalid("tree: float node without a hex string value")
-        try:
-            float.fromhex(v)
-        except (ValueError, OverflowError):
-            raise Invalid(f"tree: float node with malformed value {v!r}") from None
-        bits = node.get("bits")
-        if bits is not None and not (isinstance(bits, str) and re.fullmatch(r"0x[0-9a-f]{16}", bits) and v == "nan"):
-            raise Invalid(f"tree: float node with malformed bits {bits!r} (only a 'nan' has bits)")
-    elif t == "str" and not isinstance(node.get("v"), str):
-        raise Invalid("tree: str node without a str value")
+        _check_float(node)
+
+
+def _check_float(node: Mapping[str, Any]) -> None:
+    """A float node's value parses (its form is structural), and only a 'nan' has bits."""
+    v = node["v"]
+    try:
+        float.fromhex(v)
+    except (ValueError, OverflowError):
+        raise Invalid(f"tree: float node with malformed value {v!r}") from None
+    bits = node.get("bits")
+    if bits is not None and v != "nan":
+        raise Invalid(f"tree: float node with malformed bits {bits!r} (only a 'nan' has bits)")
 
 
 def _check_chunked(
@@ -242,26 +178,25 @@ def _check_chunked(
 
     ``axis`` is the axis of a contiguous split, or null for any regular grid
     (format 3: a sharded array's grid tiles its shards)."""
-    path = _req(c, "path", str, where)
     try:
-        validate_key(path)
+        validate_key(c["path"])
     except ValueError as exc:
         raise Invalid(f"{where}.path: {exc}") from None
-    chunk = _req(c, "chunk_shape", list, where)
-    if len(chunk) != len(sshape) or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x < _MAX_SIZE for x in chunk):
+    chunk = c["chunk_shape"]
+    if len(chunk) != len(sshape):
         raise Invalid(f"{where}.chunk_shape: {chunk!r} does not fit shape {list(sshape)}")
-    if "axis" not in c:
-        raise Invalid(f"{where}: missing field 'axis'")
     lo, hi = _range(c, where, len(objects))
-    if c["axis"] is None or sharded:
+    axis = c["axis"]
+    if axis is None or sharded:
         # format 3 writers never make a chunk larger than its array: a reader
         # reads a grid chunk whole (with its padding) to check its crc32c
         if any(k > max(1, d) for k, d in zip(chunk, sshape, strict=True)):
             raise Invalid(f"{where}.chunk_shape: {chunk} is larger than the array's shape {list(sshape)}")
-    if c["axis"] is None:
+    if axis is None:
         n_chunks = math.prod(math.ceil(d / k) for d, k in zip(sshape, chunk, strict=True)) if math.prod(sshape) or not sshape else 0
     else:
-        axis = _int(c, "axis", where, 0, max(0, len(sshape) - 1))
+        if axis > max(0, len(sshape) - 1):
+            raise Invalid(f"{where}.axis: {axis} out of range [0, {max(0, len(sshape) - 1)}]")
         for ax in range(len(sshape) if math.prod(sshape) else 0):  # an empty array has no chunks
             if (ax < axis and chunk[ax] != 1) or (ax > axis and chunk[ax] != sshape[ax]):
                 raise Invalid(f"{where}: chunk_shape {chunk} is not a contiguous split along axis {axis}")
@@ -282,188 +217,173 @@ def _check_partition(boxes: list[tuple[list[int], list[int]]], shape: list[int],
         raise Invalid(f"{where}.shards: {problem.replace('pieces', 'shards')}")
 
 
-_MAX_RANGES = 1000
-
-
-def _position(v: Any, where: str) -> None:
-    if not (
-        isinstance(v, list)
-        and len(v) == 3
-        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < _MAX_SIZE for x in v)
-        and v[0] in (0, 1)
-    ):
-        raise Invalid(f"{where}: expected a commit position [managed (0 or 1), epoch, sequence], got {v!r}")
-
-
-def validate_header(m: Any) -> dict[str, Any]:
-    """``m`` if its header fields are valid (see the module example): everything but the tree, arrays and objects."""
+def _check_version(m: Any) -> None:
+    """A cloudckpt manifest of a version this library reads (before its structure: a newer one may differ)."""
     if not isinstance(m, dict):
         raise Invalid("manifest is not a JSON object")
     if m.get("format") != "cloudckpt":
         raise Invalid("not a cloudckpt manifest (field 'format' is not 'cloudckpt')")
-    version = _req(m, "format_version", int, "manifest")
-    if version > FORMAT_VERSION:
+    version = m.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
         raise FormatVersionError(
             f"format version {version} is newer than this cloudckpt {__about__.__version__} reads "
             f"(up to {FORMAT_VERSION}); upgrade cloudckpt to read it"
         )
-    if version < 1:
-        raise Invalid(f"format_version {version} is not valid")
-    data = _req(m, "data", str, "manifest")
-    if not _DATA_RE.match(data) or data in (".", ".."):
-        raise Invalid(f"data prefix {data!r} is not a plain directory name")
-    created = _req(m, "created", (int, float), "manifest")
-    if not 0 <= created < 1e12:
-        raise Invalid(f"created: {created!r} is not a time in seconds since the epoch")
-    writer = _req(m, "writer", dict, "manifest")
-    epoch = writer.get("epoch")
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < _MAX_SIZE):
-        raise Invalid("writer.epoch: expected a non-negative int or null")
-    seq = writer.get("seq")
-    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < _MAX_SIZE or epoch is None):
+
+
+def _check_header_rules(m: Mapping[str, Any]) -> None:
+    """The header's rules beyond its structure (checked before)."""
+    if not m["created"] < 1e12:
+        raise Invalid(f"created: {m['created']!r} is not a time in seconds since the epoch")
+    writer = m["writer"]
+    if writer.get("seq") is not None and writer.get("epoch") is None:
         raise Invalid("writer.seq: expected a positive int, and only beside an epoch")
-    if writer.get("follows") is not None:
-        _position(writer["follows"], "writer.follows")
-    ranges = writer.get("abandoned")
-    if ranges is not None:
-        if not isinstance(ranges, list) or len(ranges) > _MAX_RANGES:
-            raise Invalid(f"writer.abandoned: expected a list of at most {_MAX_RANGES} ranges")
-        for r in ranges:
-            if not isinstance(r, list) or len(r) != 2:
-                raise Invalid("writer.abandoned: every range is [after, upto]")
-            _position(r[0], "writer.abandoned")
-            _position(r[1], "writer.abandoned")
-    lp = writer.get("last_preserved_timestamp")
-    if lp is not None and (isinstance(lp, bool) or not isinstance(lp, (int, float))):
-        raise Invalid("writer.last_preserved_timestamp: expected a number")
-    number = m.get("checkpoint_number")
-    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < _MAX_SIZE):
-        raise Invalid("checkpoint_number: expected a non-negative int or null")
-    _req(m, "metadata", dict, "manifest")
-    nbytes = m.get("nbytes")
-    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes < _MAX_SIZE):
-        raise Invalid("nbytes: expected a non-negative int")
-    stored = m.get("stored")
-    if stored is not None and not (
-        isinstance(stored, dict)
-        and all(
-            isinstance(stored.get(k), int) and not isinstance(stored.get(k), bool) and 0 <= stored[k] < _MAX_SIZE
-            for k in ("objects", "bytes")
-        )
-    ):
-        raise Invalid("stored: expected {objects, bytes} counts")
-    return m
+
+
+def validate_header(m: Any) -> dict[str, Any]:
+    """``m`` if its header fields are valid (see the module example): everything but the tree, arrays and objects."""
+    _check_version(m)
+    check_header(m)
+    _check_header_rules(m)
+    return m  # type: ignore[no-any-return]
 
 
 def validate_manifest(m: Any) -> dict[str, Any]:
     """``m`` (a manifest parsed from JSON) if it is a valid manifest; raises
     :class:`Invalid` saying what is wrong where, or FormatVersionError.
 
+    Its structure is checked against :mod:`cloudckpt.format.manifest_types`
+    (:func:`cloudckpt.format.structure.check_structure`), then the rules a
+    schema cannot express.
+
     Example:
         >>> validate_manifest({"format": "cloudckpt", "format_version": 1, "data": "d", "created": 0,
-        ...                    "writer": {}, "metadata": {}, "objects": [], "arrays": [], "tree": {"t": "none"}})["data"]
+        ...                    "created_utc": "1970-01-01T00:00:00Z", "writer": {"library": "x", "attempt": "a",
+        ...                    "epoch": None}, "checkpoint_number": None, "nbytes": 0, "metadata": {}, "pack": None,
+        ...                    "objects": [], "arrays": [], "tree": {"t": "none"}})["data"]
         'd'
     """
-    validate_header(m)
+    _check_version(m)
+    _check_structure(m)
+    _check_header_rules(m)
     objects = _check_objects(m)
     pack = _check_pack(m, objects)
-    arrays = _req(m, "arrays", list, "manifest")
+    arrays = m["arrays"]
+    sharded = False
     for n, a in enumerate(arrays):
-        _check_array(a, f"arrays[{n}]", pack, objects)
-    _check_tree_of(m, arrays)
+        sharded = _check_array(a, n, pack, objects) or sharded
+    _check_tree_of(m, arrays, sharded)
     return m
 
 
+_SHARD_BOX = re.compile(r"\.shards\[[0-9]+\]\.(?:offset|shape)\[")
+
+
+def _check_structure(m: Mapping[str, Any]) -> None:
+    """The manifest's structure (:func:`check_structure`), with room to recurse through a deep tree."""
+    try:
+        check_structure(m)
+    except RecursionError:
+        # a deep tree: deeper than allowed, or as deep as allowed and checked again with room to recurse
+        if _depth(m.get("tree")) > _MAX_DEPTH:
+            raise Invalid(f"tree: nested deeper than {_MAX_DEPTH} levels") from None
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + 8 * _MAX_DEPTH)
+        try:
+            check_structure(m)
+        finally:
+            sys.setrecursionlimit(limit)
+    except Invalid as exc:
+        if _SHARD_BOX.search(str(exc)):  # say what it means for the array, as the cross-field check of the box does
+            raise Invalid(f"{exc}: the shard's box does not lie inside the array") from None
+        raise
+
+
+def _depth(tree: Any) -> int:
+    """How deep the tree nests (without recursing)."""
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > _MAX_DEPTH:
+            break
+        if isinstance(node, dict):
+            for field in ("v", "r"):
+                if isinstance(node.get(field), list):
+                    stack.extend((v, depth + 1) for v in node[field])
+    return deepest
+
+
 def _check_objects(m: Mapping[str, Any]) -> list[Any]:
-    data = str(m["data"])
-    objects = _req(m, "objects", list, "manifest")
+    data = m["data"]
+    objects: list[Any] = m["objects"]
     keys: set[str] = set()
     for n, o in enumerate(objects):
-        where = f"objects[{n}]"
-        if not isinstance(o, dict):
-            raise Invalid(f"{where}: not an object")
-        key = _req(o, "key", str, where)
+        key = o["key"]
         try:
             validate_key(key)
         except ValueError as exc:
-            raise Invalid(f"{where}: {exc}") from None
+            raise Invalid(f"objects[{n}]: {exc}") from None
         if not key.startswith(data + "/"):
-            raise Invalid(f"{where}: key {key!r} lies outside the checkpoint's data prefix {data!r}")
+            raise Invalid(f"objects[{n}]: key {key!r} lies outside the checkpoint's data prefix {data!r}")
         if key in keys:
-            raise Invalid(f"{where}: key {key!r} listed twice")
+            raise Invalid(f"objects[{n}]: key {key!r} listed twice")
         keys.add(key)
-        _int(o, "size", where)
-        _int(o, "crc32c", where, 0, 0xFFFFFFFF)
     return objects
 
 
 def _check_pack(m: Mapping[str, Any], objects: list[Any]) -> Any:
-    pack = m.get("pack")
+    pack = m["pack"]
     if pack is not None:
-        if not isinstance(pack, dict):
-            raise Invalid("pack: expected an object or null")
-        pnb = _int(pack, "nbytes", "pack")
-        csize = _int(pack, "chunk_bytes", "pack", 1)
+        pnb, csize = pack["nbytes"], pack["chunk_bytes"]
         lo, hi = _range(pack, "pack", len(objects))
         if hi - lo != math.ceil(pnb / csize):
             raise Invalid(f"pack: {hi - lo} objects for {pnb} bytes in chunks of {csize}")
         for o in objects[lo:hi]:
             if o["size"] != csize:
                 raise Invalid(f"pack: object {o['key']} has size {o['size']}, chunks are {csize}")
-        if _req(pack, "path", str, "pack") != "_pack":
-            raise Invalid(f"pack.path: {pack['path']!r} is not the pack array '_pack'")
     return pack
 
 
-def _check_array(a: Any, where: str, pack: Any, objects: list[Any]) -> None:
-    if not isinstance(a, dict):
-        raise Invalid(f"{where}: not an object")
+def _check_array(a: Mapping[str, Any], n: int, pack: Any, objects: list[Any]) -> bool:
+    """arrays[n]: its size agrees with its dtype and shape, its bytes lie in the pack or its chunks.
+
+    Returns whether it is a sharded array (format version 3)."""
     try:
-        dt = parse_dtype(a.get("dtype"))
+        dt = parse_dtype(a["dtype"])
     except (ValueError, TypeError) as exc:
-        raise Invalid(f"{where}.dtype: {exc}") from None
-    shape = _req(a, "shape", list, where)
-    if len(shape) > _MAX_NDIM or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < _MAX_SIZE for x in shape):
-        raise Invalid(f"{where}.shape: {shape!r} is not a list of non-negative ints")
-    nbytes = _int(a, "nbytes", where)
+        raise Invalid(f"arrays[{n}].dtype: {exc}") from None
+    shape, nbytes = a["shape"], a["nbytes"]
     if math.prod(shape) * dt.itemsize != nbytes:
-        raise Invalid(f"{where}: nbytes {nbytes} does not match shape {shape} of {dt}")
-    if ("packed" in a) + ("chunked" in a) + ("shards" in a) != 1:
-        raise Invalid(f"{where}: needs exactly one of 'packed', 'chunked' and 'shards'")
-    if "packed" in a:
-        p = _req(a, "packed", dict, where)
-        off = _int(p, "offset", where + ".packed")
-        _int(p, "crc32c", where + ".packed", 0, 0xFFFFFFFF)
+        raise Invalid(f"arrays[{n}]: nbytes {nbytes} does not match shape {shape} of {dt}")
+    p = a.get("packed")
+    if p is not None:
+        off = p["offset"]
         if pack is None or off + nbytes > pack["nbytes"]:
-            raise Invalid(f"{where}: packed bytes [{off}, {off + nbytes}) lie outside the pack")
-    elif "chunked" in a:
+            raise Invalid(f"arrays[{n}]: packed bytes [{off}, {off + nbytes}) lie outside the pack")
+        return False
+    where = f"arrays[{n}]"
+    if "chunked" in a:
         sshape = storage_shape(dt, tuple(shape))
-        c = _req(a, "chunked", dict, where)
-        if c.get("axis", 0) is None and sshape != tuple(shape):
+        c = a["chunked"]
+        if c["axis"] is None and sshape != tuple(shape):
             raise Invalid(f"{where}: dtype {dt} cannot be stored on a sharded grid (axis null)")
         _check_chunked(c, sshape, dt, objects, where + ".chunked")
-    else:
-        _check_shards(a, where, dt, shape, objects)
+        return c["axis"] is None
+    _check_shards(a, where, dt, shape, objects)
+    return True
 
 
 def _check_shards(a: Mapping[str, Any], where: str, dt: Any, shape: list[int], objects: list[Any]) -> None:
     sshape = storage_shape(dt, tuple(shape))
     if sshape != tuple(shape):
         raise Invalid(f"{where}: dtype {dt} cannot be stored per shard")
-    shards = _req(a, "shards", list, where)
-    if not shards:
-        raise Invalid(f"{where}.shards: empty")
     boxes = []
-    for k, sh in enumerate(shards):
+    for k, sh in enumerate(a["shards"]):
         w = f"{where}.shards[{k}]"
-        if not isinstance(sh, dict):
-            raise Invalid(f"{w}: not an object")
-        off = _req(sh, "offset", list, w)
-        bshape = _req(sh, "shape", list, w)
+        off, bshape = sh["offset"], sh["shape"]
         if len(off) != len(shape) or len(bshape) != len(shape) or not all(
-            isinstance(o, int) and isinstance(n, int) and not isinstance(o, bool) and not isinstance(n, bool)
-            and 0 <= o and 0 < n and o + n <= d
-            for o, n, d in zip(off, bshape, shape, strict=True)
+            o + n <= d for o, n, d in zip(off, bshape, shape, strict=True)
         ):
             raise Invalid(f"{w}: box {bshape} at {off} does not lie inside shape {shape}")
         boxes.append((off, bshape))
@@ -471,13 +391,14 @@ def _check_shards(a: Mapping[str, Any], where: str, dt: Any, shape: list[int], o
     _check_partition(boxes, shape, where)
 
 
-def _check_tree_of(m: Mapping[str, Any], arrays: list[Any]) -> None:
+def _check_tree_of(m: Mapping[str, Any], arrays: list[Any], sharded: bool) -> None:
     version = int(m["format_version"])
-    tree = _req(m, "tree", dict, "manifest")
+    tree = m["tree"]
     used: set[int] = set()
     aliases: list[int] = []
-    _check_tree(tree, len(arrays), used, 0, aliases)
-    needed = version_for(tree, arrays)
+    features: set[str] = set()
+    _check_tree(tree, len(arrays), used, 0, aliases, features)
+    needed = 3 if sharded or "per_rank" in features else 2 if aliases or features else 1  # (as version_for)
     if version < needed:
         raise Invalid(
             f"tree: format_version {needed} is needed for what it holds (2: alias nodes, namedtuple fields; "
