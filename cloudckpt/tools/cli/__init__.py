@@ -2,7 +2,7 @@
 
 ``app`` (the command group), ``storage_options`` (parsing ``KEY=VALUE``,
 remembering what to redact), ``exits`` (exit statuses), ``output`` and
-``progress`` (what is printed), ``storage_internals`` (what is asked of the
+``progress`` (what is printed), ``storage_questions`` (what is asked of the
 storage layer beyond its verbs), and the commands: ``ls_inspect``,
 ``verify``, ``cp``, ``rm_gc``, ``demo``.
 """

@@ -30,8 +30,8 @@ from cloudckpt.errors import (
     StorageError,
 )
 from cloudckpt.tools.admin import RefusedError
-from cloudckpt.tools.cli.storage_internals import missing_bucket
 from cloudckpt.tools.cli.storage_options import given_option, opened, opened_storage, redact, redact_backend_text
+from cloudckpt.tools.cli.storage_questions import missing_bucket
 
 __all__ = ["EXIT", "classify", "fail", "guard"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from cloudckpt.storage import open_storage
-from cloudckpt.tools.cli.storage_internals import accepted_options, backend_name, redact_text, secrets_of
+from cloudckpt.tools.cli.storage_questions import accepted_options, backend_name, redact_text, secrets_of
 
 __all__ = [
     "reset_command",
