@@ -104,7 +104,7 @@ def _keyword_test(tp: Any, kw: dict[str, Any]) -> tuple[Callable[[Any], bool], s
         size = (kw.pop("minItems", None), kw.pop("maxItems", None), "items")
     nmin, nmax, unit = size
     kw_pattern = kw.pop("pattern", None)
-    regex = _regex(kw_pattern) if kw_pattern is not None else None
+    regex: list[re.Pattern[str]] = []  # (compiled on first use: a load meets few of the patterns)
     enum = kw.pop("enum", None)
     allowed = None if enum is None else {(type(e), e) for e in enum}
     enum_types = None if enum is None else tuple({type(e) for e in enum})
@@ -117,13 +117,13 @@ def _keyword_test(tp: Any, kw: dict[str, Any]) -> tuple[Callable[[Any], bool], s
         _NAMES.get(tp, "a value")
         + text
         + (f" of {nmin}..{nmax} {unit}" if nmin is not None or nmax is not None else "")
-        + (f" matching {kw_pattern!r}" if regex is not None else "")
+        + (f" matching {kw_pattern!r}" if kw_pattern is not None else "")
         + (f" one of {', '.join(map(repr, enum))}" if enum is not None else "")
         + (f" (one of {len(any_of)} forms)" if any_of else "")
     )
 
     passed: set[str] = set()  # strings that passed (a manifest repeats its dtypes)
-    memo = tp is str and (regex is not None or bool(any_of))
+    memo = tp is str and (kw_pattern is not None or bool(any_of))
 
     def ok(v: Any) -> bool:
         if memo and v in passed:
@@ -134,8 +134,11 @@ def _keyword_test(tp: Any, kw: dict[str, Any]) -> tuple[Callable[[Any], bool], s
             return False
         if (nmin is not None and len(v) < nmin) or (nmax is not None and len(v) > nmax):
             return False
-        if regex is not None and regex.search(v) is None:
-            return False
+        if kw_pattern is not None:
+            if not regex:
+                regex.append(_regex(kw_pattern))
+            if regex[0].search(v) is None:
+                return False
         if allowed is not None and enum_types is not None and (type(v) not in enum_types or (type(v), v) not in allowed):
             return False
         if prefix and not all(p(x) for p, x in zip(prefix, v, strict=False)):
@@ -468,11 +471,13 @@ class _Fast:
         table: dict[str, Callable[[Any], bool]] = {}
 
         def ok(v: Any) -> bool:
-            if not table:
-                table.update({t: self._object(a, skip="t") for t, a in tags.items()})
             t = v.get("t") if type(v) is dict else None
             p = table.get(t) if type(t) is str else None
-            return p is not None and p(v)
+            if p is None:
+                if t not in tags or type(t) is not str:
+                    return False
+                p = table[t] = self._object(tags[t], skip="t")
+            return p(v)
 
         return ok
 
