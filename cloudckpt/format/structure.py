@@ -223,7 +223,7 @@ class _Plan:
         if isinstance(tp, list):
             return self._union(tp, _kw(s, "type"))
         if tp == "object":
-            return self._object(s) if "properties" in s else _keywords(dict, kw) if kw else _typed(dict, "an object")
+            return self._object(s) if "properties" in s else _keywords(dict, kw)
         if tp == "array":
             return self._list(s)
         if tp == "integer" and kw.keys() <= _BOUNDS:
@@ -360,14 +360,6 @@ class _Plan:
 def _one_of(s: Schema) -> frozenset[str]:
     """The fields of which an object holds exactly one (its ``oneOf`` of ``required``), if any."""
     return frozenset(f for form in s.get("oneOf", ()) for f in form["required"]) if "properties" in s else frozenset()
-
-
-def _typed(tp: type, expected: str) -> Check:
-    def check(v: Any) -> None:
-        if type(v) is not tp:
-            raise _bad(expected, v)
-
-    return check
 
 
 def _names(keys: Iterable[str]) -> str:
