@@ -70,3 +70,47 @@ def test_release_manifests_still_load():
     for path in RELEASE:
         m = parse_manifest(path.read_bytes(), str(path))
         assert all(isinstance(r, PackedRecord | ChunkedRecord | ShardedRecord) for r in records_from_json(m["arrays"]))
+
+
+def _saved_manifest(state: dict) -> dict:
+    import uuid
+
+    import fsspec
+
+    import cloudckpt
+
+    url = f"memory://records-{uuid.uuid4().hex}/ckpt-1"
+    cloudckpt.save(url, state)
+    raw = fsspec.filesystem("memory").cat(url.removeprefix("memory:/") + "/manifest.json")
+    return parse_manifest(raw, url + "/manifest.json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epoch", 2**56), ("seq", 2**56), ("checkpoint_number", 2**56), ("epoch", 2**60)],
+)
+def test_epoch_seq_and_number_are_below_2_to_the_56(field, value):
+    import cloudckpt
+
+    m = _saved_manifest({"w": __import__("numpy").ones(2)})
+    m["writer"]["epoch"], m["writer"]["seq"], m["checkpoint_number"] = 3, 1, 4
+    parse_manifest(encode_manifest(m), "memory://x/manifest.json")  # the largest allowed is 2**56 - 1
+    for v in (value - 1, value) if value == 2**56 else (value,):
+        m2 = json.loads(json.dumps(m))
+        (m2["writer"] if field != "checkpoint_number" else m2)[field] = v
+        if v < 2**56:
+            parse_manifest(encode_manifest(m2), "memory://x/manifest.json")
+            continue
+        where = "checkpoint_number" if field == "checkpoint_number" else f"writer.{field}"
+        with pytest.raises(cloudckpt.CorruptCheckpointError, match=rf"{where}: expected an integer in \[[01], 72057594037927936\)"):
+            parse_manifest(encode_manifest(m2), "memory://x/manifest.json")
+
+
+def test_a_state_without_arrays_loads():
+    import cloudckpt
+
+    m = _saved_manifest({"step": 3, "name": "x"})
+    assert m["arrays"] == [] and m["pack"] is None
+    assert m["stored"]["objects"] >= 1  # the manifest counts: never 0, which the types refuse
+    cloudckpt.save("memory://records-no-arrays/ckpt-1", {"step": 3, "name": "x"})
+    assert cloudckpt.load("memory://records-no-arrays/ckpt-1") == {"step": 3, "name": "x"}

@@ -296,12 +296,17 @@ class Writer(TypedDict):
     library: Annotated[str, S("Name and version of the writing library, e.g. 'cloudckpt 0.1.0'.", minLength=1)]
     attempt: Annotated[str, S("Id of the save attempt; the data prefix is 'data-<attempt>'.", pattern="^[A-Za-z0-9._-]{1,123}$")]
     epoch: Annotated[
-        int | None, S("Ownership epoch of the writing manager, or null for a save outside a manager.", minimum=0)
+        int | None,
+        S("Ownership epoch of the writing manager, or null for a save outside a manager.", minimum=0, exclusiveMaximum=MAX_SIZE),
     ]
     seq: NotRequired[
         Annotated[
             int,
-            S("The sequence of this commit among the commits of its ownership epoch (1, 2, ...); only beside an epoch.", minimum=1),
+            S(
+                "The sequence of this commit among the commits of its ownership epoch (1, 2, ...); only beside an epoch.",
+                minimum=1,
+                exclusiveMaximum=MAX_SIZE,
+            ),
         ]
     ]
     follows: NotRequired[
@@ -351,7 +356,8 @@ class Manifest(TypedDict):
     ]
     writer: Writer
     checkpoint_number: Annotated[
-        int | None, S("The checkpoint's number in its directory, or null for a save outside a manager.", minimum=0)
+        int | None,
+        S("The checkpoint's number in its directory, or null for a save outside a manager.", minimum=0, exclusiveMaximum=MAX_SIZE),
     ]
     data: Annotated[
         str,

@@ -1,16 +1,16 @@
-"""The manifest's structural checks, derived from its types (:mod:`cloudckpt.format.manifest_types`).
+"""The manifest's structural checks, read from its JSON Schema (``manifest.schema.json``).
 
-The same types generate the JSON Schema (:mod:`cloudckpt.format.schema`);
-here they become a check plan, built once on first use: a closure per type
-that checks required and unknown fields, JSON types, integer bounds,
-enums, patterns, lengths and list items. A failure raises :class:`Invalid`
-naming the JSON path of the bad field (``arrays[3].shape[1]``) and what
-was expected. What the types cannot say (cross-field rules) is
-:mod:`cloudckpt.format.manifest_check`'s.
+The schema is generated from the manifest's types
+(:mod:`cloudckpt.format.manifest_types`, by :mod:`cloudckpt.format.schema`;
+a test keeps it current) and ships as package data; here it becomes a check
+plan, built once on first use: a closure per schema that checks required
+and unknown fields, JSON types, integer bounds, enums, patterns, lengths
+and list items. A failure raises :class:`Invalid` naming the JSON path of
+the bad field (``arrays[3].shape[1]``) and what was expected. What a schema
+cannot say (cross-field rules) is :mod:`cloudckpt.format.manifest_check`'s.
 
 Example:
-    >>> from cloudckpt.format.manifest_types import ObjectEntry
-    >>> check_structure({"key": "d/x", "size": -1, "crc32c": 0}, ObjectEntry, "objects[0]")
+    >>> check_structure({"key": "d/x", "size": -1, "crc32c": 0}, "object", "objects[0]")
     Traceback (most recent call last):
     ...
     cloudckpt.format.structure.Invalid: objects[0].size: expected an integer in [0, 72057594037927936], got -1
@@ -18,14 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
-import types
-import typing
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, NotRequired, Union, get_args, get_origin, get_type_hints, is_typeddict
-
-if typing.TYPE_CHECKING:
-    from cloudckpt.format import manifest_types as mt
+from typing import Any
 
 __all__ = ["Invalid", "check_structure", "check_header"]
 
@@ -66,7 +63,7 @@ def _bad(expected: str, v: Any) -> _Bad:
     return _Bad(f"expected {expected}, got {_got(v)}")
 
 
-# -- keywords (the S metadata, JSON Schema spelling) -----------------------------
+# -- keywords (JSON Schema) -----------------------------
 
 
 def _regex(pattern: str) -> re.Pattern[str]:
@@ -107,7 +104,7 @@ def _keyword_test(tp: Any, kw: dict[str, Any]) -> tuple[Callable[[Any], bool], s
         size = (kw.pop("minItems", None), kw.pop("maxItems", None), "items")
     nmin, nmax, unit = size
     kw_pattern = kw.pop("pattern", None)
-    regex = _regex(kw_pattern) if kw_pattern is not None else None
+    regex: list[re.Pattern[str]] = []  # (compiled on first use: a load meets few of the patterns)
     enum = kw.pop("enum", None)
     allowed = None if enum is None else {(type(e), e) for e in enum}
     enum_types = None if enum is None else tuple({type(e) for e in enum})
@@ -120,13 +117,13 @@ def _keyword_test(tp: Any, kw: dict[str, Any]) -> tuple[Callable[[Any], bool], s
         _NAMES.get(tp, "a value")
         + text
         + (f" of {nmin}..{nmax} {unit}" if nmin is not None or nmax is not None else "")
-        + (f" matching {kw_pattern!r}" if regex is not None else "")
+        + (f" matching {kw_pattern!r}" if kw_pattern is not None else "")
         + (f" one of {', '.join(map(repr, enum))}" if enum is not None else "")
         + (f" (one of {len(any_of)} forms)" if any_of else "")
     )
 
     passed: set[str] = set()  # strings that passed (a manifest repeats its dtypes)
-    memo = tp is str and (regex is not None or bool(any_of))
+    memo = tp is str and (kw_pattern is not None or bool(any_of))
 
     def ok(v: Any) -> bool:
         if memo and v in passed:
@@ -137,8 +134,11 @@ def _keyword_test(tp: Any, kw: dict[str, Any]) -> tuple[Callable[[Any], bool], s
             return False
         if (nmin is not None and len(v) < nmin) or (nmax is not None and len(v) > nmax):
             return False
-        if regex is not None and regex.search(v) is None:
-            return False
+        if kw_pattern is not None:
+            if not regex:
+                regex.append(_regex(kw_pattern))
+            if regex[0].search(v) is None:
+                return False
         if allowed is not None and enum_types is not None and (type(v) not in enum_types or (type(v), v) not in allowed):
             return False
         if prefix and not all(p(x) for p, x in zip(prefix, v, strict=False)):
@@ -170,65 +170,71 @@ def _int_check(lo: Any, hi: Any, expected: str) -> Check:
     return check
 
 
-# -- types -----------------------------------------------------------------------
+# -- the schema ------------------------------------------------------------------
+
+Schema = dict[str, Any]
+_TYPE_OF = {"integer": int, "string": str, "number": float, "boolean": bool, "null": type(None), "array": list, "object": dict}
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMaximum"})
+
+
+def _load_schema() -> Schema:
+    """The generated schema (package data beside this module)."""
+    return json.loads(pathlib.Path(__file__).with_name("manifest.schema.json").read_bytes())  # type: ignore[no-any-return]
+
+
+def _kw(s: Schema, *drop: str) -> dict[str, Any]:
+    """The keywords of ``s`` but its description and ``drop``."""
+    return {k: v for k, v in s.items() if k != "description" and k not in drop}
 
 
 class _Plan:
-    """The checks of the manifest's types, compiled once (lazily) and cached per type."""
+    """The checks of the schema's parts, compiled once (lazily) and cached per part."""
 
-    def __init__(self) -> None:
-        self.cache: dict[Any, Check] = {}
-        self._hints: dict[Any, dict[str, Any]] = {}
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema  # (kept: the cache is keyed by the ids of its parts)
+        self.cache: dict[int, Check] = {}
 
-    def required(self, td: Any) -> frozenset[str]:
-        """The required fields of ``td`` (as the schema states them: ``__required_keys__`` misses string annotations)."""
-        return frozenset(k for k, v in self.hints(td).items() if get_origin(v) is not NotRequired)
+    def resolve(self, s: Schema) -> Schema:
+        """``s``, or the definition its ``$ref`` names."""
+        while "$ref" in s:
+            s = self.schema["$defs"][s["$ref"].rsplit("/", 1)[1]]
+        return s
 
-    def hints(self, td: Any) -> dict[str, Any]:
-        """The fields of the TypedDict ``td`` and their types."""
-        if td not in self._hints:
-            self._hints[td] = get_type_hints(td, vars(mt), include_extras=True)
-        return self._hints[td]
+    def part(self, name: str | None) -> Schema:
+        """The definition ``name`` (None: the manifest)."""
+        return self.schema if name is None else self.schema["$defs"][name]
 
-    def of(self, tp: Any, kw: dict[str, Any] | None = None) -> Check:
-        key = (tp, repr(kw)) if kw else tp
+    def of(self, s: Schema) -> Check:
+        key = id(s)
         if key not in self.cache:
-            self.cache[key] = self._build(tp, dict(kw or {}))
+            self.cache[key] = self._build(s)
         return self.cache[key]
 
-    def _build(self, tp: Any, kw: dict[str, Any]) -> Check:
-        origin, args = get_origin(tp), get_args(tp)
-        if origin is typing.Annotated:
-            for m in tp.__metadata__:
-                if isinstance(m, mt.S):
-                    kw.update(m.keywords)
-            return self.of(tp.__origin__, kw)
-        if origin is NotRequired:
-            return self.of(args[0], kw)
-        if isinstance(tp, type) and is_typeddict(tp):
-            return self._object(tp)
-        if origin in (Union, types.UnionType):
-            return self._union(args, kw)
-        if origin is Literal:
-            return _keywords(None, {**kw, "enum": list(args)})
-        if origin in (list, tuple):
-            return self._list(args, kw, origin is tuple)
-        if origin is dict:
-            return _keywords(dict, kw) if kw.keys() - {"description"} else _typed(dict, "an object")
-        if tp is Any:
-            return lambda v: None
-        if tp in _JSON_TYPES:
-            plain = kw.keys() - {"description", "minimum", "maximum", "exclusiveMaximum"}
-            if tp is int and not plain:
-                lo, hi, text = _bounds(dict(kw))
-                return _int_check(lo, hi, "an integer" + text)
-            return _keywords(tp, kw)
-        raise TypeError(f"no structural check for {tp!r}")
+    def _build(self, s: Schema) -> Check:
+        s = self.resolve(s)
+        kw = _kw(s, "type")
+        tp = s.get("type")
+        if "oneOf" in s and "properties" not in s:
+            return self._optional(s["oneOf"])
+        if "oneOf" in s and tp == "object" and "t" in s["properties"] and "additionalProperties" not in s:
+            return self._tagged([self.resolve(v) for v in s["oneOf"]])
+        if "const" in s:
+            return _keywords(None, {**_kw(s, "const"), "enum": [s["const"]]})
+        if isinstance(tp, list):
+            return self._union(tp, _kw(s, "type"))
+        if tp == "object":
+            return self._object(s) if "properties" in s else _keywords(dict, kw)
+        if tp == "array":
+            return self._list(s)
+        if tp == "integer" and kw.keys() <= _BOUNDS:
+            lo, hi, text = _bounds(dict(kw))
+            return _int_check(lo, hi, "an integer" + text)
+        return _keywords(_TYPE_OF[tp] if tp is not None else None, kw)
 
-    def _list(self, args: tuple[Any, ...], kw: dict[str, Any], fixed: bool) -> Check:
-        head = _keywords(list, kw)
-        if fixed:
-            n, items = len(args), [self.of(a) for a in args]
+    def _list(self, s: Schema) -> Check:
+        if "items" not in s:  # a fixed list: one schema per item
+            items = [self.of(x) for x in s["prefixItems"]]
+            n, head = len(items), _keywords(list, _kw(s, "type", "prefixItems"))
 
             def check_fixed(v: Any) -> None:
                 head(v)
@@ -242,11 +248,12 @@ class _Plan:
                         raise
 
             return check_fixed
-        item_type = args[0]
+        head = _keywords(list, _kw(s, "type", "items"))
+        item_schema = s["items"]
 
         def check(v: Any) -> None:
             head(v)
-            item = self.of(item_type)
+            item = self.of(item_schema)
             k = 0
             try:
                 for k, x in enumerate(v):  # noqa: B007 (k names the bad item)
@@ -257,38 +264,44 @@ class _Plan:
 
         return check
 
-    def _union(self, args: tuple[Any, ...], kw: dict[str, Any]) -> Check:
-        if "anyOf" in kw:  # the keywords state the forms (as the schema does)
-            return _keywords(None, kw)
-        others = [a for a in args if a is not type(None)]
-        nullable = len(others) < len(args)
-        if all(a in _JSON_TYPES for a in others):
-            tps = tuple(others)
-            expected = " or ".join(_JSON_TYPES[a] for a in args)
-            inner = _keywords(None, kw) if kw.keys() - {"description"} else None
-
-            def check_scalar(v: Any) -> None:
-                if v is None and nullable:
-                    return
-                if type(v) not in tps and not (float in tps and type(v) is int):
-                    raise _bad(expected, v)
-                if inner is not None:
-                    inner(v)
-
-            return check_scalar
-        if len(others) == 1:
-            tp = others[0]
+    def _union(self, names: list[str], kw: dict[str, Any]) -> Check:
+        """A value of one of the JSON types ``names``, under the keywords ``kw`` (null needs none)."""
+        nullable = "null" in names
+        tps = tuple(_TYPE_OF[n] for n in names if n != "null")
+        if kw and len(tps) == 1:  # a constrained value, or null
+            ok, expected = _keyword_test(tps[0], kw)
 
             def check_optional(v: Any) -> None:
-                if v is not None:
-                    self.of(tp, kw)(v)
+                if v is not None and not ok(v):
+                    raise _bad(expected + " or null", v)
 
             return check_optional
-        return self._tagged(others)
+        expected = " or ".join(_JSON_TYPES[_TYPE_OF[n]] for n in names)
+        inner = _keywords(None, kw) if kw else None
 
-    def _tagged(self, variants: list[Any]) -> Check:
+        def check_scalar(v: Any) -> None:
+            if v is None and nullable:
+                return
+            if type(v) not in tps and not (float in tps and type(v) is int):
+                raise _bad(expected, v)
+            if inner is not None:
+                inner(v)
+
+        return check_scalar
+
+    def _optional(self, forms: list[Schema]) -> Check:
+        """``oneOf`` null or another form."""
+        (form,) = [f for f in forms if f != {"type": "null"}]
+
+        def check_optional(v: Any) -> None:
+            if v is not None:
+                self.of(form)(v)
+
+        return check_optional
+
+    def _tagged(self, variants: list[Schema]) -> Check:
         """A union of objects told apart by their field 't' (the tree's nodes)."""
-        tags = {get_args(get_type_hints(a)["t"])[0]: a for a in variants}
+        tags = {str(v["properties"]["t"]["const"]): v for v in variants}
         plan: dict[str, Check] = {}
         expected = f"a node (an object whose 't' is one of {', '.join(tags)})"
 
@@ -310,12 +323,12 @@ class _Plan:
 
         return check
 
-    def _object(self, td: Any) -> Check:
-        hints = self.hints(td)
-        required = self.required(td)
-        closed = td not in mt.OPEN
-        allowed = frozenset(hints)
-        one_of = mt.EXACTLY_ONE_OF.get(td)
+    def _object(self, s: Schema) -> Check:
+        props: dict[str, Schema] = s["properties"]
+        required = frozenset(s.get("required", ()))
+        closed = s.get("additionalProperties") is False
+        allowed = frozenset(props)
+        one_of = _one_of(s)
         fields: dict[str, Check] = {}
 
         def check(v: Any) -> None:
@@ -326,7 +339,7 @@ class _Plan:
                 raise _Bad(f"missing field {_names(required - keys)}")
             if closed and not keys <= allowed:
                 raise _Bad(f"unknown field {_names(keys - allowed)} (expected only {_names(allowed)})")
-            if one_of is not None and sum(k in v for k in one_of) != 1:
+            if one_of and sum(k in v for k in one_of) != 1:
                 raise _Bad(f"needs exactly one of {_names(one_of)}")
             k = ""
             try:
@@ -335,7 +348,7 @@ class _Plan:
                     if c is None:
                         if k not in allowed:
                             continue  # an open object's unknown field
-                        c = fields[k] = self.of(hints[k])
+                        c = fields[k] = self.of(props[k])
                     c(x)
             except _Bad as exc:
                 exc.path.append(f".{k}")
@@ -344,33 +357,15 @@ class _Plan:
         return check
 
 
-def _typed(tp: type, expected: str) -> Check:
-    def check(v: Any) -> None:
-        if type(v) is not tp:
-            raise _bad(expected, v)
-
-    return check
+def _one_of(s: Schema) -> frozenset[str]:
+    """The fields of which an object holds exactly one (its ``oneOf`` of ``required``), if any."""
+    return frozenset(f for form in s.get("oneOf", ()) for f in form["required"]) if "properties" in s else frozenset()
 
 
 def _names(keys: Iterable[str]) -> str:
     return ", ".join(repr(k) for k in sorted(keys))
 
 
-_PLAN: _Plan | None = None
-
-
-def _plan() -> _Plan:
-    """The check plan, made on first use (importing the types costs ~3 ms: a load pays it, ``import cloudckpt`` does not)."""
-    global _PLAN, mt
-    if _PLAN is None:
-        from cloudckpt.format import manifest_types
-
-        mt = manifest_types  # (this module's name for the types module, bound here on first use)
-        _PLAN = _Plan()
-    return _PLAN
-
-
-_M = object()  # a missing field
 _INT, _TYPES, _CONST, _PRED = range(4)  # the kinds of a field's test (the first three are inlined)
 
 
@@ -383,55 +378,67 @@ class _Fast:
     one is checked again by the plan, which names the bad field.
     """
 
-    def __init__(self) -> None:
-        self.cache: dict[Any, Callable[[Any], bool]] = {}
-        self.plan = _plan()
+    def __init__(self, plan: _Plan) -> None:
+        self.cache: dict[int, Callable[[Any], bool]] = {}
+        self.plan = plan
 
-    def pred(self, tp: Any) -> Callable[[Any], bool]:
-        """The predicate of ``tp`` (built on first use)."""
-        if tp not in self.cache:
-            self.cache[tp] = self._build(tp)
-        return self.cache[tp]
+    def pred(self, s: Schema) -> Callable[[Any], bool]:
+        """The predicate of ``s`` (built on first use)."""
+        key = id(s)
+        if key not in self.cache:
+            self.cache[key] = self._build(s)
+        return self.cache[key]
 
-    def test(self, tp: Any, kw: dict[str, Any] | None = None) -> tuple[int, Any, Any]:
-        """The test of ``tp``: (_INT, lo, hi), (_TYPES, types, None), (_CONST, value, None) or (_PRED, predicate, None)."""
-        kw = {k: v for k, v in (kw or {}).items() if k != "description"}
-        origin, args = get_origin(tp), get_args(tp)
-        if origin is typing.Annotated:
-            return self.test(tp.__origin__, {**kw, **_meta(tp)}) if not isinstance(tp.__origin__, type) or not is_typeddict(tp.__origin__) else (_PRED, self.pred(tp.__origin__), None)
-        if origin is NotRequired:
-            return self.test(args[0], kw)
-        if tp is int and kw.keys() <= {"minimum", "maximum", "exclusiveMaximum"}:
+    def test(self, s: Schema) -> tuple[int, Any, Any]:
+        """The test of ``s``: (_INT, lo, hi), (_TYPES, types, None), (_CONST, value, None) or (_PRED, predicate, None)."""
+        s = self.plan.resolve(s)
+        return self._simple(s) or (_PRED, self.pred(s), None)
+
+    @staticmethod
+    def _simple(s: Schema) -> tuple[int, Any, Any] | None:
+        """The test of ``s`` if it is data (a bounded integer, JSON types, a constant), else None."""
+        kw, tp = _kw(s, "type"), s.get("type")
+        if tp == "integer" and kw.keys() <= _BOUNDS:
             lo, hi, _ = _bounds(dict(kw))
             return (_INT, -(1 << 4096) if lo is None else lo, 1 << 4096 if hi is None else hi)
-        if (not kw and tp in (str, bool, float, dict)) or (origin is dict and not kw):
-            return (_TYPES, (int, float) if tp is float else (dict if origin is dict else tp,), None)
-        if origin in (Union, types.UnionType) and not kw and all(a in _JSON_TYPES for a in args):
-            return (_TYPES, tuple({t for a in args for t in ((int, float) if a is float else (a,))}), None)
-        if origin is Literal and len(args) == 1 and not kw:
-            return (_CONST, args[0], None)
-        if tp is Any:
-            return (_TYPES, (dict, list, str, int, float, bool, type(None)), None)
-        return (_PRED, self.pred(typing.Annotated[tp, mt.S(**kw)] if kw else tp), None)
+        if not kw and tp in ("string", "boolean", "number", "object"):
+            return (_TYPES, (int, float) if tp == "number" else (_TYPE_OF[tp],), None)
+        if not kw and isinstance(tp, list) and "array" not in tp and "object" not in tp:
+            return (_TYPES, tuple({t for n in tp for t in ((int, float) if n == "number" else (_TYPE_OF[n],))}), None)
+        if kw.keys() == {"const"}:
+            return (_CONST, s["const"], None)
+        return None
 
-    def _build(self, tp: Any) -> Callable[[Any], bool]:
-        origin, args = get_origin(tp), get_args(tp)
-        base, kw = (tp.__origin__, _meta(tp)) if origin is typing.Annotated else (tp, {})
-        origin, args = get_origin(base), get_args(base)
-        if isinstance(base, type) and is_typeddict(base):
-            return self._object(base)
-        if origin is list:
-            return self._list(args[0], kw)
-        if origin in (Union, types.UnionType) and "anyOf" not in kw:
-            others = [a for a in args if a is not type(None)]
-            if len(others) > 1 and not all(a in _JSON_TYPES for a in others):
-                return self._tagged(others)
-        if (origin in (Union, types.UnionType) and "anyOf" in kw) or origin is Literal or base in _NAMES:
-            return _keyword_test(None if origin else base, {**kw, **({"enum": list(args)} if origin is Literal else {})})[0]
-        return _truth(self.plan.of(tp))  # the rest (optional values): the plan's check
+    def _build(self, s: Schema) -> Callable[[Any], bool]:
+        s = self.plan.resolve(s)
+        tp = s.get("type")
+        if tp == "object" and "properties" in s:
+            if "oneOf" in s and "additionalProperties" not in s:
+                return self._tagged([self.plan.resolve(v) for v in s["oneOf"]])
+            return self._object(s)
+        if tp == "array" and "items" in s:
+            return self._list(s)
+        if tp in ("string", "number", "integer", "boolean") or (tp is None and "anyOf" in s):
+            return _keyword_test(_TYPE_OF[tp] if tp is not None else None, _kw(s, "type"))[0]
+        simple = self._simple(s)
+        if simple is not None:
+            return self._as_pred(simple)
+        return _truth(self.plan.of(s))  # the rest (optional values, fixed lists): the plan's check
 
-    def _list(self, item: Any, kw: dict[str, Any]) -> Callable[[Any], bool]:
-        head = _truth(_keywords(list, kw)) if kw.keys() - {"description"} else None
+    @staticmethod
+    def _as_pred(test: tuple[int, Any, Any]) -> Callable[[Any], bool]:
+        """A simple test as a predicate."""
+        kind, a, b = test
+        if kind == _INT:
+            return lambda v: type(v) is int and a <= v <= b
+        if kind == _TYPES:
+            return lambda v: type(v) in a
+        return lambda v: v == a and type(v) is type(a)
+
+    def _list(self, s: Schema) -> Callable[[Any], bool]:
+        kw = _kw(s, "type", "items")
+        head = _truth(_keywords(list, kw)) if kw else None
+        item = s["items"]
         test: list[tuple[int, Any, Any]] = []
 
         def ok(v: Any) -> bool:
@@ -451,24 +458,27 @@ class _Fast:
 
         return ok
 
-    def _tagged(self, variants: list[Any]) -> Callable[[Any], bool]:
-        tags = {get_args(self.plan.hints(a)["t"])[0]: a for a in variants}
+    def _tagged(self, variants: list[Schema]) -> Callable[[Any], bool]:
+        tags = {str(v["properties"]["t"]["const"]): v for v in variants}
         table: dict[str, Callable[[Any], bool]] = {}
 
         def ok(v: Any) -> bool:
-            if not table:
-                table.update({t: self._object(a, skip="t") for t, a in tags.items()})
             t = v.get("t") if type(v) is dict else None
             p = table.get(t) if type(t) is str else None
-            return p is not None and p(v)
+            if p is None:
+                if t not in tags or type(t) is not str:
+                    return False
+                p = table[t] = self._object(tags[t], skip="t")
+            return p(v)
 
         return ok
 
-    def _object(self, td: Any, skip: str = "") -> Callable[[Any], bool]:
-        """The predicate of the TypedDict ``td``; ``skip``: a field not to test (a tag tested before)."""
-        hints, required = self.plan.hints(td), self.plan.required(td)
-        allowed = frozenset(hints) if td not in mt.OPEN else None
-        one_of = frozenset(mt.EXACTLY_ONE_OF.get(td, ()))
+    def _object(self, s: Schema, skip: str = "") -> Callable[[Any], bool]:
+        """The predicate of the object schema ``s``; ``skip``: a field not to test (a tag tested before)."""
+        props: dict[str, Schema] = s["properties"]
+        required = frozenset(s.get("required", ()))
+        allowed = frozenset(props) if s.get("additionalProperties") is False else None
+        one_of = _one_of(s)
         exact = allowed == required  # closed, every field required: the keys are exactly the fields
         # closed, and the optional fields are the ones of which exactly one is there: one key more than required
         one_more = allowed is not None and bool(one_of) and allowed - required == one_of
@@ -488,7 +498,7 @@ class _Fast:
             elif not k >= required or (allowed is not None and not k <= allowed) or (one_of and len(k & one_of) != 1):
                 return False
             if not fields:
-                fields.update((name, self.test(ftp)) for name, ftp in hints.items() if name != skip)
+                fields.update((name, self.test(fs)) for name, fs in props.items() if name != skip)
             for name, x in v.items():
                 test = fields.get(name)
                 if test is None:
@@ -521,47 +531,40 @@ def _truth(check: Check) -> Callable[[Any], bool]:
     return ok
 
 
-def _meta(tp: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    for m in tp.__metadata__:
-        if isinstance(m, mt.S):
-            kw.update(m.keywords)
-    return kw
-
-
 _FAST: _Fast | None = None
 
 
-def _fast(tp: Any) -> Callable[[Any], bool]:
+def _fast() -> _Fast:
+    """The check plan and its predicates, made on first use from the schema (a load pays it, ``import cloudckpt`` does not)."""
     global _FAST
     if _FAST is None:
-        _FAST = _Fast()
-    return _FAST.pred(tp)
+        _FAST = _Fast(_Plan(_load_schema()))
+    return _FAST
 
 
-def check_structure(value: Any, tp: Any = None, root: str = "manifest") -> None:
-    """Raise :class:`Invalid` unless ``value`` (parsed JSON) has the structure of the type ``tp``.
+def check_structure(value: Any, part: str | None = None, root: str = "manifest") -> None:
+    """Raise :class:`Invalid` unless ``value`` (parsed JSON) has the structure the schema states.
 
-    ``tp``: a type of :mod:`cloudckpt.format.manifest_types` (None: the
-    manifest). The message names the JSON path of the bad field and what was
-    expected (``root`` names the value itself).
+    ``part``: the name of a definition of the schema (``$defs``: ``"node"``,
+    ``"array"``, ``"object"``, ...; None: the manifest). The message names
+    the JSON path of the bad field and what was expected (``root`` names
+    the value itself).
 
     Example:
-        >>> from cloudckpt.format.manifest_types import Node
-        >>> check_structure({"t": "per_rank", "r": []}, Node, "tree")
+        >>> check_structure({"t": "per_rank", "r": []}, "node", "tree")
         Traceback (most recent call last):
         ...
         cloudckpt.format.structure.Invalid: tree.r: expected a list of 1..1048576 items, got [] (in a 'per_rank' node)
     """
-    plan = _plan()
-    tp = mt.Manifest if tp is None else tp
-    if _fast(tp)(value):
+    fast = _fast()
+    s = fast.plan.part(part)
+    if fast.pred(s)(value):
         return
     try:
-        plan.of(tp)(value)
+        fast.plan.of(s)(value)
     except _Bad as exc:
         raise exc.invalid(root) from None
-    raise Invalid(f"{root}: does not have the structure of a {getattr(tp, '__name__', 'manifest value')}")  # (the two agree)
+    raise Invalid(f"{root}: does not have the structure of a {part or 'manifest'}")  # (the two agree)
 
 
 def check_header(value: Any) -> None:
@@ -573,9 +576,11 @@ def check_header(value: Any) -> None:
         ...
         cloudckpt.format.structure.Invalid: created: expected a number in [0, inf], got -1
     """
-    plan = _plan()
-    hints, required = plan.hints(mt.Manifest), plan.required(mt.Manifest)
-    names = list(hints)
+    fast = _fast()
+    schema = fast.plan.schema
+    props: dict[str, Schema] = schema["properties"]
+    required = frozenset(schema["required"])
+    names = list(props)
     if type(value) is not dict:
         raise Invalid(f"manifest: expected an object, got {_got(value)}")
     for k in names[: names.index("metadata") + 1]:
@@ -583,10 +588,10 @@ def check_header(value: Any) -> None:
             if k in required:
                 raise Invalid(f"manifest: missing field {k!r}")
             continue
-        if _fast(hints[k])(value[k]):
+        if fast.pred(props[k])(value[k]):
             continue
         try:
-            plan.of(hints[k])(value[k])
+            fast.plan.of(props[k])(value[k])
         except _Bad as exc:
             exc.path.append(f".{k}")
             raise exc.invalid("manifest") from None
