@@ -23,7 +23,8 @@ from typing import Any
 import click
 
 from cloudckpt.storage import open_storage
-from cloudckpt.tools.cli.storage_questions import accepted_options, backend_name, redact_text, secrets_of
+from cloudckpt.storage.redact import secrets_of
+from cloudckpt.tools.cli.storage_questions import backend_name, redact_text
 
 __all__ = [
     "reset_command",
@@ -187,7 +188,7 @@ def open_checked(url: str, options: dict[str, Any] | None) -> Any:
     """
     storage = open_storage(url, options)
     _opened.append(storage)
-    accepted = accepted_options(storage)
+    accepted = storage.accepted_options()
     if accepted is not None:
         unknown = sorted(k for k in (options or {}) if k in _given and k not in accepted)
         if unknown:

@@ -1,38 +1,28 @@
-"""What the command asks of the storage layer beyond its verbs, in one place.
+"""The storage layer's answers, worded for the command's messages.
 
-Which credentials a set of options holds and how to mask them in text
-(:mod:`cloudckpt.storage.redact`), which option names a backend takes where
-it would silently ignore others (:meth:`Storage.accepted_options`), how to
-name a backend in a message (:attr:`Storage.backend_name`) and whether the
-bucket of a URL exists (:meth:`Storage.missing_bucket`): each a public
-question of the storage layer, worded here for the command's messages.
+How to mask credentials in the command's own output and in a backend's text
+(:func:`cloudckpt.storage.redact.redact_text`, two lower bounds), how to
+name a backend (:attr:`Storage.backend_name`) and which bucket of the URLs a
+command opened does not exist (:meth:`Storage.missing_bucket`). The
+questions themselves are the storage layer's public API; the command asks
+:func:`cloudckpt.storage.redact.secrets_of` and
+:meth:`Storage.accepted_options` directly.
 
 Example:
     >>> from cloudckpt.storage import open_storage
-    >>> sorted(accepted_options(open_storage("/tmp")))[:2]
-    ['auto_mkdir', 'listings_expiry_time']
+    >>> backend_name(open_storage("memory://doc-questions"))
+    'memory:// (MemoryFileSystem)'
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from cloudckpt.storage import Storage
 from cloudckpt.storage.redact import BARE_MIN
 from cloudckpt.storage.redact import redact_text as _mask
-from cloudckpt.storage.redact import secrets_of as _credentials
 
-__all__ = ["secrets_of", "redact_text", "accepted_options", "backend_name", "missing_bucket"]
-
-def secrets_of(options: dict[str, Any] | None) -> list[str]:
-    """The credential values of ``options`` and of the credential environment variables.
-
-    Example:
-        >>> "abc-123-xyz" in secrets_of({"secret": "abc-123-xyz", "anon": True})
-        True
-    """
-    return _credentials(options)
+__all__ = ["redact_text", "backend_name", "missing_bucket"]
 
 
 def redact_text(text: str, secrets: Iterable[str], *, command_output: bool = True) -> str:
@@ -60,18 +50,6 @@ def backend_name(storage: Storage) -> str:
     if storage.is_local:
         return "a local path"
     return f"{storage.protocol}:// ({storage.backend_name})"
-
-
-def accepted_options(storage: Storage) -> frozenset[str] | None:
-    """The option names the backend of ``storage`` takes, where it would
-    silently ignore others; None where the backend reports them itself.
-
-    Example:
-        >>> from cloudckpt.storage import open_storage
-        >>> "auto_mkdir" in accepted_options(open_storage("/tmp"))
-        True
-    """
-    return storage.accepted_options()
 
 
 def missing_bucket(storages: Iterable[Storage]) -> str | None:
