@@ -32,11 +32,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cloudckpt.layout import catalog, ownership
 from cloudckpt.layout.catalog import Entry, Position
+from cloudckpt.layout.statefile import CheckpointState
 from cloudckpt.storage import Storage
 
 __all__ = ["View", "read_view", "classify", "is_fenced", "in_ranges", "accepted_table", "sort_key"]
@@ -179,3 +180,25 @@ def accepted_table(view: View) -> dict[int, int]:
         if e.managed:
             table[e.epoch] = max(table.get(e.epoch, 0), e.position[2])
     return table
+
+
+def preserved_times(state: CheckpointState | None, entries: Iterable[Entry]) -> list[float]:
+    """Every time a directory records for the last checkpoint preserved for good
+    (``keep_checkpoint_every_n_hours``): the state file's
+    ``last_preserved_timestamp``, each manifest's ``last_preserved``, and the
+    commit time of each managed checkpoint that is preserved. The latest of
+    them is where the next preservation interval starts.
+
+    Example:
+        >>> preserved_times(CheckpointState("ckpt-1", ["ckpt-1"], [5.0], 2.0), [])
+        [2.0]
+    """
+    times = []
+    if state is not None and state.last_preserved_timestamp is not None:
+        times.append(state.last_preserved_timestamp)
+    for e in entries:
+        if e.last_preserved is not None:
+            times.append(e.last_preserved)
+        if e.preserved and e.managed:
+            times.append(e.created)
+    return times

@@ -135,15 +135,7 @@ class Ownership:
         own = [e for e in view.valid if e.checkpoint_name == self._name]
         now = self._now()
         file_state = self._layout.read_state_file()
-        candidates = []
-        if file_state is not None and file_state.last_preserved_timestamp is not None:
-            candidates.append(file_state.last_preserved_timestamp)
-        for e in own:
-            if e.last_preserved is not None:
-                candidates.append(e.last_preserved)
-            if e.preserved and e.managed:
-                candidates.append(e.created)
-        candidates = [c for c in candidates if math.isfinite(c)]
+        candidates = [c for c in directory_model.preserved_times(file_state, own) if math.isfinite(c)]
         if initial:
             last_preserved = max(candidates) if candidates else now - 1.0
             if now < last_preserved:

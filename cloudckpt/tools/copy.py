@@ -339,14 +339,7 @@ def _state_for(
     if cname is None:
         cname = view.latest.checkpoint_name
     mine = [e for e in view.valid if e.checkpoint_name == cname]
-    candidates = []
-    if src_state is not None and src_state.last_preserved_timestamp is not None:
-        candidates.append(src_state.last_preserved_timestamp)
-    for e in mine:
-        if e.last_preserved is not None:
-            candidates.append(e.last_preserved)
-        if e.preserved and e.managed:
-            candidates.append(e.created)
+    candidates = directory_model.preserved_times(src_state, mine)
     # as a manager keeps it: the managed checkpoints that are not preserved for good
     # (checkpoints written without a manager are restorable but never in the active set),
     # abandoned ones first
