@@ -11,11 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from typing import Any
 
 from benchmarks.multihost_rank import state_nbytes
-from benchmarks.targets import ROOT, Target
+from benchmarks.targets import ROOT, Target, requests_between
 
 
 def log(msg: str) -> None:
@@ -91,14 +90,6 @@ def rank_results(raw: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str |
     return results, error
 
 
-def _diff(a: Counter[str] | None, b: Counter[str] | None) -> dict[str, int] | None:
-    if a is None or b is None:
-        return None
-    d = {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
-    d["total"] = sum(d.values())
-    return d
-
-
 class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -121,7 +112,7 @@ class Runner:
         job_s = time.perf_counter() - t0
         c1 = target.counter()
         ranks, error = rank_results(raw)
-        rec: dict[str, Any] = {"job_s": job_s, "loadavg": [load0, os.getloadavg()[0]], "server_requests": _diff(c0, c1)}
+        rec: dict[str, Any] = {"job_s": job_s, "loadavg": [load0, os.getloadavg()[0]], "server_requests": requests_between(c0, c1)}
         if error:
             rec["error"] = error
             rec["traceback"] = next((r.get("traceback") for r in ranks if r.get("traceback")), None)

@@ -44,7 +44,7 @@ from typing import Any
 
 from benchmarks import pagecache
 from benchmarks.libs import ALL_LIBS, BASELINES, LIBS
-from benchmarks.targets import ROOT, TARGETS, Target, make_target, moto_available
+from benchmarks.targets import ROOT, TARGETS, Target, make_target, moto_available, requests_between
 from benchmarks.workloads import WORKLOADS, spec_nbytes, workload_spec
 
 SCALING_WORKLOADS = ("count-10", "count-100", "count-1000", "count-10000")
@@ -87,14 +87,6 @@ def run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return {"error": f"child exited {proc.returncode} without a result: {tail}"}
 
 
-def _diff(a: Counter[str] | None, b: Counter[str] | None) -> dict[str, int] | None:
-    if a is None or b is None:
-        return None
-    d = {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
-    d["total"] = sum(d.values())
-    return d
-
-
 def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One library's turn in a repetition: save, its fresh-process loads (local: cold and warm, in alternating
     order; object stores: fresh-client), the first save of a new process, async; returns the records."""
@@ -120,7 +112,7 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
         c0 = target.counter()
         r = run_child({**common, "url": at, "phase": phase, "profile": profile_path(phase)}, args.timeout)
         c1 = target.counter()
-        rec = {**base, "phase": phase, **r, "requests": _diff(c0, c1)}
+        rec = {**base, "phase": phase, **r, "requests": requests_between(c0, c1)}
         if "error" not in r:
             obj = target.objects(at)
             if obj:
@@ -154,7 +146,7 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
             c0 = target.counter()
             r3 = run_child({**common, "url": aurl, "phase": "async", "profile": profile_path("async")}, args.timeout)
             c1 = target.counter()
-            records.append({**base, "phase": "async", **r3, "requests": _diff(c0, c1)})
+            records.append({**base, "phase": "async", **r3, "requests": requests_between(c0, c1)})
             target.cleanup(aurl)
     except Exception as exc:  # a target failure must not lose the other results
         records.append({**base, "phase": "save", "error": f"harness: {type(exc).__name__}: {exc}"})
@@ -172,7 +164,7 @@ def load_fresh(lib_name: str, cache: str, url: str, digest: str | None, target: 
     c0 = target.counter()
     r = run_child({**common, "url": url, "phase": "load", "cache": cache, "profile": profile}, args.timeout)
     c1 = target.counter()
-    rec = {**base, "phase": "load", **r, "cache": cache, "requests": _diff(c0, c1)}
+    rec = {**base, "phase": "load", **r, "cache": cache, "requests": requests_between(c0, c1)}
     if page_cache is not None:
         rec["page_cache"] = page_cache
         if not page_cache["ok"]:

@@ -149,6 +149,16 @@ class _Proxy:
 _LOG_LINE = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP')
 
 
+def requests_between(a: Counter[str] | None, b: Counter[str] | None) -> dict[str, int] | None:
+    """The server's requests between two :meth:`Target.counter` readings, by method, with their total
+    (None where the target does not count them)."""
+    if a is None or b is None:
+        return None
+    d = {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
+    d["total"] = sum(d.values())
+    return d
+
+
 class _LogCounter:
     """Counts requests in an access log, incrementally."""
 
