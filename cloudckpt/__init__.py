@@ -29,6 +29,7 @@ from cloudckpt.errors import (
     StorageError,
     StoragePermissionError,
     TruncatedObjectError,
+    WeakCommitWarning,
 )
 from cloudckpt.format.shards import PerRank, ShardedArray
 from cloudckpt.format.tensor_store import StoreOptions
@@ -66,5 +67,6 @@ __all__ = [
     "StoragePermissionError",
     "TruncatedObjectError",
     "OversizedObjectError",
+    "WeakCommitWarning",
     "frameworks",
 ]

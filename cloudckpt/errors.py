@@ -24,6 +24,7 @@ __all__ = [
     "StorageError",
     "ObjectNotFoundError",
     "ObjectExistsError",
+    "WeakCommitWarning",
     "StoragePermissionError",
     "TruncatedObjectError",
     "OversizedObjectError",
@@ -141,6 +142,23 @@ class ObjectExistsError(StorageError, FileExistsError):
 
     Example:
         >>> issubclass(ObjectExistsError, FileExistsError)
+        True
+    """
+
+
+class WeakCommitWarning(UserWarning):
+    """A create-only write (a commit, an ownership claim) on a store that cannot make it atomic.
+
+    The store's filesystem offers no write that fails when the object exists,
+    so cloudckpt checks that the object is absent, then writes it. A committed
+    manifest is still never overwritten by a later save; what is lost is the
+    guarantee between two processes writing to one directory at the same
+    moment (fencing). Turn the warning into an error to refuse such stores:
+    ``warnings.filterwarnings("error", category=WeakCommitWarning)``; the
+    refused write then changes nothing.
+
+    Example:
+        >>> issubclass(WeakCommitWarning, UserWarning)
         True
     """
 

@@ -168,6 +168,7 @@ def _prepare(
     _check_json(node, metadata, storage)
     if rank == 0:
         _refuse_inside_data(storage)
+        storage.check_commit(MANIFEST_KEY)  # warns (or refuses) where the commit cannot be atomic
     if check_exists and storage.exists(MANIFEST_KEY):
         raise CheckpointExistsError(
             f"a committed checkpoint already exists at {storage.url}; committed checkpoints are "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
@@ -29,6 +30,7 @@ from cloudckpt.errors import (
     OversizedObjectError,
     StorageError,
     TruncatedObjectError,
+    WeakCommitWarning,
 )
 from cloudckpt.storage.concurrency import bounded_map
 from cloudckpt.storage.hooks import Hook
@@ -352,11 +354,38 @@ class Storage(MappedReads):
         nbytes = sum(memoryview(b).nbytes for b in buffers)
         backend = self._s.backend
         op = "write_create" if mode is WriteMode.CREATE_ONLY else "write"
+        if mode is WriteMode.CREATE_ONLY:
+            self.check_commit(key)
         try:
             self._request(op, key, lambda: backend.put(path, buffers, mode, atomic=atomic), nbytes)
         except FileExistsError:
             url = self.url_for(key)
             raise ObjectExistsError(f"{op} {url}: the object exists", url=url, operation=op) from None
+
+    def check_commit(self, key: str) -> None:
+        """Where this store's create-only writes are not atomic
+        (``capabilities.create_only`` is False), say so once per opened store
+        with a :class:`~cloudckpt.errors.WeakCommitWarning`; where that
+        warning is made an error, it is raised here, before anything is written.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> open_storage("memory://doc-check-commit").check_commit("manifest.json")  # atomic: silent
+        """
+        if self._s.backend.capabilities.create_only or self._s.warned_weak_commit:
+            return
+        name = self._s.backend.filesystem_name()
+        warnings.warn(
+            f"{self.url_for(key)}: {name} offers no create-only write that fails when the object exists, "
+            "so cloudckpt commits here by checking that the object is absent and then writing it. A committed "
+            "checkpoint is never overwritten by a later save, but two processes saving to this directory at "
+            "the same moment are not fenced from each other (the atomic commit guarantee is lost): keep one "
+            "writer per directory, or use a store with create-only writes (local disk, s3://, gs://, az://). "
+            'To refuse such stores: warnings.filterwarnings("error", category=cloudckpt.WeakCommitWarning).',
+            WeakCommitWarning,
+            stacklevel=2,
+        )
+        self._s.warned_weak_commit = True
 
     def write_if_absent(self, key: str, data: bytes) -> bool:
         """Create ``key`` with ``data`` only if it does not exist (create-only).

@@ -52,7 +52,7 @@ def _backend(cls: type[Backend], protocol: str, url: str, options: dict[str, Any
     """The backend for ``protocol``, its failures to start said in a message that names no credential."""
     where = f"{protocol}://"
     try:
-        backend: Backend = cls(protocol, options)  # type: ignore[call-arg]
+        backend: Backend = cls(protocol, {**cls.url_options(protocol, url), **options})  # type: ignore[call-arg]
         return backend
     except ImportError as exc:
         raise ImportError(

@@ -121,6 +121,8 @@ class Capabilities:
         temporaries: writes go through temp files a killed process may leave (local disk).
         remote: requests cross a network: each is bounded by its connection's speed, so large
             transfers are split over several connections, and a read back is costly.
+        concurrent_requests: requests may run from several threads at once (a synchronous
+            client such as one FTP or SFTP connection may not: its requests are made one at a time).
 
     Example:
         >>> Capabilities(create_only=True).ranged_reads
@@ -138,6 +140,7 @@ class Capabilities:
     call_timeout: bool = False
     temporaries: bool = False
     remote: bool = True
+    concurrent_requests: bool = True
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,12 @@ class Backend(Protocol):
     def url_path(cls, protocol: str, rest: str) -> str:
         """``rest`` of a URL it would serve (after ``protocol://``), normalised
         by this store's rules (buckets, absolute paths, query strings)."""
+        ...
+
+    @classmethod
+    def url_options(cls, protocol: str, url: str) -> dict[str, Any]:
+        """Options a URL itself carries (``ftp://user@host:21/...``: host, port,
+        user); ``storage_options`` given by the caller take precedence."""
         ...
 
     def path_of(self, url: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -67,6 +68,9 @@ class Session:
         self.deadline: float | None = None  # time.monotonic() after which no request starts
         self.stats = RequestStats()
         self.hooks = Hooks()
+        self.warned_weak_commit = False  # WeakCommitWarning said once per opened store
+        # a client that must not be used by two threads at once (an FTP or SFTP connection)
+        self._one_at_a_time = None if backend.capabilities.concurrent_requests else threading.Lock()
 
     @contextlib.contextmanager
     def time_limit(self, seconds: float | None) -> Iterator[None]:
@@ -130,10 +134,11 @@ class Session:
             timeout = left if timeout is None else min(timeout, left)
         self.hooks(op, url)
         self.stats.add(op, nbytes)
-        if timeout is None or not self.backend.capabilities.call_timeout:
-            return fn()
-        with self.backend.call_timeout(timeout):
-            return fn()
+        with self._one_at_a_time or contextlib.nullcontext():
+            if timeout is None or not self.backend.capabilities.call_timeout:
+                return fn()
+            with self.backend.call_timeout(timeout):
+                return fn()
 
     def error(self, op: str, url: str, exc: Exception) -> StorageError:
         """The typed error for a backend's exception ``exc`` on request ``op``,

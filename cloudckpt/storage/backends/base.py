@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 from collections.abc import Iterator
+from typing import Any
 
 from cloudckpt.storage.protocol import Capabilities
 from cloudckpt.storage.urls import normalise_key_path
@@ -47,6 +48,10 @@ class BackendBase:
     @classmethod
     def url_path(cls, protocol: str, rest: str) -> str:
         return normalise_key_path(protocol, rest)
+
+    @classmethod
+    def url_options(cls, protocol: str, url: str) -> dict[str, Any]:
+        return {}
 
     def path_of(self, url: str) -> str:
         return url.split("://", 1)[-1]

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -107,6 +108,24 @@ class FsspecBackend(BackendBase):
         bucketed = cls.bucketed or protocol in cls.BUCKETED_SCHEMES
         return normalise_key_path(protocol, rest, bucketed=bucketed)
 
+    @classmethod
+    def url_options(cls, protocol: str, url: str) -> dict[str, Any]:
+        """What the filesystem class reads from a URL (host, port, user of
+        ``ftp://``, ``sftp://``, ``smb://``...), as ``fsspec.open`` does: its
+        ``_get_kwargs_from_urls``, the hook fsspec's filesystems implement for
+        this and document to their users. Where a class has none: ``{}``.
+
+        Example:
+            >>> FsspecBackend.url_options("ftp", "ftp://user@host:2121/run")
+            {'host': 'host', 'port': 2121, 'username': 'user'}
+        """
+        try:
+            read = fsspec.get_filesystem_class(protocol)._get_kwargs_from_urls
+        except (AttributeError, ImportError, ValueError):
+            return {}
+        options: dict[str, Any] = dict(read(url) or {})
+        return options
+
     def __init__(self, protocol: str, storage_options: dict[str, Any]) -> None:
         self.protocol = protocol
         self.name = protocol
@@ -115,6 +134,7 @@ class FsspecBackend(BackendBase):
         # and cancel the request when it passes; sync filesystems have no such knob.
         self._timeouts = isinstance(self.fs, AsyncFileSystem)
         self._local = threading.local()
+        self._made_dirs: set[str] = set()  # directories known to exist (see _make_parent)
         self.capabilities = self.declare()
 
     # -- how the filesystem is made, what it can do: what subclasses override
@@ -131,8 +151,11 @@ class FsspecBackend(BackendBase):
         return fs
 
     def declare(self) -> Capabilities:
-        """This backend's capabilities (the filesystem exists by then)."""
-        return Capabilities(call_timeout=self._timeouts)
+        """This backend's capabilities (the filesystem exists by then): no
+        atomic create-only write (fsspec has no way to ask a filesystem for
+        one); requests one at a time on a synchronous filesystem, whose client
+        (an FTP or SFTP connection) may not be shared by threads."""
+        return Capabilities(call_timeout=self._timeouts, concurrent_requests=self._timeouts)
 
     def make_filesystem(self, protocol: str, options: dict[str, Any]) -> Any:
         """Our own instance cache (fsspec's is per thread, and shares instances
@@ -235,18 +258,40 @@ class FsspecBackend(BackendBase):
     def put(
         self, path: str, buffers: Sequence[Buffer], mode: WriteMode = WriteMode.OVERWRITE, *, atomic: bool = False
     ) -> int:
-        """One whole-object write (atomic on object stores). ``CREATE_ONLY``
+        """One whole-object write (atomic on object stores).
+
+        ``CREATE_ONLY`` where the backend declares ``capabilities.create_only``
         asks the filesystem for ``mode="create"`` (s3fs: ``If-None-Match: *``;
-        gcsfs: ``ifGenerationMatch=0``), which not every filesystem honours:
-        see ``capabilities.create_only``."""
+        gcsfs: ``ifGenerationMatch=0``; adlfs: ``overwrite=False``). Elsewhere
+        — any other fsspec filesystem, which may ignore or refuse that keyword
+        — it checks that the object is absent, then writes it: never over an
+        object that exists, but not atomic between two writers (the facade
+        warns, :class:`~cloudckpt.errors.WeakCommitWarning`)."""
         if mode is WriteMode.CREATE_ONLY or atomic:
             payload = bytes(buffers[0] if len(buffers) == 1 else b"".join(buffers))
-            extra = {"mode": "create"} if mode is WriteMode.CREATE_ONLY else {}
+            extra: dict[str, str] = {}
+            if mode is WriteMode.CREATE_ONLY:
+                if self.capabilities.create_only:
+                    extra = {"mode": "create"}
+                elif self.exists(path):
+                    raise FileExistsError(path)
+            self._make_parent(path)
             self.fs.pipe_file(path, payload, **extra, **self._kw())
             return len(payload)
         data = self.body(buffers)
+        self._make_parent(path)
         self.fs.pipe_file(path, data, **self._kw())
         return len(data)
+
+    def _make_parent(self, path: str) -> None:
+        """A filesystem with directories (FTP, SFTP, SMB, WebDAV) writes a file
+        only into a directory that exists; object stores have none to make."""
+        if self.bucketed or self.protocol in self.BUCKETED_SCHEMES:
+            return
+        parent = posixpath.dirname(path.rstrip("/"))
+        if parent and parent not in self._made_dirs:
+            self.fs.makedirs(parent, exist_ok=True)
+            self._made_dirs.add(parent)
 
     def body(self, buffers: Sequence[Buffer]) -> Any:
         """What an overwriting upload of ``buffers`` sends: here their join."""
