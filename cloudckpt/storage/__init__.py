@@ -16,7 +16,7 @@ Example:
 
 from cloudckpt.storage.facade import Storage
 from cloudckpt.storage.hooks import add_global_hook
-from cloudckpt.storage.opener import open_storage
+from cloudckpt.storage.opener import open_storage, register_backend
 from cloudckpt.storage.protocol import TEMP_MIN_AGE, Backend, Capabilities, IncompleteUpload, WriteMode
 from cloudckpt.storage.redact import BARE_MIN, redact_text, secrets_of
 from cloudckpt.storage.retry import RetryPolicy
@@ -26,5 +26,5 @@ from cloudckpt.storage.urls import join_url, validate_key
 __all__ = [
     "Storage", "open_storage", "RetryPolicy", "RequestStats", "IncompleteUpload", "validate_key", "join_url",
     "add_global_hook", "TEMP_MIN_AGE", "Backend", "Capabilities", "WriteMode", "BARE_MIN", "redact_text",
-    "secrets_of",
+    "secrets_of", "register_backend",
 ]  # fmt: skip

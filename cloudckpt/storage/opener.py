@@ -21,7 +21,7 @@ from cloudckpt.storage.retry import RetryPolicy
 from cloudckpt.storage.session import Session
 from cloudckpt.storage.urls import LOCAL_PROTOCOLS, split_url
 
-__all__ = ["BACKENDS", "GENERIC_BACKEND", "backend_class", "open_storage"]
+__all__ = ["BACKENDS", "GENERIC_BACKEND", "backend_class", "open_storage", "register_backend"]
 
 #: URL scheme -> "module:class" of its backend; imported when a URL needs it (so a
 #: backend's package — s3fs, gcsfs — is imported only then). One line per backend.
@@ -34,6 +34,25 @@ BACKENDS: dict[str, str] = {
 }
 #: the backend of any other scheme fsspec knows
 GENERIC_BACKEND = "cloudckpt.storage.backends.fsspec:FsspecBackend"
+
+
+def register_backend(scheme: str, target: str) -> None:
+    """Serve URLs of ``scheme`` with the backend ``target`` (``"module:Class"``,
+    imported when such a URL is first opened): how a user's own filesystem
+    declares what fsspec cannot ask of it, such as an atomic create-only write
+    (subclass :class:`~cloudckpt.storage.backends.fsspec.FsspecBackend`, return
+    ``Capabilities(create_only=True, ...)`` from ``declare`` and make
+    ``put(..., WriteMode.CREATE_ONLY)`` raise ``FileExistsError`` when the object exists).
+
+    Example:
+        >>> register_backend("doc-mem", "cloudckpt.storage.backends.memory:MemoryBackend")
+        >>> backend_class("doc-mem").__name__
+        'MemoryBackend'
+    """
+    module, sep, name = target.partition(":")
+    if not sep or not module or not name.isidentifier() or not scheme.replace("-", "").isalnum():
+        raise ValueError(f"register_backend({scheme!r}, {target!r}): give a URL scheme and 'module:Class'")
+    BACKENDS[scheme] = target
 
 
 def backend_class(protocol: str) -> type[Backend]:
