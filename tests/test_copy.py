@@ -46,7 +46,7 @@ class Loc:
         if self._fs is None:
             import fsspec
 
-            protocol = {"local": "file", "memory": "memory", "s3": "s3", "gcs": "gs"}[self.name]
+            protocol = {"local": "file", "memory": "memory", "s3": "s3", "gcs": "gs", "azure": "az"}[self.name]
             self._fs = fsspec.filesystem(protocol, skip_instance_cache=True, **(self.options or {}))
         return self._fs
 
@@ -67,6 +67,10 @@ def locs(request, tmp_path):
             srv = request.getfixturevalue("s3_server")
             bucket = request.getfixturevalue("s3_bucket")
             loc = Loc("s3", f"s3://{bucket}/{uid}", servers.s3_storage_options(srv.endpoint_url))
+        elif name == "azure":
+            srv = request.getfixturevalue("azure_server")
+            container = request.getfixturevalue("azure_container")
+            loc = Loc("azure", f"az://{container}/{uid}", servers.azure_storage_options(srv.endpoint_url))
         else:
             srv = request.getfixturevalue("gcs_server")
             bucket = request.getfixturevalue("gcs_bucket")

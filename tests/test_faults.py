@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import crashlib
 from reliability_helpers import record
 
-BACKEND_NAME = {"local": "local", "memory": "memory", "s3": "s3", "gcs": "gs"}
+BACKEND_NAME = {"local": "local", "memory": "memory", "s3": "s3", "gcs": "gs", "azure": "az"}
 
 
 def new_manager(backend, sub="run", **kw):
