@@ -153,6 +153,28 @@ def test_copy_checkpoint_bit_exact(locs, pair):
     assert seen[0][1] == report.bytes_copied
 
 
+def test_copy_s3_to_azure_to_gcs_bit_exact(locs):
+    """A checkpoint goes S3 -> Azure -> GCS: every hop restores bit-exactly, and every
+    object (data and manifest) is the source's, byte for byte."""
+    s3, az, gcs = locs("s3"), locs("azure"), locs("gcs")
+    state = make_state(7)
+    url = cloudckpt.save(s3.url("ckpt-1"), state, storage_options=s3.options, options=SMALL)
+    m = cloudckpt.info(url, storage_options=s3.options)
+    for src, dst in ((s3, az), (az, gcs)):
+        report = cloudckpt.copy(
+            src.url("ckpt-1"), dst.url("ckpt-1"), src_storage_options=src.options, dst_storage_options=dst.options
+        )
+        assert report.copied == [dst.url("ckpt-1")] and report.objects_copied == m.objects
+        assert_bit_exact(state, cloudckpt.load(dst.url("ckpt-1"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url("ckpt-1"), storage_options=dst.options).ok
+    objects = s3.storage().list_all("ckpt-1")
+    assert len(objects) == m.objects
+    for loc in (az, gcs):
+        assert loc.storage().list_all("ckpt-1") == objects
+        for key in objects:
+            assert read_raw(loc, "ckpt-1", key) == read_raw(s3, "ckpt-1", key), (loc.name, key)
+
+
 def _managed_run(loc: Loc, clock_start: float = 1.7e9):
     """A managed directory with retention and one preserved checkpoint, plus debris."""
     t = [clock_start]
