@@ -85,6 +85,26 @@ def test_racing_create_only_writes_exactly_one_wins(az):
     assert storage.read("race/manifest.json") == won[0]
 
 
+def test_an_object_above_the_single_upload_size_goes_up_as_committed_blocks(az):
+    """Above the SDK's 64 MiB single upload: staged blocks committed at once,
+    read back whole and by ranges."""
+    from azure.storage.blob import BlobClient
+
+    url, so = az
+    storage = open_storage(url, so)
+    rng = np.random.default_rng(3)
+    a, b = rng.bytes(40 << 20), rng.bytes(30 << 20)
+    storage.write("big", [a, memoryview(b)])
+    out = bytearray(len(a) + len(b))
+    storage.read_into("big", memoryview(out))
+    assert out == a + b and storage.size("big") == len(out)
+    assert storage.read("big", len(a) - 5, len(a) + 5) == a[-5:] + b[:5]
+    container, blob = storage.url_for("big").split("://", 1)[1].split("/", 1)
+    with BlobClient.from_connection_string(so["connection_string"], container, blob) as client:
+        committed, uncommitted = client.get_block_list("all")
+    assert len(committed) > 1 and not uncommitted
+
+
 def test_abfs_and_abfss_urls_reach_the_same_blobs(az):
     url, so = az
     rest = url.split("://", 1)[1]
