@@ -130,7 +130,8 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
             rec = saved("save", url)
             records.append(rec)
             if "error" not in rec:
-                caches = [c for c in args.loads if c in ("cold", "warm")] if target.name == "local" else ["fresh-client"]
+                on_disk = target.page_cache_path(url) is not None
+                caches = [c for c in args.loads if c in ("cold", "warm")] if on_disk else ["fresh-client"]
                 if rep % 2:
                     caches.reverse()  # cold first in even reps, warm first in odd ones
                 for cache in caches:
@@ -157,10 +158,11 @@ def load_fresh(lib_name: str, cache: str, url: str, digest: str | None, target: 
                base: dict[str, Any], args: argparse.Namespace, profile: str | None) -> dict[str, Any]:
     """One first load of a new process; ``cache`` cold / warm (local disk, set and checked here) or fresh-client."""
     page_cache = None
-    if cache == "cold":
-        page_cache = pagecache.evict(url)
-    elif cache == "warm":
-        page_cache = pagecache.warm(url)
+    files = target.page_cache_path(url)  # local disk: the checkpoint; s3-disk: the server's files of it
+    if cache == "cold" and files is not None:
+        page_cache = pagecache.evict(files)
+    elif cache == "warm" and files is not None:
+        page_cache = pagecache.warm(files)
     c0 = target.counter()
     r = run_child({**common, "url": url, "phase": "load", "cache": cache, "profile": profile}, args.timeout)
     c1 = target.counter()
@@ -239,7 +241,7 @@ def smoke_fresh_checks(records: list[dict[str, Any]], expected: set[tuple[str, s
             continue
         recs = [r for r in records if (r["lib"], r["target"], r["workload"]) == (lib, t, w)]
         caches = {r.get("cache") for r in recs if r["phase"] == "load"}
-        need = [{"cold", "not-cold"}, {"warm", "not-warm"}] if t == "local" else [{"fresh-client"}]
+        need = [{"cold", "not-cold"}, {"warm", "not-warm"}] if t in ("local", "s3-disk") else [{"fresh-client"}]
         for alternatives in need:
             if not caches & alternatives:
                 problems.append(f"{lib} {t} {w}: no {'/'.join(sorted(alternatives))} load")
