@@ -288,6 +288,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"tensor-count scaling: workloads {', '.join(SCALING_WORKLOADS)} (256 MiB x scale), peers none")
     p.add_argument("--no-raw", action="store_true",
                    help="skip the raw baselines (quick before/after comparisons; the report's raw rows need them)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"which raw baselines to run, comma list of {', '.join(BASELINES)} (default all); "
+                        "e.g. raw alone for the 16 GiB state on S3, where raw-threads holds ~2 copies of the state")
     p.add_argument("--huge", action="store_true", help="the 16 GiB state (workload 'huge'), cloudckpt + raw only")
     p.add_argument("--loads", default="cold,warm",
                    help="local disk: which fresh-process loads, comma list of cold, warm (default both)")
@@ -335,8 +338,10 @@ def _libs_for(args: argparse.Namespace, target: Target, workload: str, notes: li
     libs, skipped = select_libs(args.peers, target.name, workload)
     if args.libs_override:
         libs = [n for n in args.libs_override if n in libs]
-    if args.no_raw:
-        libs = [n for n in libs if n not in BASELINES]
+    keep = set() if args.no_raw else {b.strip() for b in args.baselines.split(",")}
+    if keep - set(BASELINES):
+        raise SystemExit(f"--baselines: choose from {', '.join(BASELINES)} (got {args.baselines})")
+    libs = [n for n in libs if n not in BASELINES or n in keep]
     if args.smoke and target.object_store and workload != "large-few":
         # one object per tensor costs ~10 ms per request on moto: keep the smoke short
         libs = [n for n in libs if n == "cloudckpt"]
