@@ -406,9 +406,10 @@ class S3DiskTarget(Target):
     def describe(self) -> str:
         from benchmarks.s3disk import VERSION
 
-        where = self.srv.datadir if self.srv else (self.workdir or "a temp dir")
-        return (f"S3 via s3rver {VERSION} (one Node.js process) on 127.0.0.1, every object a file on local disk "
-                f"(data dir under {where}); cold loads evict those files from the page cache")
+        return (f"S3 via s3rver {VERSION} (one single-threaded Node.js process) on 127.0.0.1, every object a file "
+                "in its data directory on local disk (under --workdir, else a temp dir); cold loads evict the "
+                "server's files of the checkpoint from the page cache (checked with mincore and fincore), warm "
+                "loads read them first; requests counted by the launcher's log")
 
 
 def make_target(name: str, *, workdir: str | None = None, cold: bool = False, latency_ms: str = "20,50",
