@@ -68,13 +68,13 @@ def test_benchmark_on_s3_disk_cold_and_warm(tmp_path):
     assert {r["lib"] for r in records} == {"cloudckpt", "raw"}
     for lib in ("cloudckpt", "raw"):
         save = next(r for r in records if r["lib"] == lib and r["phase"] == "save")
-        assert save["objects"] >= 8 and save["stored_bytes"] >= save["nbytes"]
-        assert save["requests"]["PUT"] >= 8, save["requests"]
+        assert save["objects"] >= 2 and save["stored_bytes"] >= save["nbytes"]  # cloudckpt packs small tensors
+        assert save["requests"]["PUT"] >= save["objects"], save["requests"]
         loads = {r["cache"]: r for r in records if r["lib"] == lib and r["phase"] == "load"}
         assert set(loads) == {"cold", "warm"}, loads.keys()
         for cache, r in loads.items():
             pc = r["page_cache"]
-            assert pc["ok"] is True and pc["files"] >= 8 and pc["bytes"] >= save["nbytes"], pc
+            assert pc["ok"] is True and pc["files"] >= save["objects"] and pc["bytes"] >= save["nbytes"], pc
             assert pc["resident"] == (0 if cache == "cold" else pc["pages"]), pc
-            assert r["requests"]["GET"] >= 8 and "PUT" not in r["requests"], r["requests"]
+            assert r["requests"]["GET"] >= 2 and "PUT" not in r["requests"], r["requests"]
     assert not list((tmp_path / "work").glob("cloudckpt-s3rver-*")), "the server's data dir was left behind"
