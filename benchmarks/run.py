@@ -6,6 +6,7 @@ Examples:
         --peers all --out benchmarks/results.json --markdown docs/benchmarks.md
     python -m benchmarks.run --scaling --target local,memory --reps 3     # 10..10,000 tensors
     python -m benchmarks.run --workload huge --target local --peers none  # 16 GiB state
+    python -m benchmarks.run --huge --target s3-disk --baselines raw --no-async --no-first-save  # on S3 (s3rver)
     python -m benchmarks.run --smoke                                      # CI: tiny, < 60 s
 
 Every measurement is a fresh subprocess (``benchmarks.child``). Repetitions are
@@ -22,7 +23,9 @@ Per library and repetition, each in its own new process:
   ``not-cold``, never as cold) and ``warm`` (every file read once, all pages
   checked resident); the order alternates by repetition. Object stores: one
   load, ``fresh-client`` (new process, new client; moto serves objects from its
-  memory, so the server has no cold state to reproduce). Each load times the
+  memory, so the server has no cold state to reproduce); ``s3-disk`` (s3rver,
+  objects as files on local disk): cold and warm like local disk, on the
+  server's files of the checkpoint. Each load times the
   library's imports and its first call: ``first_load_s`` = process start ->
   state in memory, ``import_s``, ``load_s`` (open + read).
 * ``first-save``: time to the first committed checkpoint of a new process
