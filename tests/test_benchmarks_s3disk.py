@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+_MISSING = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+pytestmark = pytest.mark.skipif(
+    bool(_MISSING), reason=f"the s3-disk target needs Node.js and npm ({', '.join(_MISSING)} not found on PATH)"
+)
 
 
 def test_s3rver_stores_objects_on_disk_and_ignores_if_none_match(tmp_path):
