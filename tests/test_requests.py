@@ -33,9 +33,13 @@ def small_many_state() -> dict:
 
 
 class CallCounter:
-    """Counts the S3 API calls of one s3fs filesystem (wraps its ``_call_s3``)."""
+    """Counts the S3 API calls of one s3fs filesystem: those s3fs makes itself
+    (through its coroutine ``_call_s3``) and those cloudckpt makes through its
+    public sync ``call_s3``."""
 
     def __init__(self, fs) -> None:
+        from fsspec.asyn import sync_wrapper
+
         self.calls: list[str] = []
         inner = fs._call_s3
 
@@ -44,6 +48,7 @@ class CallCounter:
             return await inner(method, *args, **kwargs)
 
         fs._call_s3 = counted
+        fs.call_s3 = sync_wrapper(counted, obj=fs)
 
     def take(self) -> list[str]:
         out, self.calls = self.calls, []
