@@ -217,12 +217,16 @@ def test_gcs_everything_public_save_and_load(gcs_server, gcs_bucket, fresh_log, 
 
 
 class FlakyProxy:
-    """A real HTTP server in front of fake-gcs-server that answers 503 to the
-    next ``fail`` requests whose path holds ``marker``, and relays the rest."""
+    """A real HTTP server in front of an emulator that answers 503 to the
+    next ``fail`` requests whose path holds ``marker``, holds those back
+    ``delay`` seconds (or stalls ``stall`` seconds half way through their
+    answer's body), and relays the rest."""
 
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.fail = 0
+        self.delay = 0.0  # seconds before relaying a matching request
+        self.stall = 0.0  # seconds in the middle of a matching answer's body
         self.marker = "\0"
         self.seen: list[str] = []
         self.lock = threading.Lock()
@@ -243,6 +247,8 @@ class FlakyProxy:
                     failing = hit and proxy.fail > 0
                     if failing:
                         proxy.fail -= 1
+                if hit and proxy.delay:
+                    time.sleep(proxy.delay)
                 if failing:
                     return self._answer(503, {"Content-Type": "application/json"},
                                         json.dumps({"error": {"code": 503, "message": "injected"}}).encode())
@@ -251,23 +257,34 @@ class FlakyProxy:
                 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
                 try:
                     with opener.open(req, timeout=30) as r:
-                        return self._answer(r.status, dict(r.headers.items()), r.read())
+                        return self._answer(r.status, dict(r.headers.items()), r.read(), hit)
                 except urllib.error.HTTPError as e:
                     return self._answer(e.code, dict(e.headers.items()), e.read())
 
-            def _answer(self, status, headers, payload):
+            def _answer(self, status, headers, payload, hit=False):
                 self.send_response(status)
                 for k, v in headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection"):
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
+                if self.command == "HEAD":
+                    return
+                if hit and proxy.stall:
+                    half = len(payload) // 2
+                    self.wfile.write(payload[:half])
+                    self.wfile.flush()
+                    time.sleep(proxy.stall)
+                    payload = payload[half:]
+                self.wfile.write(payload)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _relay
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a client gone (timed out) or the emulator stopped
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.endpoint_url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -336,3 +353,33 @@ def test_s3_streams_and_heads_through_the_public_call_s3(s3_server, s3_bucket):
     assert bytes(out[0]) == data[:5] and bytes(out[1]) == data[5 : 5 + (2 << 20)]
     assert calls == ["get_object", "head_object", "head_object"]
     assert s.capabilities.scattered_reads and not s.capabilities.write_copies
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_s3_streamed_read_keeps_to_the_request_timeout(s3_server, s3_bucket, where):
+    """A ranged GET and the read of its body share one deadline; a timed-out
+    read leaves the client able to read again."""
+    import servers
+
+    proxy = FlakyProxy(s3_server.endpoint_url)
+    try:
+        url = f"s3://{s3_bucket}/fast-paths/slow-{where}"
+        data = bytes(range(256)) * 4096
+        open_storage(url, servers.s3_storage_options(s3_server.endpoint_url)).write("obj", data)
+        opts = servers.s3_storage_options(proxy.endpoint_url)
+        s = open_storage(url, opts, retry=RetryPolicy(attempts=1), request_timeout=1)
+        proxy.marker = "obj"
+        if where == "headers":
+            proxy.delay = 3.0
+        else:
+            proxy.stall = 3.0
+        t0 = time.monotonic()
+        with pytest.raises(Exception, match="(?i)time") as info:
+            s.read_into("obj", memoryview(bytearray(len(data))))
+        assert time.monotonic() - t0 < 2.9 and "Timeout" in str(info.value), info.value
+        proxy.delay = proxy.stall = 0.0
+        out = bytearray(len(data) - 10)
+        s.read_into("obj", memoryview(out), 10)
+        assert bytes(out) == data[10:]
+    finally:
+        proxy.close()

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from bisect import bisect_right
@@ -163,7 +164,8 @@ class S3Backend(FsspecBackend):
         try:
             n: int = fsspec.asyn.sync(self.fs.loop, _drain_and_close, body, views, timeout=left)
         except BaseException:
-            fsspec.asyn.sync(self.fs.loop, _close, body)  # if the drain never started
+            with contextlib.suppress(Exception):  # if the drain never started; the first error is the one to report
+                fsspec.asyn.sync(self.fs.loop, _close, body, timeout=5)
             raise
         return n
 
