@@ -423,19 +423,23 @@ def test_s3_exists_is_one_head(object_backend):
     s.write("dir/obj", b"x")
     backend = s._s.backend
     calls: list[str] = []
-    real = backend.fs._call_s3
+    real, real_sync = backend.fs._call_s3, backend.fs.call_s3
 
     async def spy(method, *args, **kwargs):
         calls.append(method)
         return await real(method, *args, **kwargs)
 
-    backend.fs._call_s3 = spy
+    def sync_spy(method, *args, **kwargs):
+        calls.append(method)
+        return real_sync(method, *args, **kwargs)
+
+    backend.fs._call_s3, backend.fs.call_s3 = spy, sync_spy  # s3fs' own calls and cloudckpt's
     try:
         assert s.exists("dir/obj")
         assert not s.exists("dir/nope")
         assert not s.exists("dir")  # a "directory" is not an object
     finally:
-        del backend.fs._call_s3
+        del backend.fs._call_s3, backend.fs.call_s3
     assert calls == ["head_object"] * 3
 
 
