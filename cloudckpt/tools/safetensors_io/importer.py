@@ -1,0 +1,222 @@
+"""Import a safetensors file, or a sharded Hugging Face directory, into a cloudckpt checkpoint.
+
+Example:
+    >>> import numpy as np, cloudckpt
+    >>> url = cloudckpt.save("memory://doc-import/c", {"w": np.arange(3, dtype="i8")})
+    >>> _ = cloudckpt.tools.safetensors_io.export_safetensors(url, "memory://doc-import/hf/weights.safetensors")
+    >>> r = import_safetensors("memory://doc-import/hf/weights.safetensors", "memory://doc-import/c2")
+    >>> r.tensors, cloudckpt.load(r.url)
+    (1, {'w': array([0, 1, 2])})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from cloudckpt.api import save
+from cloudckpt.errors import CheckpointNotFoundError
+from cloudckpt.storage import Storage, open_storage
+from cloudckpt.tools.safetensors_io.common import ImportReport, ProgressFn, open_file, split_prefix
+from cloudckpt.tools.safetensors_io.spec import TensorEntry, parse_header
+
+__all__ = ["import_safetensors", "source_files"]
+
+log = logging.getLogger("cloudckpt")
+
+_INDEX_MAX = 64 << 20  # the most bytes of a model.safetensors.index.json read
+
+
+def import_safetensors(
+    src_url: str,
+    ckpt_url: str,
+    *,
+    prefix: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    ckpt_storage_options: dict[str, Any] | None = None,
+    spool_dir: str | None = None,
+    buffer_bytes: int = 256 << 20,
+    progress: ProgressFn | None = None,
+) -> ImportReport:
+    """Save the tensors of safetensors files at ``src_url`` as one checkpoint at ``ckpt_url``.
+
+    ``src_url`` is a ``.safetensors`` file, or a directory: with a
+    ``*.safetensors.index.json`` the files its ``weight_map`` names, otherwise
+    every ``*.safetensors`` in it. The state is a flat dict of the tensors'
+    names (``"transformer.h.0.attn.c_attn.weight"``: dots are kept, as in a
+    torch ``state_dict``), placed under ``prefix`` (``"model"`` gives
+    ``{"model": {...}}``), so that exporting with the same prefix gives back
+    the same names and bytes. Tensors keep their dtype (bfloat16 and float8
+    as ml_dtypes arrays). The header's ``__metadata__`` is kept in the
+    checkpoint's metadata under ``"safetensors"`` (an export writes it back),
+    beside ``metadata``.
+
+    Headers are checked before any data is read (known dtypes, sizes
+    matching shapes, tensors covering the file exactly; ValueError naming the
+    file and tensor otherwise). Memory stays bounded: on local disk the files
+    are mapped, not read; from other storage each tensor is fetched by a
+    ranged read into a local spool directory (``spool_dir``, default the
+    system's temporary directory; deleted afterwards) and mapped from there,
+    with at most ``buffer_bytes`` of tensors in memory at once (or one
+    tensor, if larger). The checkpoint is written by :func:`cloudckpt.save`
+    (create-only commit; an existing checkpoint raises
+    :class:`~cloudckpt.CheckpointExistsError`).
+
+    Example:
+        >>> import numpy as np, cloudckpt
+        >>> url = cloudckpt.save("memory://doc-import2/c", {"m": {"a.b": np.ones(2, "f2")}})
+        >>> _ = cloudckpt.tools.safetensors_io.export_safetensors(url, "memory://doc-import2/hf", prefix="m")
+        >>> r = import_safetensors("memory://doc-import2/hf", "memory://doc-import2/c2", prefix="m")
+        >>> list(cloudckpt.load(r.url)["m"]), r.metadata
+        (['a.b'], {'format': 'pt'})
+    """
+    t0 = time.perf_counter()
+    src, files = source_files(src_url, storage_options)
+    headers = [(f, *_header(src, f)) for f in files]
+    names: dict[str, str] = {}
+    for f, _, tensors, _ in headers:
+        for t in tensors:
+            if t.name in names:
+                raise ValueError(f"tensor {t.name!r} is in both {src.url_for(names[t.name])} and {src.url_for(f)}")
+            names[t.name] = f
+    meta: dict[str, str] = {}
+    for _, m, _, _ in headers:
+        meta.update(m)
+    total = sum(t.nbytes for _, _, ts, _ in headers for t in ts)
+    with _reader(src, spool_dir) as read:
+        flat: dict[str, Any] = {}
+        done = 0
+        for f, _, tensors, size in headers:
+            flat.update(read(f, tensors, size, buffer_bytes))
+            done += sum(t.nbytes for t in tensors)
+            if progress is not None:
+                progress(done, total)
+        state: Any = flat
+        for key in reversed(split_prefix(prefix)):
+            state = {key: state}
+        url = save(
+            ckpt_url, state, storage_options=ckpt_storage_options, metadata={**(metadata or {}), "safetensors": meta}
+        )
+        del flat, state
+    log.info("imported %s into %s: %d tensors, %d bytes", src.url, url, len(names), total)
+    return ImportReport(url, [src.url_for(f) for f in files], len(names), total, time.perf_counter() - t0, meta)
+
+
+def source_files(src_url: str, storage_options: dict[str, Any] | None) -> tuple[Storage, list[str]]:
+    """The directory and the safetensors files that ``src_url`` names (see :func:`import_safetensors`).
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> open_storage("memory://doc-src/d").write("b.safetensors", b"")
+        >>> s, files = source_files("memory://doc-src/d", None); files
+        ['b.safetensors']
+    """
+    url = src_url.rstrip("/")
+    if url.endswith(".safetensors"):
+        parent, key = open_file(url, storage_options)
+        return parent, [key]
+    if url.endswith(".index.json"):
+        parent, key = open_file(url, storage_options)
+        return parent, _indexed(parent, key)
+    src = open_storage(url, storage_options)
+    listed, _ = src.list_dir("")
+    indexes = sorted(f for f in listed if f.endswith(".safetensors.index.json"))
+    if len(indexes) > 1 and "model.safetensors.index.json" in indexes:
+        indexes = ["model.safetensors.index.json"]
+    if len(indexes) > 1:
+        raise ValueError(f"{src.url} holds several indexes ({', '.join(indexes)}): name one (its URL) to import")
+    if indexes:
+        return src, _indexed(src, indexes[0])
+    files = sorted(f for f in listed if f.endswith(".safetensors"))
+    if not files:
+        raise CheckpointNotFoundError(f"no .safetensors file at {src.url}: give a file or a directory that holds some")
+    return src, files
+
+
+def _indexed(src: Storage, key: str) -> list[str]:
+    """The files a ``*.safetensors.index.json`` names, in the order of its weight map."""
+    where = src.url_for(key)
+    data = src.read(key, max_bytes=_INDEX_MAX + 1)
+    try:
+        doc = json.loads(data) if len(data) <= _INDEX_MAX else None
+        weight_map = doc["weight_map"] if isinstance(doc, dict) else None
+    except (ValueError, KeyError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{where}: not a safetensors index (a JSON object with a weight_map of names to files)")
+    files = list(dict.fromkeys(weight_map.values()))
+    for f in files:
+        if "/" in f or f in ("", ".", ".."):
+            raise ValueError(f"{where}: the weight map names {f!r}, which is not a file of this directory")
+    return files
+
+
+def _header(src: Storage, key: str) -> tuple[dict[str, str], list[TensorEntry], int]:
+    """The metadata, tensors and size of the file ``key`` (two small reads)."""
+    size = src.size(key)
+    first = src.read(key, 0, min(size, 8)) if size else b""
+    meta, tensors, _ = parse_header(first, lambda n: src.read(key, 8, 8 + n), size, src.url_for(key))
+    return meta, tensors, size
+
+
+@contextlib.contextmanager
+def _reader(src: Storage, spool_dir: str | None) -> Iterator[Any]:
+    """A function ``read(key, tensors, size, buffer_bytes) -> {name: array}``: mapped
+    views of the file on local disk, else views of a local spool that lives as long as this context."""
+    if src.capabilities.maps_objects:
+        yield lambda key, tensors, size, _budget: _mapped(src.map_object(key, size), tensors)
+        return
+    with tempfile.TemporaryDirectory(prefix="cloudckpt-import-", dir=spool_dir) as tmp:
+        spool = open_storage(tmp)
+        files = iter(range(1 << 62))  # spool keys: f<file>-<tensor>
+
+        def read(key: str, tensors: list[TensorEntry], _size: int, budget: int) -> dict[str, np.ndarray]:
+            return _spooled(src, spool, key, tensors, budget, f"f{next(files)}")
+
+        yield read
+
+
+def _as_array(data: Any, t: TensorEntry, offset: int = 0) -> np.ndarray:
+    if t.nbytes == 0:
+        return np.zeros(t.shape, t.dtype)
+    return np.frombuffer(data, t.dtype, math.prod(t.shape), offset).reshape(t.shape)
+
+
+def _mapped(view: memoryview, tensors: list[TensorEntry]) -> dict[str, np.ndarray]:
+    """The tensors as views of the mapped file (no copy)."""
+    return {t.name: _as_array(view, t, t.start) for t in tensors}
+
+
+def _spooled(
+    src: Storage, spool: Storage, key: str, tensors: list[TensorEntry], budget: int, tag: str
+) -> dict[str, np.ndarray]:
+    """Each tensor read by one ranged request, written to the spool and mapped back;
+    at most ``budget`` bytes (or one tensor) read and not yet spooled at once."""
+    largest = max((t.nbytes for t in tensors), default=1)
+    limit = max(1, min(src.max_concurrency, budget // max(largest, 1)))
+
+    def one(j: int) -> np.ndarray:
+        t = tensors[j]
+        if t.nbytes == 0:
+            return np.zeros(t.shape, t.dtype)
+        data = src.read(key, t.start, t.end)
+        if len(data) != t.nbytes:
+            raise ValueError(f"{src.url_for(key)}: tensor {t.name!r} is truncated: {len(data)} of {t.nbytes} bytes")
+        if not spool.capabilities.maps_objects:
+            return _as_array(data, t)
+        name = f"{tag}-{j}"
+        spool.write(name, data)
+        del data
+        return _as_array(spool.map_object(name, t.nbytes), t)
+
+    arrays = src.map(one, range(len(tensors)), limit=limit)
+    return {t.name: a for t, a in zip(tensors, arrays, strict=True)}
