@@ -71,11 +71,12 @@ def open_file(url: str, storage_options: dict[str, Any] | None) -> tuple[Storage
         >>> s.url, key
         ('memory://doc-open-file/run', 'model.safetensors')
     """
-    storage = open_storage(url, storage_options)
-    parent = storage.parent()
-    if parent is None:
+    head, sep, key = url.rstrip("/").rpartition("/")
+    if not sep:
+        head = "."
+    if not key or not head or head.endswith(":/"):
         raise ValueError(f"{url}: a file URL needs a directory (or bucket) above it")
-    return parent, storage.url.rstrip("/").rsplit("/", 1)[-1]
+    return open_storage(head, storage_options), key
 
 
 def split_prefix(prefix: str | None) -> tuple[str, ...]:

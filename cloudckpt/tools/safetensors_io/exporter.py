@@ -247,7 +247,7 @@ def _write_shard(
         if a.shape != t.shape or a.dtype != t.dtype:  # pragma: no cover - the manifest's record says otherwise
             raise ValueError(f"{src.url}: tensor {t.key!r} read as {a.dtype}{a.shape}, recorded {t.dtype}{t.shape}")
         if a.nbytes:
-            buffers.append(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
+            buffers.append(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
     del arrays
     dst.write(fname, buffers)
 

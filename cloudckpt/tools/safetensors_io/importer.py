@@ -80,7 +80,7 @@ def import_safetensors(
         (['a.b'], {'format': 'pt'})
     """
     t0 = time.perf_counter()
-    src, files = source_files(src_url, storage_options)
+    src, files, weight_map = source_files(src_url, storage_options)
     headers = [(f, *_header(src, f)) for f in files]
     names: dict[str, str] = {}
     for f, _, tensors, _ in headers:
@@ -88,6 +88,12 @@ def import_safetensors(
             if t.name in names:
                 raise ValueError(f"tensor {t.name!r} is in both {src.url_for(names[t.name])} and {src.url_for(f)}")
             names[t.name] = f
+    if weight_map is not None and weight_map != names:
+        wrong = sorted(set(weight_map.items()) ^ set(names.items()))[0][0]
+        raise ValueError(
+            f"{src.url}: the index does not match the files: tensor {wrong!r} is in "
+            f"{names.get(wrong, 'no file')}, the index says {weight_map.get(wrong, 'nothing')}"
+        )
     meta: dict[str, str] = {}
     for _, m, _, _ in headers:
         meta.update(m)
@@ -111,22 +117,24 @@ def import_safetensors(
     return ImportReport(url, [src.url_for(f) for f in files], len(names), total, time.perf_counter() - t0, meta)
 
 
-def source_files(src_url: str, storage_options: dict[str, Any] | None) -> tuple[Storage, list[str]]:
-    """The directory and the safetensors files that ``src_url`` names (see :func:`import_safetensors`).
+def source_files(
+    src_url: str, storage_options: dict[str, Any] | None
+) -> tuple[Storage, list[str], dict[str, str] | None]:
+    """The directory and the safetensors files that ``src_url`` names (see
+    :func:`import_safetensors`), and the weight map of its index if it has one.
 
     Example:
         >>> from cloudckpt.storage import open_storage
         >>> open_storage("memory://doc-src/d").write("b.safetensors", b"")
-        >>> s, files = source_files("memory://doc-src/d", None); files
-        ['b.safetensors']
+        >>> s, files, index = source_files("memory://doc-src/d", None); files, index
+        (['b.safetensors'], None)
     """
     url = src_url.rstrip("/")
     if url.endswith(".safetensors"):
         parent, key = open_file(url, storage_options)
-        return parent, [key]
+        return parent, [key], None
     if url.endswith(".index.json"):
-        parent, key = open_file(url, storage_options)
-        return parent, _indexed(parent, key)
+        return _indexed(*open_file(url, storage_options))
     src = open_storage(url, storage_options)
     listed, _ = src.list_dir("")
     indexes = sorted(f for f in listed if f.endswith(".safetensors.index.json"))
@@ -135,15 +143,15 @@ def source_files(src_url: str, storage_options: dict[str, Any] | None) -> tuple[
     if len(indexes) > 1:
         raise ValueError(f"{src.url} holds several indexes ({', '.join(indexes)}): name one (its URL) to import")
     if indexes:
-        return src, _indexed(src, indexes[0])
+        return _indexed(src, indexes[0])
     files = sorted(f for f in listed if f.endswith(".safetensors"))
     if not files:
         raise CheckpointNotFoundError(f"no .safetensors file at {src.url}: give a file or a directory that holds some")
-    return src, files
+    return src, files, None
 
 
-def _indexed(src: Storage, key: str) -> list[str]:
-    """The files a ``*.safetensors.index.json`` names, in the order of its weight map."""
+def _indexed(src: Storage, key: str) -> tuple[Storage, list[str], dict[str, str]]:
+    """The files a ``*.safetensors.index.json`` names, in the order of their names."""
     where = src.url_for(key)
     data = src.read(key, max_bytes=_INDEX_MAX + 1)
     try:
@@ -153,11 +161,11 @@ def _indexed(src: Storage, key: str) -> list[str]:
         weight_map = None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{where}: not a safetensors index (a JSON object with a weight_map of names to files)")
-    files = list(dict.fromkeys(weight_map.values()))
+    files = sorted(set(weight_map.values()))
     for f in files:
         if "/" in f or f in ("", ".", ".."):
             raise ValueError(f"{where}: the weight map names {f!r}, which is not a file of this directory")
-    return files
+    return src, files, weight_map
 
 
 def _header(src: Storage, key: str) -> tuple[dict[str, str], list[TensorEntry], int]:
