@@ -119,13 +119,7 @@ def export_safetensors(
     src = open_storage(ckpt_url, storage_options)
     manifest = read_manifest(src)
     tensors, skipped = select_tensors(manifest, prefix, src.url)
-    if dest_url.rstrip("/").endswith(".safetensors"):
-        dst, only = open_file(dest_url.rstrip("/"), dest_storage_options)
-        shards, names = [tensors], [only]
-    else:
-        dst = open_storage(dest_url, dest_storage_options)
-        shards = plan_shards(tensors, limit)
-        names = [shard_name(name, i + 1, len(shards)) for i in range(len(shards))]
+    dst, shards, names = _destination(dest_url, dest_storage_options, tensors, limit, name)
     stale = _existing(dst, name, names, overwrite)
     stored = manifest["metadata"].get("safetensors")
     meta = {"format": "pt", **(stored if isinstance(stored, dict) else {}), **(metadata or {})}
@@ -143,18 +137,25 @@ def export_safetensors(
         dst.write(index_name(name), json.dumps(doc, indent=2).encode() + b"\n", atomic=True)
         index = dst.url_for(index_name(name))
     _remove_stale(dst, stale, names, index is not None, name)
-    report = ExportReport(
-        url=dst.url,
-        files=[dst.url_for(f) for f in names],
-        index=index,
-        tensors=len(tensors),
-        nbytes=total,
-        seconds=time.perf_counter() - t0,
-        skipped=skipped,
-        largest_shard=max((sum(t.nbytes for t in s) for s in shards), default=0),
-    )
     log.info("exported %s to %s: %d tensors, %d bytes in %d files", src.url, dst.url, len(tensors), total, len(names))
-    return report
+    return ExportReport(
+        url=dst.url, files=[dst.url_for(f) for f in names], index=index, tensors=len(tensors), nbytes=total,
+        seconds=time.perf_counter() - t0, skipped=skipped,
+        largest_shard=max((sum(t.nbytes for t in s) for s in shards), default=0),
+    )  # fmt: skip
+
+
+def _destination(
+    dest_url: str, options: dict[str, Any] | None, tensors: list[Tensor], limit: int, name: str
+) -> tuple[Storage, list[list[Tensor]], list[str]]:
+    """The directory written, the tensors of each file and the files' names: one
+    file when ``dest_url`` ends in ``.safetensors``, else shards of at most ``limit`` bytes."""
+    if dest_url.rstrip("/").endswith(".safetensors"):
+        dst, only = open_file(dest_url.rstrip("/"), options)
+        return dst, [tensors], [only]
+    dst = open_storage(dest_url, options)
+    shards = plan_shards(tensors, limit)
+    return dst, shards, [shard_name(name, i + 1, len(shards)) for i in range(len(shards))]
 
 
 def select_tensors(manifest: Mapping[str, Any], prefix: str | None, where: str) -> tuple[list[Tensor], list[str]]:
