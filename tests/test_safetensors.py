@@ -395,3 +395,30 @@ def test_transformers_from_pretrained_loads_an_export(tmp_path, monkeypatch) -> 
     assert all(torch.equal(files[k], v) for k, v in bf.items())
     back = cloudckpt.load(import_safetensors(str(tmp_path / "hf-bf"), str(tmp_path / "ckpt-3")).url, framework="torch")
     assert all(back[k].dtype == torch.bfloat16 and torch.equal(back[k], v) for k, v in bf.items())
+
+
+def test_the_example_trains_on_s3_exports_loads_with_transformers_and_imports(s3_server, s3_bucket, tmp_path) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (examples/safetensors_hf_export.py needs torch)")
+    pytest.importorskip("transformers", reason="transformers is not installed (the example needs torch and transformers)")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "safetensors_hf_export.py"
+    root = f"s3://{s3_bucket}/example-st-{uuid.uuid4().hex[:8]}"
+    here = str(Path(cloudckpt.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    out = tmp_path / "hf"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--root", root, "--endpoint-url", s3_server.endpoint_url, "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "from_pretrained: same logits as the trained model" in proc.stdout
+    assert f"committed {root}/imported/ckpt-3" in proc.stdout and "imported checkpoint: same logits" in proc.stdout
+    assert sorted(os.listdir(out)) == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+    ]  # fmt: skip
+    so = servers.s3_storage_options(s3_server.endpoint_url)
+    assert cloudckpt.latest_checkpoint(f"{root}/run", storage_options=so) == f"{root}/run/ckpt-3"
