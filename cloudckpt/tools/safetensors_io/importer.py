@@ -63,11 +63,12 @@ def import_safetensors(
     Headers are checked before any data is read (known dtypes, sizes
     matching shapes, tensors covering the file exactly; ValueError naming the
     file and tensor otherwise). Memory stays bounded: on local disk the files
-    are mapped, not read; from other storage each tensor is fetched by a
-    ranged read into a local spool directory (``spool_dir``, default the
-    system's temporary directory; deleted afterwards) and mapped from there,
-    with at most ``buffer_bytes`` of tensors in memory at once (or one
-    tensor, if larger). The checkpoint is written by :func:`cloudckpt.save`
+    are mapped, not read; from other storage the files are fetched by ranged
+    reads of back-to-back tensors (runs of at most ``buffer_bytes`` divided by
+    the storage's concurrency, or one larger tensor) into a local spool
+    directory (``spool_dir``, default the system's temporary directory;
+    deleted afterwards) and mapped from there, with at most ``buffer_bytes``
+    (or one run) in memory at once. The checkpoint is written by :func:`cloudckpt.save`
     (create-only commit; an existing checkpoint raises
     :class:`~cloudckpt.CheckpointExistsError`).
 
@@ -204,27 +205,51 @@ def _mapped(view: memoryview, tensors: list[TensorEntry]) -> dict[str, np.ndarra
     return {t.name: _as_array(view, t, t.start) for t in tensors}
 
 
+def runs_of(tensors: list[TensorEntry], piece: int) -> list[list[TensorEntry]]:
+    """``tensors`` (in file order, back to back) cut into runs of at most ``piece``
+    bytes, each read by one request; a tensor larger than ``piece`` is a run of its own.
+
+    Example:
+        >>> t = [TensorEntry(k, np.dtype("u1"), (n,), s, s + n) for k, s, n in [("a", 8, 4), ("b", 12, 4), ("c", 16, 9)]]
+        >>> [[x.name for x in r] for r in runs_of(t, 8)]
+        [['a', 'b'], ['c']]
+    """
+    runs: list[list[TensorEntry]] = []
+    size = piece
+    for t in tensors:
+        if runs and size + t.nbytes <= piece:
+            runs[-1].append(t)
+            size += t.nbytes
+        else:
+            runs.append([t])
+            size = t.nbytes
+    return runs
+
+
 def _spooled(
     src: Storage, spool: Storage, key: str, tensors: list[TensorEntry], budget: int, tag: str
 ) -> dict[str, np.ndarray]:
-    """Each tensor read by one ranged request, written to the spool and mapped back;
-    at most ``budget`` bytes (or one tensor) read and not yet spooled at once."""
-    largest = max((t.nbytes for t in tensors), default=1)
-    limit = max(1, min(src.max_concurrency, budget // max(largest, 1)))
+    """The file read in runs of back-to-back tensors, one ranged request each, every
+    run written to the spool and mapped back; at most ``budget`` bytes (or one run)
+    read and not yet spooled at once."""
+    conc = src.max_concurrency
+    runs = runs_of([t for t in tensors if t.nbytes], max(1 << 20, budget // conc))
+    largest = max((r[-1].end - r[0].start for r in runs), default=1)
+    limit = max(1, min(conc, budget // largest))
 
-    def one(j: int) -> np.ndarray:
-        t = tensors[j]
-        if t.nbytes == 0:
-            return np.zeros(t.shape, t.dtype)
-        data = src.read(key, t.start, t.end)
-        if len(data) != t.nbytes:
-            raise ValueError(f"{src.url_for(key)}: tensor {t.name!r} is truncated: {len(data)} of {t.nbytes} bytes")
-        if not spool.capabilities.maps_objects:
-            return _as_array(data, t)
-        name = f"{tag}-{j}"
-        spool.write(name, data)
-        del data
-        return _as_array(spool.map_object(name, t.nbytes), t)
+    def one(j: int) -> dict[str, np.ndarray]:
+        run = runs[j]
+        start, end = run[0].start, run[-1].end
+        data: Any = src.read(key, start, end)
+        if len(data) != end - start:
+            raise ValueError(f"{src.url_for(key)}: truncated: {len(data)} of the {end - start} bytes from offset {start}")
+        if spool.capabilities.maps_objects:
+            name = f"{tag}-{j}"
+            spool.write(name, data)
+            data = spool.map_object(name, end - start)
+        return {t.name: _as_array(data, t, t.start - start) for t in run}
 
-    arrays = src.map(one, range(len(tensors)), limit=limit)
-    return {t.name: a for t, a in zip(tensors, arrays, strict=True)}
+    out = {t.name: np.zeros(t.shape, t.dtype) for t in tensors if not t.nbytes}
+    for part in src.map(one, range(len(runs)), limit=limit):
+        out.update(part)
+    return {t.name: out[t.name] for t in tensors}
