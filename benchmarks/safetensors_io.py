@@ -12,8 +12,10 @@ tensors per second) and the peak of fresh allocations of its last run
 * export local -> local, local -> S3, S3 -> local (``export_safetensors``);
 * import local -> local (files mapped), S3 -> local (tensors fetched by
   ranged reads and spooled to local disk) (``import_safetensors``);
-* for reference, ``safetensors.numpy.save_file`` of the same arrays already
-  in memory, to a local file (no sharding, no read of a checkpoint).
+* for reference, ``cloudckpt.save`` and ``cloudckpt.load`` of the same state
+  on the same S3 server (what it sustains), and ``safetensors.numpy.save_file``
+  of the same arrays already in memory, to a local file (no sharding, no
+  read of a checkpoint).
 
 Local files are in the page cache (written just before): these are warm numbers.
 """
@@ -112,6 +114,11 @@ def main() -> None:
 
             case(f"import {src} -> local", lambda s=s, src=src, urls=urls: import_safetensors(
                 hf[src], urls[-1], prefix="model", storage_options=s.storage_options or None), fresh)  # fmt: skip
+        if s3 is not None:  # what the same server takes for cloudckpt's own save and load of this state
+            s3t = s3
+            case("reference: cloudckpt.save -> s3", lambda: cloudckpt.save(
+                s3t.url(f"ref-{uuid.uuid4().hex[:8]}"), state, storage_options=s3t.storage_options))  # fmt: skip
+            case("reference: cloudckpt.load s3", lambda: cloudckpt.load(ckpt["s3"], storage_options=s3t.storage_options))
         try:
             from safetensors.numpy import save_file
         except ImportError:

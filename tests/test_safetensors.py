@@ -239,6 +239,14 @@ def test_a_damaged_file_is_refused_before_anything_is_written(tmp_path, mutate, 
     assert not (tmp_path / "c2").exists()
 
 
+def test_import_into_a_committed_checkpoint_is_refused_before_reading_anything(tmp_path) -> None:
+    ckpt = cloudckpt.save(str(tmp_path / "c"), {"w": np.ones(1)})
+    # the source does not even exist: the destination is checked first
+    with pytest.raises(cloudckpt.CheckpointExistsError, match="a committed checkpoint already exists at"):
+        import_safetensors(str(tmp_path / "nowhere"), ckpt)
+    assert cloudckpt.load(ckpt)["w"].tolist() == [1.0]
+
+
 def test_an_index_that_does_not_match_its_files_is_refused(tmp_path) -> None:
     ckpt = cloudckpt.save(str(tmp_path / "c"), {"a": np.ones(10, "u1"), "b": np.ones(10, "u1")})
     export_safetensors(ckpt, str(tmp_path / "hf"), max_shard_size=10)

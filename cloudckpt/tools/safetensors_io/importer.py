@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from cloudckpt.api import save
-from cloudckpt.errors import CheckpointNotFoundError
+from cloudckpt.errors import CheckpointExistsError, CheckpointNotFoundError
+from cloudckpt.format.manifest import MANIFEST_KEY
 from cloudckpt.storage import Storage, open_storage
 from cloudckpt.tools.safetensors_io.common import ImportReport, ProgressFn, open_file, split_prefix
 from cloudckpt.tools.safetensors_io.spec import TensorEntry, parse_header
@@ -81,6 +82,7 @@ def import_safetensors(
         (['a.b'], {'format': 'pt'})
     """
     t0 = time.perf_counter()
+    _refuse_existing(ckpt_url, ckpt_storage_options)  # before anything is read (save checks again)
     src, files, weight_map = source_files(src_url, storage_options)
     headers = [(f, *_header(src, f)) for f in files]
     names: dict[str, str] = {}
@@ -116,6 +118,15 @@ def import_safetensors(
         del flat, state
     log.info("imported %s into %s: %d tensors, %d bytes", src.url, url, len(names), total)
     return ImportReport(url, [src.url_for(f) for f in files], len(names), total, time.perf_counter() - t0, meta)
+
+
+def _refuse_existing(ckpt_url: str, options: dict[str, Any] | None) -> None:
+    dst = open_storage(ckpt_url, options)
+    if dst.exists(MANIFEST_KEY):
+        raise CheckpointExistsError(
+            f"a committed checkpoint already exists at {dst.url}; committed checkpoints are never overwritten: "
+            "import to another path, or delete it first"
+        )
 
 
 def source_files(
