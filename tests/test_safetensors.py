@@ -59,7 +59,7 @@ def header_of(data: bytes) -> dict:
 
 
 def supports(st, name: str) -> bool:
-    """Whether the installed safetensors reads dtype ``name`` (a two-byte file of it)."""
+    """Whether the installed safetensors reads dtype ``name`` (a file of one element of it)."""
     n = parse_dtype(DTYPES[name]).itemsize
     h = json.dumps({"x": {"dtype": name, "shape": [1], "data_offsets": [0, n]}})
     h += " " * (-(len(h) + 8) % 8)

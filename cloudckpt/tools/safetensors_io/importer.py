@@ -196,7 +196,7 @@ def _reader(src: Storage, spool_dir: str | None) -> Iterator[Any]:
         yield lambda key, tensors, size, _budget: _mapped(src.map_object(key, size), tensors)
         return
     with tempfile.TemporaryDirectory(prefix="cloudckpt-import-", dir=spool_dir) as tmp:
-        spool = open_storage(tmp)
+        spool = open_storage(tmp, fsync=False)  # a scratch copy: durability is the checkpoint's, not the spool's
         files = iter(range(1 << 62))  # spool keys: f<file>-<tensor>
 
         def read(key: str, tensors: list[TensorEntry], _size: int, budget: int) -> dict[str, np.ndarray]:
