@@ -84,22 +84,7 @@ def import_safetensors(
     t0 = time.perf_counter()
     _refuse_existing(ckpt_url, ckpt_storage_options)  # before anything is read (save checks again)
     src, files, weight_map = source_files(src_url, storage_options)
-    headers = [(f, *_header(src, f)) for f in files]
-    names: dict[str, str] = {}
-    for f, _, tensors, _ in headers:
-        for t in tensors:
-            if t.name in names:
-                raise ValueError(f"tensor {t.name!r} is in both {src.url_for(names[t.name])} and {src.url_for(f)}")
-            names[t.name] = f
-    if weight_map is not None and weight_map != names:
-        wrong = sorted(set(weight_map.items()) ^ set(names.items()))[0][0]
-        raise ValueError(
-            f"{src.url}: the index does not match the files: tensor {wrong!r} is in "
-            f"{names.get(wrong, 'no file')}, the index says {weight_map.get(wrong, 'nothing')}"
-        )
-    meta: dict[str, str] = {}
-    for _, m, _, _ in headers:
-        meta.update(m)
+    headers, names, meta = _headers(src, files, weight_map)
     total = sum(t.nbytes for _, _, ts, _ in headers for t in ts)
     with _reader(src, spool_dir) as read:
         flat: dict[str, Any] = {}
@@ -118,6 +103,30 @@ def import_safetensors(
         del flat, state
     log.info("imported %s into %s: %d tensors, %d bytes", src.url, url, len(names), total)
     return ImportReport(url, [src.url_for(f) for f in files], len(names), total, time.perf_counter() - t0, meta)
+
+
+def _headers(
+    src: Storage, files: list[str], weight_map: dict[str, str] | None
+) -> tuple[list[tuple[str, dict[str, str], list[TensorEntry], int]], dict[str, str], dict[str, str]]:
+    """Every file's header, checked: ``(file, metadata, tensors, size)`` each, the file
+    of every tensor (a name in two files, or not where the index says, raises), the metadata."""
+    headers = [(f, *_header(src, f)) for f in files]
+    names: dict[str, str] = {}
+    for f, _, tensors, _ in headers:
+        for t in tensors:
+            if t.name in names:
+                raise ValueError(f"tensor {t.name!r} is in both {src.url_for(names[t.name])} and {src.url_for(f)}")
+            names[t.name] = f
+    if weight_map is not None and weight_map != names:
+        wrong = sorted(set(weight_map.items()) ^ set(names.items()))[0][0]
+        raise ValueError(
+            f"{src.url}: the index does not match the files: tensor {wrong!r} is in "
+            f"{names.get(wrong, 'no file')}, the index says {weight_map.get(wrong, 'nothing')}"
+        )
+    meta: dict[str, str] = {}
+    for _, m, _, _ in headers:
+        meta.update(m)
+    return headers, names, meta
 
 
 def _refuse_existing(ckpt_url: str, options: dict[str, Any] | None) -> None:
