@@ -189,6 +189,31 @@ def test_keys_are_joined_with_dots_and_other_leaves_are_skipped(st, tmp_path) ->
     assert sorted(load_file(r.files[0])) == ["layers.0", "layers.1"] and r.skipped == []
 
 
+def test_sharded_big_endian_empty_and_odd_named_tensors_export_and_import(st, tmp_path) -> None:
+    from safetensors.numpy import load_file
+
+    full = np.arange(48, dtype="<f4").reshape(6, 8)
+    sharded = cloudckpt.ShardedArray((6, 8), full.dtype, [((0, 0), full[:2]), ((2, 0), full[2:])])  # uneven
+    state = {
+        "sharded": sharded,  # stored as shard objects: read back whole by regions
+        "big_endian": np.arange(5, dtype=">i4"),
+        "empty": np.zeros((0, 3), "f2"),
+        "odd": {"a/b c": np.ones(2, "u1"), "é": np.zeros(1, "i8")},
+    }
+    ckpt = cloudckpt.save(str(tmp_path / "c"), state, options=cloudckpt.StoreOptions(pack_threshold=0))
+    assert {e["stored_as"] for e in cloudckpt.info(ckpt).leaves if e["path"] == ["sharded"]} == {"shards"}
+    r = export_safetensors(ckpt, str(tmp_path / "hf"))
+    loaded = load_file(r.files[0])
+    assert sorted(loaded) == ["big_endian", "empty", "odd.a/b c", "odd.é", "sharded"]
+    assert np.array_equal(loaded["sharded"], full) and loaded["sharded"].dtype == np.dtype("<f4")
+    assert loaded["big_endian"].dtype == np.dtype("<i4") and loaded["big_endian"].tolist() == [0, 1, 2, 3, 4]
+    assert loaded["empty"].shape == (0, 3) and loaded["empty"].dtype == np.float16
+    back = cloudckpt.load(import_safetensors(str(tmp_path / "hf"), str(tmp_path / "c2")).url)
+    assert back["odd.a/b c"].tolist() == [1, 1] and back["empty"].shape == (0, 3) and np.array_equal(back["sharded"], full)
+    export_safetensors(str(tmp_path / "c2"), str(tmp_path / "hf2"))
+    assert (tmp_path / "hf2" / "model.safetensors").read_bytes() == (tmp_path / "hf" / "model.safetensors").read_bytes()
+
+
 def test_two_paths_joining_to_one_name_are_refused_naming_both(tmp_path) -> None:
     ckpt = cloudckpt.save(str(tmp_path / "c"), {"a.b": np.ones(1), "a": {"b": np.zeros(1)}})
     with pytest.raises(ValueError, match=r"tensors 'a\.b' and 'a/b' both export as 'a\.b'"):

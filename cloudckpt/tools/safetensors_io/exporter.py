@@ -243,10 +243,10 @@ def _write_shard(
     for i in order:
         t = shard[i]
         a = np.asarray(arrays[t.array])
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
         if a.shape != t.shape or a.dtype != t.dtype:  # pragma: no cover - the manifest's record says otherwise
             raise ValueError(f"{src.url}: tensor {t.key!r} read as {a.dtype}{a.shape}, recorded {t.dtype}{t.shape}")
+        if a.dtype.byteorder == ">":  # safetensors is little-endian
+            a = a.astype(a.dtype.newbyteorder("<"))
         if a.nbytes:
             buffers.append(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
     del arrays
