@@ -376,6 +376,12 @@ def test_cli_export_and_import_with_exit_statuses(st, tmp_path, s3_server, s3_bu
     assert res.exit_code == 2 and "max shard size 'lots'" in res.output
     res = run("export", str(tmp_path / "nothing"), str(tmp_path / "o"), "-q")
     assert res.exit_code == 3
+    res = run("export", ckpt, tmp_path / "one" / "weights.safetensors", "--json", "-q")  # one file, named
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["files"] == [str(tmp_path / "one" / "weights.safetensors")] and doc["index"] is None
+    assert doc["skipped"] == ["step"] and doc["tensors"] == 2 and doc["largest_shard"] == 384
+    assert os.listdir(tmp_path / "one") == ["weights.safetensors"]
     # import it back, from S3 to local disk, as JSON
     res = run("import", dest, tmp_path / "c2", "-q", "--json", *flags("--src-option"))
     assert res.exit_code == 0, res.output

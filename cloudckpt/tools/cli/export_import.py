@@ -57,8 +57,8 @@ def _open(url: str, options: tuple[str, ...], side: tuple[str, ...], *, file: bo
 @click.argument("dest")
 @_FORMAT
 @click.option("--prefix", default=None, metavar="KEY[/KEY...]", help="Export only the tensors under this key (e.g. model); it is removed from their names.")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest file (bytes, or 500MB, 5GB, 2GiB ...).")
-@click.option("--name", default="model", show_default=True, help="File name stem: NAME.safetensors or NAME-00001-of-0000N.safetensors.")
+@click.option("--max-shard-size", default="5GB", show_default=True, metavar="SIZE", help="Largest file (bytes, or 500MB, 5GB, 2GiB ...).")
+@click.option("--name", default="model", show_default=True, metavar="NAME", help="File name stem: NAME.safetensors or NAME-00001-of-0000N.safetensors.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export at DEST (its stale shards are deleted).")
 @_SRC
 @_DST
