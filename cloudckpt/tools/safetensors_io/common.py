@@ -40,7 +40,12 @@ ProgressFn = Callable[[int, int], None]
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes of ``size``: an int, or a string as ``transformers`` takes (``"5GB"``, ``"500MB"``, ``"1GiB"``)."""
+    """Bytes of ``size``: an int, or a string as ``transformers`` takes (``"5GB"``, ``"500MB"``, ``"1GiB"``).
+
+    Example:
+        >>> parse_size("500MB"), parse_size("1.5KiB")
+        (500000000, 1536)
+    """
     if isinstance(size, int) and not isinstance(size, bool):
         n = size
     else:
@@ -54,12 +59,22 @@ def parse_size(size: int | str) -> int:
 
 
 def shard_name(name: str, i: int, n: int) -> str:
-    """The file name of shard ``i`` (from 1) of ``n``: ``name.safetensors`` when ``n`` is 1."""
+    """The file name of shard ``i`` (from 1) of ``n``: ``name.safetensors`` when ``n`` is 1.
+
+    Example:
+        >>> shard_name("model", 1, 1), shard_name("model", 3, 12)
+        ('model.safetensors', 'model-00003-of-00012.safetensors')
+    """
     return f"{name}.safetensors" if n == 1 else f"{name}-{i:05d}-of-{n:05d}.safetensors"
 
 
 def index_name(name: str) -> str:
-    """The index of a sharded export: ``model.safetensors.index.json``."""
+    """The index of a sharded export: ``model.safetensors.index.json``.
+
+    Example:
+        >>> index_name("diffusion_pytorch_model")
+        'diffusion_pytorch_model.safetensors.index.json'
+    """
     return f"{name}.safetensors.index.json"
 
 
@@ -96,6 +111,10 @@ class ExportReport:
     ``files`` are the URLs of the safetensors files, ``index`` that of
     ``model.safetensors.index.json`` (None for a single file), ``skipped`` the
     paths of the leaves that are not tensors (ints, strings: not exported).
+
+    Example:
+        >>> ExportReport("memory://x", ["memory://x/model.safetensors"], None, 1, 12, 0.1).to_dict()["tensors"]
+        1
     """
 
     url: str
@@ -114,7 +133,12 @@ class ExportReport:
 
 @dataclass
 class ImportReport:
-    """What :func:`~cloudckpt.tools.safetensors_io.import_safetensors` read and saved."""
+    """What :func:`~cloudckpt.tools.safetensors_io.import_safetensors` read and saved.
+
+    Example:
+        >>> ImportReport("memory://c", ["memory://hf/model.safetensors"], 2, 24, 0.1, {"format": "pt"}).to_dict()["metadata"]
+        {'format': 'pt'}
+    """
 
     url: str
     files: list[str]

@@ -45,14 +45,19 @@ from cloudckpt.tools.safetensors_io.common import (
 )
 from cloudckpt.tools.safetensors_io.spec import encode_header, safetensors_dtype, write_order
 
-__all__ = ["export_safetensors", "plan_shards", "Tensor"]
+__all__ = ["export_safetensors", "select_tensors", "plan_shards", "Tensor"]
 
 log = logging.getLogger("cloudckpt")
 
 
 @dataclass(frozen=True)
 class Tensor:
-    """A tensor to export: its safetensors name, its path in the checkpoint and its array's id there."""
+    """A tensor to export: its safetensors name, its path in the checkpoint and its array's id there.
+
+    Example:
+        >>> Tensor("h.0.w", ("model", "h", 0, "w"), 3, np.dtype("<f4"), (2, 5)).nbytes
+        40
+    """
 
     key: str
     path: tuple[Any, ...]
@@ -159,7 +164,17 @@ def _destination(
 
 
 def select_tensors(manifest: Mapping[str, Any], prefix: str | None, where: str) -> tuple[list[Tensor], list[str]]:
-    """The tensors under ``prefix`` in the checkpoint's order, and the paths of the other leaves there."""
+    """The tensors under ``prefix`` in the checkpoint's order, and the paths of the other leaves there.
+
+    Example:
+        >>> import numpy as np, cloudckpt
+        >>> from cloudckpt.storage import open_storage
+        >>> from cloudckpt.layout.checkpoint_io import read_manifest
+        >>> url = cloudckpt.save("memory://doc-select/c", {"m": {"a.b": np.ones(2, "f2"), "n": 3}})
+        >>> tensors, skipped = select_tensors(read_manifest(open_storage(url)), "m", url)
+        >>> [(t.key, t.path, str(t.dtype), t.nbytes) for t in tensors], skipped
+        ([('a.b', ('m', 'a.b'), 'float16', 4)], ['m/n'])
+    """
     pre = split_prefix(prefix)
     leaves = describe_leaves(manifest)
     tensors: list[Tensor] = []

@@ -29,7 +29,7 @@ from cloudckpt.storage import Storage, open_storage
 from cloudckpt.tools.safetensors_io.common import ImportReport, ProgressFn, open_file, split_prefix
 from cloudckpt.tools.safetensors_io.spec import TensorEntry, parse_header
 
-__all__ = ["import_safetensors", "source_files"]
+__all__ = ["import_safetensors", "source_files", "runs_of"]
 
 log = logging.getLogger("cloudckpt")
 
@@ -206,7 +206,7 @@ def _reader(src: Storage, spool_dir: str | None) -> Iterator[Any]:
         return
     with tempfile.TemporaryDirectory(prefix="cloudckpt-import-", dir=spool_dir) as tmp:
         spool = open_storage(tmp, fsync=False)  # a scratch copy: durability is the checkpoint's, not the spool's
-        files = iter(range(1 << 62))  # spool keys: f<file>-<tensor>
+        files = iter(range(1 << 62))  # spool keys: f<file>-<run>
 
         def read(key: str, tensors: list[TensorEntry], _size: int, budget: int) -> dict[str, np.ndarray]:
             return _spooled(src, spool, key, tensors, budget, f"f{next(files)}")

@@ -113,7 +113,12 @@ def numpy_dtype(name: str, where: str) -> np.dtype:
 
 @dataclass(frozen=True)
 class TensorEntry:
-    """One tensor of a safetensors header: its name, dtype, shape and byte range in the file."""
+    """One tensor of a safetensors header: its name, dtype, shape and byte range in the file.
+
+    Example:
+        >>> TensorEntry("w", np.dtype("<f2"), (3,), 32, 38).nbytes
+        6
+    """
 
     name: str
     dtype: np.dtype
