@@ -165,6 +165,8 @@ def render_markdown(path: str, records: list[dict[str, Any]], runs: list[dict[st
     w(verdict(rows))
     if "profiling" in keep:
         w(keep["profiling"] + "\n")
+    for name in sorted(set(keep) - {"analysis", "profiling"}):  # sections measured by their own commands
+        w(keep[name] + "\n")
     _failures(w, rows, runs)
     w("## Peers\n")
     for lib in LIBS.values():
