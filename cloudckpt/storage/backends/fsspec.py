@@ -348,9 +348,15 @@ class FsspecBackend(BackendBase):
                     pass
 
     def delete_prefix(self, path: str) -> None:
+        """Delete every object below ``path`` (each one named: never a
+        recursive delete of a bare prefix, which some filesystem releases
+        widen — gcsfs before 2025.9 took ``b/x`` to include ``b/xy/...``);
+        then, on a filesystem with real directories, the emptied directory."""
         keys = self.find(path)
         base = path.rstrip("/") + "/"
         self.delete([base + k for k in keys])
+        if self.bucketed or self.protocol in self.BUCKETED_SCHEMES:
+            return
         try:
             self.fs.rm(path, recursive=True, **self._kw())
         except (FileNotFoundError, OSError):
