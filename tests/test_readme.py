@@ -62,3 +62,35 @@ def test_readme_usage_snippet_runs(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "ckpt-10" in out.stdout and "'step': 10" in out.stdout
+
+
+def test_ci_tests_the_oldest_versions_that_pyproject_allows():
+    """ci/oldest.txt pins every runtime dependency (and the test extra's moto) at its
+    lower bound in pyproject.toml, and CI's last phase and `tox -e oldest` install with it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [r for r in map(Requirement, project["optional-dependencies"]["test"]) if r.name == "moto"]
+    pins = {}
+    for line in (ROOT / "ci" / "oldest.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    for req in wanted:
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{req}: a range with one lower bound"
+        pin = pins.get(canonicalize_name(req.name))
+        assert pin is not None, f"ci/oldest.txt has no line for {req.name}"
+        assert Version(pin) == Version(lower[0]), f"ci/oldest.txt pins {req.name}=={pin}, pyproject.toml says {req}"
+    run = (ROOT / ".ci" / "run").read_text()
+    assert "pip install --constraint ci/oldest.txt -e '.[test]'" in run
+    tox = (ROOT / "tox.ini").read_text()
+    assert "[testenv:oldest]" in tox and "ci/oldest.txt" in tox and "[testenv:newest]" in tox
+    readme = (ROOT / "README.md").read_text()
+    assert "tox -e oldest" in readme and "tox -e newest" in readme

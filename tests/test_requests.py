@@ -57,7 +57,7 @@ class CallCounter:
 
 def server_requests(server, marker: str, expect_at_least: int) -> list[str]:
     """The access-log lines of moto that concern ``marker`` (waits for the log to catch up)."""
-    # Werkzeug >= 3.1.9 wraps a 4xx line in ANSI colours even in a log file
+    # werkzeug wraps some status lines in ANSI colours even in a log file (moto before 5.2; Werkzeug >= 3.1.9)
     pattern = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP')
     lines: list[str] = []
     for _ in range(100):
