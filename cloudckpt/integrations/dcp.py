@@ -339,6 +339,10 @@ class Writer(StorageWriter):
         """Every rank: with a manager, agree on the number of this save (the
         manager's ownership check runs here, before anything is written)."""
         if self.manager is not None:
+            counter = self.manager.checkpoint
+            latest = self.manager.latest_step()  # a restarted job (state restored by dcp.load) continues after it
+            if latest is not None and counter.save_counter < latest:
+                counter.save_counter = latest
             number = self.manager._decide(None, False)  # numbering and fencing: the manager's own path
             self._number = int(number)
             self.url = self.manager._url(self._number)
