@@ -49,7 +49,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.futures import Future
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,
     ChunkStorageMetadata,
@@ -69,8 +68,10 @@ from torch.distributed.checkpoint.planner import (
     WriteItemType,
 )
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
+from torch.futures import Future
 
 from cloudckpt.errors import CheckpointError, CheckpointExistsError
+from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.manifest import MANIFEST_KEY
 from cloudckpt.format.node_names import node_paths
 from cloudckpt.format.records import ChunkedRecord, ShardedRecord
@@ -81,7 +82,6 @@ from cloudckpt.format.tensor_store import StoreOptions, check_options
 from cloudckpt.format.tree import flatten
 from cloudckpt.format.zarr_meta import encode_doc
 from cloudckpt.frameworks.torch import from_numpy, numpy_dtype, to_numpy
-from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.layout.checkpoint_io import commit_written, read_manifest, read_state
 from cloudckpt.layout.commit import discard_attempt
 from cloudckpt.layout.names import attempt_id, data_prefix
@@ -209,12 +209,14 @@ def _leaves_state(layout: Mapping[str, Any], mine: Mapping[tuple[str, tuple[int,
         if "bytes" in e:
             n = int(sizes.get(fqn, 0))
             data = mine.get((fqn, (0,)))
-            pieces = [((0,), data)] if data is not None else []
-            state[fqn] = ShardedArray((n,), np.dtype("u1"), pieces, {((0,), (n,)): (int(e["bytes"]),)})
+            held: list[tuple[tuple[int, ...], np.ndarray]] = [((0,), data)] if data is not None else []
+            state[fqn] = ShardedArray((n,), np.dtype("u1"), held, {((0,), (n,)): (int(e["bytes"]),)})
             continue
         dtype = _np_dtype(e["dtype"])
-        pieces = [(o, d) for (f, o), d in mine.items() if f == fqn]
-        boxes = {(tuple(o), tuple(s)): (int(r),) for o, s, r in e["boxes"]}
+        pieces: list[tuple[tuple[int, ...], np.ndarray]] = [(o, d) for (f, o), d in mine.items() if f == fqn]
+        boxes: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, ...]] = {
+            (tuple(o), tuple(s)): (int(r),) for o, s, r in e["boxes"]
+        }
         state[fqn] = ShardedArray(tuple(e["shape"]), dtype, pieces, boxes)
     return state
 
@@ -549,6 +551,7 @@ class Reader(StorageReader):
             offset = _box(item.storage_index, item.storage_offsets, item.lengths)[0]
             piece = dict(value.pieces)[offset] if isinstance(value, ShardedArray) else value
             src = from_numpy(np.asarray(piece))
+            assert src is not None  # every dtype the writer stored has a torch dtype
             target = planner.resolve_tensor(item).detach()
             target.copy_(src.reshape(target.shape))
             planner.commit_tensor(item, target)
