@@ -282,3 +282,17 @@ def test_a_manager_on_2_ranks_numbers_and_retains(tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("ckpt-")) == ["ckpt-2", "ckpt-3"]
     flat = cloudckpt.load(cloudckpt.latest_checkpoint(directory))
     assert flat["model.replicated"].tolist() == list(range(10))
+
+
+def test_the_dcp_example_resumes_on_another_world_size(tmp_path) -> None:
+    import subprocess
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "dcp_training.py"
+    argv = [sys.executable, str(example), "--dir", str(tmp_path / "run"), "--steps", "8", "--save-every", "2", "--json"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary["bit_identical"]
+    assert summary["resumed"] == {"nproc": 1, "from_step": 4, "checkpoint": str(tmp_path / "run" / "ckpt-2")}
+    assert [Path(u).name for u in summary["kept"]] == ["ckpt-3", "ckpt-4"]
+    assert "model.0.weight" in summary["keys"]
