@@ -541,6 +541,9 @@ class Reader(StorageReader):
                 box = _box(item.storage_index, item.storage_offsets, item.lengths)
                 if box not in regions.setdefault(path, []):
                     regions[path].append(box)
+        for path, boxes in list(regions.items()):
+            if [b for b in boxes if not _whole(b, manifest, path[0])] == []:
+                del regions[path]  # read whole (mapped on local disk), no region copy
         state = read_state(storage, manifest, list(keys), regions=regions) if keys else {}
         for item in plan.items:
             fqn = item.storage_index.fqn
@@ -549,13 +552,23 @@ class Reader(StorageReader):
                 planner.load_bytes(item, io.BytesIO(np.ascontiguousarray(value).tobytes()))
                 continue
             offset = _box(item.storage_index, item.storage_offsets, item.lengths)[0]
-            piece = dict(value.pieces)[offset] if isinstance(value, ShardedArray) else value
-            src = from_numpy(np.asarray(piece))
-            assert src is not None  # every dtype the writer stored has a torch dtype
+            piece = np.asarray(dict(value.pieces)[offset] if isinstance(value, ShardedArray) else value)
             target = planner.resolve_tensor(item).detach()
-            target.copy_(src.reshape(target.shape))
+            dst = to_numpy(target) if target.device.type == "cpu" else None
+            if dst is not None and dst.dtype == piece.dtype:
+                np.copyto(dst, piece.reshape(dst.shape))  # straight into the tensor's memory
+            else:
+                src = from_numpy(piece)
+                assert src is not None  # every dtype the writer stored has a torch dtype
+                target.copy_(src.reshape(target.shape))
             planner.commit_tensor(item, target)
         return _done(None)
+
+
+def _whole(box: tuple[tuple[int, ...], tuple[int, ...]], manifest: Mapping[str, Any], fqn: str) -> bool:
+    """Whether ``box`` is the whole array of key ``fqn``."""
+    item = manifest.get("dcp", {}).get("items", {}).get(fqn) or {}
+    return all(o == 0 for o in box[0]) and list(box[1]) == list(item.get("size", [None]))
 
 
 def _box(index: MetadataIndex, offsets: Sequence[int], lengths: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
