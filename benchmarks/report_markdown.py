@@ -157,6 +157,8 @@ def render_markdown(path: str, records: list[dict[str, Any]], runs: list[dict[st
     w(verdict(rows))
     if "profiling" in keep:
         w(keep["profiling"] + "\n")
+    if "dcp" in keep:  # cloudckpt.dcp against DCP's own writers (python -m benchmarks.multihost --libs ...)
+        w(keep["dcp"] + "\n")
     _failures(w, rows, runs)
     w("## Peers\n")
     for lib in LIBS.values():

@@ -256,6 +256,8 @@ def test_saved_by_2_ranks_restores_bit_exactly_on_1_2_and_4(where: str, request,
     results(run("save", url, 2, opts))
     flat = cloudckpt.load(url, storage_options=opts)
     assert {"model.even", "model.uneven", "model.half", "model.replicated", "extra.step", "extra.name"} == set(flat)
+    report = cloudckpt.verify(url, storage_options=opts)  # every object the ranks and the coordinator wrote
+    assert report.ok and report.checkpoints[0].objects > 6, report
     for n in (1, 2, 4):
         got = results(run("load", url, n, opts))
         for r in got:
