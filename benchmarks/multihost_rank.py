@@ -415,15 +415,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         counts.on = True
         if prof is not None:
             prof.enable()
-        t0 = time.perf_counter()
-        if lib.endswith("-async") and phase == "save":
-            _side_group()  # created untimed, as a training job has it by its first save
-            dist.barrier()
-            t0 = time.perf_counter()
-        if phase == "save":
-            out["blocking_s"] = save(lib, model, opt, spec, rank)
-        else:
-            load(lib, model, opt, spec)
+        t0, out["blocking_s"] = _timed(lib, phase, model, opt, spec, rank)
         own = time.perf_counter() - t0
         dist.barrier()
         total = time.perf_counter() - t0
@@ -449,6 +441,20 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         except Exception:
             pass
     return out
+
+
+def _timed(lib: str, phase: str, model: Any, opt: Any, spec: dict[str, Any], rank: int) -> tuple[float, float | None]:
+    """Run the timed save or load: its start time and, for an async save, the seconds it blocked."""
+    if lib.endswith("-async") and phase == "save":
+        import torch.distributed as dist
+
+        _side_group()  # created untimed, as a training job has it by its first save
+        dist.barrier()
+    t0 = time.perf_counter()
+    if phase == "save":
+        return t0, save(lib, model, opt, spec, rank)
+    load(lib, model, opt, spec)
+    return t0, None
 
 
 def rank_main(spec: dict[str, Any]) -> None:
