@@ -298,3 +298,44 @@ def test_the_dcp_example_resumes_on_another_world_size(tmp_path) -> None:
     assert summary["resumed"] == {"nproc": 1, "from_step": 4, "checkpoint": str(tmp_path / "run" / "ckpt-2")}
     assert [Path(u).name for u in summary["kept"]] == ["ckpt-3", "ckpt-4"]
     assert "model.0.weight" in summary["keys"]
+
+
+def test_float8_and_sharded_chunks_in_one_process(tmp_path) -> None:
+    """float8 (stored as its bits, typed in the manifest) and a tensor DCP hands over in several chunks."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import SavePlan
+
+    class Split(DefaultSavePlanner):  # two row chunks of "w": what a sharded tensor's items look like
+        def create_local_plan(self) -> SavePlan:
+            import dataclasses
+
+            from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+            from torch.distributed.checkpoint.planner import TensorWriteData, WriteItemType
+
+            plan = super().create_local_plan()
+            items = []
+            for item in plan.items:
+                if item.index.fqn != "w":
+                    items.append(item)
+                    continue
+                for off, rows in ((0, 3), (3, 2)):
+                    chunk = ChunkStorageMetadata(torch.Size([off, 0]), torch.Size([rows, 4]))
+                    td = TensorWriteData(chunk, item.tensor_data.properties, item.tensor_data.size)
+                    index = dataclasses.replace(item.index, offset=chunk.offsets)
+                    items.append(dataclasses.replace(item, index=index, type=WriteItemType.SHARD, tensor_data=td))
+            self.plan = dataclasses.replace(plan, items=items)
+            return self.plan
+
+        def resolve_data(self, write_item: Any) -> Any:
+            if write_item.index.fqn == "w":
+                o, n = int(write_item.tensor_data.chunk.offsets[0]), int(write_item.tensor_data.chunk.sizes[0])
+                return self.state_dict["w"][o : o + n]
+            return super().resolve_data(write_item)
+
+    want = {"w": torch.arange(20.0).reshape(5, 4), "f8": torch.randn(6).to(torch.float8_e4m3fn)}
+    url = str(tmp_path / "c")
+    dcp.save(want, storage_writer=cloudckpt.dcp.Writer(url), planner=Split(), no_dist=True)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_bytes())
+    assert manifest["dcp"]["items"]["w"]["chunks"] == [[[0, 0], [3, 4]], [[3, 0], [2, 4]]]
+    assert_same(load(zeros_like(want), url), want)
+    np.testing.assert_array_equal(cloudckpt.load(url)["w"], want["w"].numpy())

@@ -72,6 +72,7 @@ from torch.futures import Future
 
 from cloudckpt.errors import CheckpointError, CheckpointExistsError
 from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.dtypes import dtype_name, parse_dtype
 from cloudckpt.format.manifest import MANIFEST_KEY
 from cloudckpt.format.node_names import node_paths
 from cloudckpt.format.records import ChunkedRecord, ShardedRecord
@@ -194,7 +195,7 @@ def _layout_of(plans: Sequence[SavePlan]) -> dict[str, Any]:
             np_dt = numpy_dtype(td.properties.dtype)
             if np_dt is None:
                 raise TypeError(f"DCP key {fqn!r}: cloudckpt cannot store torch dtype {td.properties.dtype}")
-            entry = layout.setdefault(fqn, {"dtype": np_dt.str if np_dt.kind != "V" else np_dt.name, "shape": list(td.size), "boxes": []})
+            entry = layout.setdefault(fqn, {"dtype": dtype_name(np_dt), "shape": list(td.size), "boxes": []})
             entry["boxes"].append([list(td.chunk.offsets), list(td.chunk.sizes), rank])
     return layout
 
@@ -212,21 +213,13 @@ def _leaves_state(layout: Mapping[str, Any], mine: Mapping[tuple[str, tuple[int,
             held: list[tuple[tuple[int, ...], np.ndarray]] = [((0,), data)] if data is not None else []
             state[fqn] = ShardedArray((n,), np.dtype("u1"), held, {((0,), (n,)): (int(e["bytes"]),)})
             continue
-        dtype = _np_dtype(e["dtype"])
+        dtype = parse_dtype(e["dtype"])
         pieces: list[tuple[tuple[int, ...], np.ndarray]] = [(o, d) for (f, o), d in mine.items() if f == fqn]
         boxes: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, ...]] = {
             (tuple(o), tuple(s)): (int(r),) for o, s, r in e["boxes"]
         }
         state[fqn] = ShardedArray(tuple(e["shape"]), dtype, pieces, boxes)
     return state
-
-
-def _np_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def _resolve(items: Sequence[WriteItem], planner: SavePlanner) -> dict[tuple[str, tuple[int, ...]], np.ndarray]:
@@ -255,7 +248,7 @@ def _local_state(layout: Mapping[str, Any], mine: Mapping[tuple[str, tuple[int, 
         if len(boxes) == 1 and list(boxes[0][0]) == [0] * len(e["shape"]) and list(boxes[0][1]) == list(e["shape"]):
             state[fqn] = mine[(fqn, tuple(boxes[0][0]))]
         else:
-            state[fqn] = ShardedArray(tuple(e["shape"]), _np_dtype(e["dtype"]), [(o, d) for (f, o), d in mine.items() if f == fqn])
+            state[fqn] = ShardedArray(tuple(e["shape"]), parse_dtype(e["dtype"]), [(o, d) for (f, o), d in mine.items() if f == fqn])
     return state
 
 
