@@ -339,6 +339,12 @@ class Writer(StorageWriter):
             if latest is not None and counter.save_counter < latest:
                 counter.save_counter = latest
             number = self.manager._decide(None, False)  # numbering and fencing: the manager's own path
+            if number is None:
+                raise ValueError(
+                    f"the manager of {self.manager.directory} skips a second save at the same step "
+                    "(step_counter and checkpoint_interval): DCP cannot skip a save, so advance the step or call "
+                    "dcp.save only when the manager should save"
+                )
             self._number = int(number)
             self.url = self.manager._url(self._number)
         if self.url is None:
