@@ -115,6 +115,9 @@ def train(args: argparse.Namespace) -> None:
         pending.result()
     if rank == 0:
         emit(event="done", step=step, checkpoint=manager.latest_checkpoint, checkpoints=manager.checkpoints)
+    dist.barrier(group=ckpt_group)  # no collective of either group may still run when the groups go
+    dist.barrier()
+    dist.destroy_process_group(ckpt_group)
     dist.destroy_process_group()
 
 
