@@ -73,7 +73,9 @@ STATIC_METHOD = """\
   own files stay in the page cache (as for a job restarted on the same host), and the VM's disk may have a host-side
   cache below the guest's page cache. **Object stores** have no page cache to drop: their one load is a new process
   with a new client (no connection, credential or region cached); moto serves every object from its memory, so
-  there is no server-side cold state to reproduce. **memory://** is loaded in the process that saved it (its store
+  there is no server-side cold state to reproduce. **s3-disk** (S3 on s3rver, whose objects are files on local
+  disk) is loaded cold and warm like local disk, the files evicted / read being the server's files of the
+  checkpoint. **memory://** is loaded in the process that saved it (its store
   lives there): those loads are not a new process's and are labelled `in-process`.
 * **Time to the first committed checkpoint** (`first-save`): a new process imports numpy and the library, creates
   its client and saves once; timed from process start until the save is committed (durable on local disk), minus
@@ -86,7 +88,13 @@ STATIC_METHOD = """\
 * **Object stores**: single-file formats (np.savez, safetensors, torch.save) serialize into memory and upload one
   object with the same fsspec filesystem cloudckpt uses (s3fs / gcsfs), loads fetch and deserialize; torch DCP uses
   `FsspecWriter/FsspecReader`; torchsnapshot its own S3 plugin (aiobotocore, `AWS_ENDPOINT_URL`); orbax is tried
-  with the URL as is. **Requests are counted at the server**: moto's access log (s3), the proxy's log (gcs, s3-lat).
+  with the URL as is. **Requests are counted at the server**: moto's access log (s3), the proxy's log (gcs, s3-lat),
+  the request log of the launcher around s3rver (s3-disk).
+* **s3-disk** is S3 on s3rver 3.7.1 (`benchmarks/s3disk.py`; npm package, installed into a cache on first use; needs
+  Node.js and npm): one single-threaded Node.js process that writes every object to a file under its data
+  directory and streams reads from it, so a 16 GiB state fits beside the process that holds it. Its throughput
+  ceiling (one Node.js thread computing MD5 and copying every byte) bounds every library on it. It ignores
+  `If-None-Match: *`: a create-only PutObject of an existing key replaces it (HTTP 200, not 412).
 * **s3-lat** is a real network shaper on loopback (`benchmarks/proxy.py`): an asyncio TCP proxy between client and
   moto that delays each HTTP request by a seeded uniform 20-50 ms and caps every connection at 25 MB/s per direction.
 * **async**: `save()` blocking time with `CheckpointManager(async_save=True)` (cloudckpt), `dcp.async_save`,
@@ -152,13 +160,13 @@ def render_markdown(path: str, records: list[dict[str, Any]], runs: list[dict[st
     _first_load_tables(w, rows)
     _ttfc_tables(w, rows)
     _details_table(w, rows)
-    _scaling_tables(w, rows)
+    _scaling_tables(w, rows, descs, keep)
     w("## Against the issue's targets (computed from the numbers above)\n")
     w(verdict(rows))
     if "profiling" in keep:
         w(keep["profiling"] + "\n")
-    if "dcp" in keep:  # cloudckpt.dcp against DCP's own writers (python -m benchmarks.multihost --libs ...)
-        w(keep["dcp"] + "\n")
+    for name in sorted(set(keep) - {"analysis", "profiling"}):  # sections measured by their own commands
+        w(keep[name] + "\n")
     _failures(w, rows, runs)
     w("## Peers\n")
     for lib in LIBS.values():
@@ -315,8 +323,8 @@ def _details_table(w: Emit, rows: Rows) -> None:
         w("")
 
 
-def _scaling_tables(w: Emit, rows: Rows) -> None:
-    """Scaling with the tensor count, and the 16 GiB state."""
+def _scaling_tables(w: Emit, rows: Rows, descs: dict[str, str] | None = None, keep: dict[str, str] | None = None) -> None:
+    """Scaling with the tensor count, and the 16 GiB state (with its keep block ``huge``)."""
     # scaling
     scal = sorted({k for k in rows if k[1].startswith("count-")}, key=lambda k: (order_in(k[0], TARGETS), k[2], lib_order(k[3]), workload_order(k[1])))
     if scal:
@@ -332,12 +340,37 @@ def _scaling_tables(w: Emit, rows: Rows) -> None:
         w("")
     huge = [k for k in rows if k[1] == "huge"]
     if huge:
-        w("## 16 GiB state\n")
-        for k in sorted(huge):
+        _huge_tables(w, rows, huge, descs or {})
+        if keep and "huge" in keep:  # what the 16 GiB tables show, written by whoever measured them
+            w(keep["huge"] + "\n")
+
+
+def _huge_tables(w: Emit, rows: Rows, huge: list[Key], descs: dict[str, str]) -> None:
+    """The 16 GiB state: one table per target and scale, every load named by how it was measured."""
+    w("## 16 GiB state\n")
+    w("128 tensors of 128 MiB (`huge`; `--scale` multiplies the bytes), cloudckpt and the raw baselines only: the "
+      "peers that serialise the whole state in memory cannot hold two copies of 16 GiB in 24 GB. Save = steady "
+      "state (MB/s); loads = open + read in a new process (MB/s) and first load = process start -> state in memory "
+      "(s), each named by how it was measured; dRSS = peak minus start RSS of the operation (MB).\n")
+    for t, sc in sorted({(k[0], k[2]) for k in huge}, key=lambda x: (order_in(x[0], TARGETS), x[1])):
+        keys = sorted((k for k in huge if (k[0], k[2]) == (t, sc)), key=lambda k: lib_order(k[3]))
+        labels = _labels(rows, keys)
+        w(f"### {t}, 16 GiB x {sc:g} ({rows[keys[0]]['nbytes'] / MB:,.0f} MB)\n")
+        if t in descs:
+            w(f"{descs[t]}.\n")
+        w(" ".join(f"*{CACHE_TEXT[c][0].upper() + CACHE_TEXT[c][1:]}.*" for c in labels) + "\n")
+        _measured_by(w, _commands(rows, keys))
+        w("| library | save MB/s | " + " | ".join(f"{c} load MB/s | {c} first load s" for c in labels)
+          + " | save dRSS | load dRSS | requests save / load | errors |")
+        w("|---|---|" + "---|---|" * len(labels) + "---|---|---|---|")
+        for k in keys:
             r = rows[k]
-            w(f"* {k[0]} {k[3]} scale {k[2]:g}: save {num(r.get('save_mbs'))} MB/s, load {_lf(r)} MB/s, "
-              f"save dRSS {fmt_mb(r.get('save_rss_delta'))} MB, load dRSS {fmt_mb(r.get('load_rss_delta'))} MB; "
-              f"errors: {'; '.join(r['errors']) or 'none'}")
+            loads = " | ".join(f"{num((r['loads'].get(c) or {}).get('load_mbs'))} | "
+                               f"{num((r['loads'].get(c) or {}).get('first_s'), 1)}" for c in labels)
+            name = f"**{k[3]}**" if k[3] == "cloudckpt" else k[3]
+            w(f"| {name} | {num(r.get('save_mbs'))} | {loads} | {fmt_mb(r.get('save_rss_delta'))} | "
+              f"{fmt_mb(r.get('load_rss_delta'))} | {_req(r, 'save')} / {_req(r, 'load')} | "
+              f"{'; '.join(r['errors']) or 'none'} |")
         w("")
 
 

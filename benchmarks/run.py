@@ -6,6 +6,7 @@ Examples:
         --peers all --out benchmarks/results.json --markdown docs/benchmarks.md
     python -m benchmarks.run --scaling --target local,memory --reps 3     # 10..10,000 tensors
     python -m benchmarks.run --workload huge --target local --peers none  # 16 GiB state
+    python -m benchmarks.run --huge --target s3-disk --baselines raw --no-async --no-first-save  # on S3 (s3rver)
     python -m benchmarks.run --smoke                                      # CI: tiny, < 60 s
 
 Every measurement is a fresh subprocess (``benchmarks.child``). Repetitions are
@@ -22,7 +23,9 @@ Per library and repetition, each in its own new process:
   ``not-cold``, never as cold) and ``warm`` (every file read once, all pages
   checked resident); the order alternates by repetition. Object stores: one
   load, ``fresh-client`` (new process, new client; moto serves objects from its
-  memory, so the server has no cold state to reproduce). Each load times the
+  memory, so the server has no cold state to reproduce); ``s3-disk`` (s3rver,
+  objects as files on local disk): cold and warm like local disk, on the
+  server's files of the checkpoint. Each load times the
   library's imports and its first call: ``first_load_s`` = process start ->
   state in memory, ``import_s``, ``load_s`` (open + read).
 * ``first-save``: time to the first committed checkpoint of a new process
@@ -130,7 +133,8 @@ def measure(lib_name: str, workload: str, scale: float, target: Target, rep: int
             rec = saved("save", url)
             records.append(rec)
             if "error" not in rec:
-                caches = [c for c in args.loads if c in ("cold", "warm")] if target.name == "local" else ["fresh-client"]
+                on_disk = target.page_cache_path(url) is not None
+                caches = [c for c in args.loads if c in ("cold", "warm")] if on_disk else ["fresh-client"]
                 if rep % 2:
                     caches.reverse()  # cold first in even reps, warm first in odd ones
                 for cache in caches:
@@ -157,10 +161,11 @@ def load_fresh(lib_name: str, cache: str, url: str, digest: str | None, target: 
                base: dict[str, Any], args: argparse.Namespace, profile: str | None) -> dict[str, Any]:
     """One first load of a new process; ``cache`` cold / warm (local disk, set and checked here) or fresh-client."""
     page_cache = None
-    if cache == "cold":
-        page_cache = pagecache.evict(url)
-    elif cache == "warm":
-        page_cache = pagecache.warm(url)
+    files = target.page_cache_path(url)  # local disk: the checkpoint; s3-disk: the server's files of it
+    if cache == "cold" and files is not None:
+        page_cache = pagecache.evict(files)
+    elif cache == "warm" and files is not None:
+        page_cache = pagecache.warm(files)
     c0 = target.counter()
     r = run_child({**common, "url": url, "phase": "load", "cache": cache, "profile": profile}, args.timeout)
     c1 = target.counter()
@@ -239,7 +244,7 @@ def smoke_fresh_checks(records: list[dict[str, Any]], expected: set[tuple[str, s
             continue
         recs = [r for r in records if (r["lib"], r["target"], r["workload"]) == (lib, t, w)]
         caches = {r.get("cache") for r in recs if r["phase"] == "load"}
-        need = [{"cold", "not-cold"}, {"warm", "not-warm"}] if t == "local" else [{"fresh-client"}]
+        need = [{"cold", "not-cold"}, {"warm", "not-warm"}] if t in ("local", "s3-disk") else [{"fresh-client"}]
         for alternatives in need:
             if not caches & alternatives:
                 problems.append(f"{lib} {t} {w}: no {'/'.join(sorted(alternatives))} load")
@@ -286,6 +291,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"tensor-count scaling: workloads {', '.join(SCALING_WORKLOADS)} (256 MiB x scale), peers none")
     p.add_argument("--no-raw", action="store_true",
                    help="skip the raw baselines (quick before/after comparisons; the report's raw rows need them)")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"which raw baselines to run, comma list of {', '.join(BASELINES)} (default all); "
+                        "e.g. raw alone for the 16 GiB state on S3, where raw-threads holds ~2 copies of the state")
     p.add_argument("--huge", action="store_true", help="the 16 GiB state (workload 'huge'), cloudckpt + raw only")
     p.add_argument("--loads", default="cold,warm",
                    help="local disk: which fresh-process loads, comma list of cold, warm (default both)")
@@ -333,8 +341,10 @@ def _libs_for(args: argparse.Namespace, target: Target, workload: str, notes: li
     libs, skipped = select_libs(args.peers, target.name, workload)
     if args.libs_override:
         libs = [n for n in args.libs_override if n in libs]
-    if args.no_raw:
-        libs = [n for n in libs if n not in BASELINES]
+    keep = set() if args.no_raw else {b.strip() for b in args.baselines.split(",")}
+    if keep - set(BASELINES):
+        raise SystemExit(f"--baselines: choose from {', '.join(BASELINES)} (got {args.baselines})")
+    libs = [n for n in libs if n not in BASELINES or n in keep]
     if args.smoke and target.object_store and workload != "large-few":
         # one object per tensor costs ~10 ms per request on moto: keep the smoke short
         libs = [n for n in libs if n == "cloudckpt"]

@@ -1,8 +1,9 @@
-"""Storage targets: local disk, memory://, S3 (moto), GCS (fake-gcs-server), shaped S3.
+"""Storage targets: local disk, memory://, S3 (moto), GCS (fake-gcs-server), shaped S3, S3 on disk (s3rver).
 
 Object-store requests are counted at the server side: moto's access log for
 ``s3``; the shaping/counting proxy's log for ``s3-lat`` and ``gcs``
-(fake-gcs-server logs no requests).
+(fake-gcs-server logs no requests); for ``s3-disk`` the request log that
+``benchmarks/s3rver_launch.js`` writes around s3rver.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("local", "memory", "s3", "gcs", "s3-lat")
+TARGETS = ("local", "memory", "s3", "gcs", "s3-lat", "s3-disk")
 BUCKET = "cloudckpt-bench"
 
 
@@ -62,6 +63,11 @@ class Target:
     def cleanup(self, url: str) -> None:
         pass
 
+    def page_cache_path(self, url: str) -> str | None:
+        """The local files that hold the checkpoint at ``url`` (its loads are then measured cold and warm, with
+        these files evicted from / read into the page cache); None where there are none (memory, moto)."""
+        return None
+
     def describe(self) -> str:
         return self.name
 
@@ -95,6 +101,9 @@ class LocalTarget(Target):
                 n += 1
                 size += os.path.getsize(os.path.join(root, f))
         return n, size
+
+    def page_cache_path(self, url: str) -> str | None:
+        return url
 
     def drop_cache(self, url: str) -> None:
         """Evict the files' pages from the page cache (``pagecache.evict``: POSIX_FADV_DONTNEED, then checked)."""
@@ -328,6 +337,81 @@ class GCSTarget(Target):
         return "GCS via fake-gcs-server (memory backend) on 127.0.0.1, requests counted by a pass-through proxy"
 
 
+class S3DiskTarget(Target):
+    """S3 on s3rver (``benchmarks/s3disk.py``): objects are files under its data directory on local disk."""
+
+    name = "s3-disk"
+    object_store = True
+
+    def __init__(self, workdir: str | None = None) -> None:
+        self.workdir = workdir
+        self.srv: Any = None
+        self._count: _LogCounter | None = None
+        self._fs: Any = None
+
+    def start(self) -> None:
+        from benchmarks.s3disk import S3rverProcess
+
+        if self.workdir:
+            os.makedirs(self.workdir, exist_ok=True)
+        self.srv = S3rverProcess(BUCKET, base=self.workdir)
+        self._count = _LogCounter(self.srv.log_path, moto=False)
+
+    def stop(self) -> None:
+        if self.srv:
+            self.srv.stop()
+
+    def url(self, key: str) -> str:
+        return f"s3://{BUCKET}/{key}"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        from benchmarks.s3disk import KEY, SECRET
+
+        return dict(key=KEY, secret=SECRET, endpoint_url=self.srv.endpoint_url, anon=False)
+
+    @property
+    def child_env(self) -> dict[str, str]:
+        from benchmarks.s3disk import KEY, SECRET
+
+        return {"AWS_ENDPOINT_URL": self.srv.endpoint_url, "AWS_ENDPOINT_URL_S3": self.srv.endpoint_url,
+                "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
+
+    def counter(self) -> Counter[str] | None:
+        assert self._count is not None
+        time.sleep(0.05)  # the launcher logs a request when its response has finished
+        return self._count()
+
+    def objects(self, url: str) -> tuple[int, int] | None:
+        if self._fs is None:
+            import s3fs
+
+            self._fs = s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+        found = self._fs.find(url.split("://", 1)[1], detail=True, refresh=True)
+        return len(found), sum(int(v.get("size") or 0) for v in found.values())
+
+    def _key(self, url: str) -> str:
+        prefix = f"s3://{BUCKET}/"
+        if not url.startswith(prefix):
+            raise ValueError(f"{url!r} is not in the s3-disk target's bucket {BUCKET!r}")
+        return url[len(prefix):].strip("/")
+
+    def page_cache_path(self, url: str) -> str | None:
+        return str(self.srv.key_path(self._key(url)))
+
+    def cleanup(self, url: str) -> None:
+        self.srv.remove(self._key(url))
+        self._fs = None
+
+    def describe(self) -> str:
+        from benchmarks.s3disk import VERSION
+
+        return (f"S3 via s3rver {VERSION} (one single-threaded Node.js process) on 127.0.0.1, every object a file "
+                "in its data directory on local disk (under --workdir, else a temp dir); cold loads evict the "
+                "server's files of the checkpoint from the page cache (checked with mincore and fincore), warm "
+                "loads read them first; requests counted by the launcher's log")
+
+
 def make_target(name: str, *, workdir: str | None = None, cold: bool = False, latency_ms: str = "20,50",
                 bandwidth_mbs: float = 25.0) -> Target:
     if name == "local":
@@ -340,6 +424,8 @@ def make_target(name: str, *, workdir: str | None = None, cold: bool = False, la
         return S3Target(shaped=True, latency_ms=latency_ms, bandwidth_mbs=bandwidth_mbs)
     if name == "gcs":
         return GCSTarget()
+    if name == "s3-disk":
+        return S3DiskTarget(workdir)
     raise ValueError(f"unknown target {name!r}: choose from {', '.join(TARGETS)}")
 
 

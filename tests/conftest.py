@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import servers
 
 ALL_BACKENDS = servers.ALL_BACKENDS
-OBJECT_BACKENDS = ("s3", "gcs")
+OBJECT_BACKENDS = ("s3", "gcs", "azure")
 S3_BUCKET = "cloudckpt-test"
 GCS_BUCKET = "cloudckpt-test"
+AZURE_CONTAINER = "cloudckpt-test"
 
 
 try:
@@ -86,6 +87,20 @@ def gcs_server():
 
 
 @pytest.fixture(scope="session")
+def azure_server():
+    """Azurite's blob service subprocess (started on first use, stopped at session end).
+    Skips, naming why, where Node.js or npm is missing; an npm install that fails is an error."""
+    if "azure" not in SELECTED:
+        pytest.skip("azure not in CLOUDCKPT_TEST_BACKENDS")
+    try:
+        srv = servers.start_azurite_server()
+    except servers.AzuriteUnavailable as e:
+        pytest.skip(str(e))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
 def s3_bucket(s3_server) -> str:
     servers.make_s3_bucket(s3_server.endpoint_url, S3_BUCKET)
     return S3_BUCKET
@@ -95,6 +110,12 @@ def s3_bucket(s3_server) -> str:
 def gcs_bucket(gcs_server) -> str:
     servers.make_gcs_bucket(gcs_server.endpoint_url, GCS_BUCKET)
     return GCS_BUCKET
+
+
+@pytest.fixture(scope="session")
+def azure_container(azure_server) -> str:
+    servers.make_azure_container(azure_server.endpoint_url, AZURE_CONTAINER)
+    return AZURE_CONTAINER
 
 
 # ---------------------------------------------------------------- backends
@@ -108,7 +129,7 @@ class Backend:
     under the test's tmp_path; the directory is NOT created.
     """
 
-    name: str                          # "local" | "memory" | "s3" | "gcs"
+    name: str                          # "local" | "memory" | "s3" | "gcs" | "azure"
     root: str
     storage_options: dict | None = None
     server: servers.ServerProcess | None = field(default=None, repr=False)
@@ -124,7 +145,7 @@ class Backend:
         """A fresh *sync* fsspec filesystem for inspecting what the library wrote."""
         import fsspec
 
-        protocol = {"local": "file", "memory": "memory", "s3": "s3", "gcs": "gs"}[self.name]
+        protocol = {"local": "file", "memory": "memory", "s3": "s3", "gcs": "gs", "azure": "az"}[self.name]
         return fsspec.filesystem(protocol, skip_instance_cache=True,
                                  **(self.storage_options or {}))
 
@@ -146,6 +167,11 @@ def _make_backend(name: str, request) -> Backend:
         bucket = request.getfixturevalue("gcs_bucket")
         return Backend("gcs", f"gs://{bucket}/{uid}",
                        servers.gcs_storage_options(srv.endpoint_url), srv)
+    if name == "azure":
+        srv = request.getfixturevalue("azure_server")
+        container = request.getfixturevalue("azure_container")
+        return Backend("azure", f"az://{container}/{uid}",
+                       servers.azure_storage_options(srv.endpoint_url), srv)
     raise ValueError(name)
 
 
@@ -163,13 +189,13 @@ def _backend_fixture(request):
 
 @pytest.fixture(params=SELECTED, ids=str)
 def backend(request):
-    """Backend over every selected backend (CLOUDCKPT_TEST_BACKENDS, default all four)."""
+    """Backend over every selected backend (CLOUDCKPT_TEST_BACKENDS, default all of them)."""
     yield from _backend_fixture(request)
 
 
 @pytest.fixture(params=[b for b in SELECTED if b in OBJECT_BACKENDS], ids=str)
 def object_backend(request):
-    """Backend over the selected object stores only (s3, gcs)."""
+    """Backend over the selected object stores only (s3, gcs, azure)."""
     yield from _backend_fixture(request)
 
 

@@ -1,23 +1,31 @@
-"""Local object-store emulators for tests: moto (S3) and fake-gcs-server (GCS).
+"""Local object-store emulators for tests: moto (S3), fake-gcs-server (GCS) and Azurite (Azure Blob Storage).
 
 Plain helpers, no pytest dependency. Each server runs as a subprocess on a free
 127.0.0.1 port with its output sent to a log file in a private temp dir.
 
-    srv = start_moto_server()          # or start_fake_gcs_server()
+    srv = start_moto_server()          # or start_fake_gcs_server(), start_azurite_server()
     srv.endpoint_url                   # "http://127.0.0.1:PORT"
     make_s3_bucket(srv.endpoint_url, "bkt")
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_storage_options(srv.endpoint_url))
-    srv.reset()                        # moto: wipe all state; fake-gcs: delete all buckets
+    srv.reset()                        # moto: wipe all state; fake-gcs, azurite: delete all buckets / containers
     srv.stop()
 
 Note: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT when it is *imported*; it
 must be "false" before that (tests/conftest.py does it), otherwise every gcsfs
 write against the emulator stalls ~60 s. This module never imports gcsfs.
+
+Azurite is a Node.js program: `azurite_blob_binary()` finds `azurite-blob` on
+PATH or in a per-user cache dir, and installs the pinned version there with
+npm once (under a lock) when it is missing. Without Node.js and npm it raises
+`AzuriteUnavailable` (the azure tests skip, naming it); an npm failure with
+Node.js present is a `ServerStartError` carrying npm's message.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -42,12 +50,19 @@ __all__ = [
     "gcs_storage_options",
     "make_s3_bucket",
     "make_gcs_bucket",
+    "AzuriteUnavailable",
+    "AZURITE_VERSION",
+    "azurite_blob_binary",
+    "start_azurite_server",
+    "azure_connection_string",
+    "azure_storage_options",
+    "make_azure_container",
     "free_port",
     "ALL_BACKENDS",
     "selected_backends",
 ]
 
-ALL_BACKENDS = ("local", "memory", "s3", "gcs")
+ALL_BACKENDS = ("local", "memory", "s3", "gcs", "azure")
 
 HOST = "127.0.0.1"
 
@@ -62,7 +77,7 @@ class ServerStartError(RuntimeError):
 
 
 def selected_backends() -> list[str]:
-    """Backends named in $CLOUDCKPT_TEST_BACKENDS (comma list; default: all four)."""
+    """Backends named in $CLOUDCKPT_TEST_BACKENDS (comma list; default: all of ALL_BACKENDS)."""
     raw = os.environ.get("CLOUDCKPT_TEST_BACKENDS", "").strip()
     if not raw:
         return list(ALL_BACKENDS)
@@ -149,7 +164,11 @@ class ServerProcess:
         return self.proc.poll() is None
 
     def reset(self) -> None:
-        """Drop all server state (moto: /moto-api/reset; fake-gcs: delete every bucket)."""
+        """Drop all server state (moto: /moto-api/reset; fake-gcs: delete every bucket;
+        azurite: delete every container)."""
+        if self.kind == "azurite":
+            _delete_azure_containers(azure_connection_string(self.endpoint_url))
+            return
         if self.kind == "moto":
             # freeing many GB of objects takes moto longer than a request's usual 5 s
             status, body = _http("POST", self.endpoint_url + "/moto-api/reset", timeout=120.0)
@@ -285,3 +304,116 @@ def make_gcs_bucket(endpoint_url: str, name: str, exist_ok: bool = True) -> None
     if exist_ok and status == 409:
         return
     raise RuntimeError(f"creating gcs bucket {name!r} failed: HTTP {status} {body[:300]!r}")
+
+
+# ---------------------------------------------------------------- Azurite (Azure Blob Storage)
+
+#: the Azurite release the tests install: the newest whose package allows the Node.js 20
+#: of this project's machines (3.36 and later ask for Node.js >= 21)
+AZURITE_VERSION = "3.35.0"
+#: Azurite's well-known development account and key (public, the same in every Azurite)
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class AzuriteUnavailable(ServerStartError):
+    """Azurite cannot be had on this machine: Node.js or npm is not installed."""
+
+
+def _azurite_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("CLOUDCKPT_TEST_CACHE") or os.path.join(base, "cloudckpt-tests")) / "azurite"
+
+
+def _installed_version(cache: Path) -> str | None:
+    try:
+        meta = json.loads((cache / "node_modules" / "azurite" / "package.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("version")
+
+
+def azurite_blob_binary(cache: Path | None = None) -> str:
+    """Path of `azurite-blob`: on PATH, else in the cache dir, where npm installs
+    azurite@AZURITE_VERSION once (a lock file keeps parallel processes from
+    installing twice). AzuriteUnavailable without Node.js and npm; ServerStartError
+    with npm's message when the install fails."""
+    if shutil.which("node") is None:
+        raise AzuriteUnavailable("Azurite needs Node.js and npm (node not found on PATH)")
+    found = shutil.which("azurite-blob")
+    if found:
+        return found
+    cache = cache or _azurite_cache()
+    binary = cache / "node_modules" / ".bin" / "azurite-blob"
+    if binary.exists() and _installed_version(cache) == AZURITE_VERSION:
+        return str(binary)
+    npm = shutil.which("npm")
+    if npm is None:
+        raise AzuriteUnavailable("Azurite needs Node.js and npm (npm not found on PATH)")
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be installing: wait for it
+        try:
+            if binary.exists() and _installed_version(cache) == AZURITE_VERSION:
+                return str(binary)
+            argv = [npm, "install", "--prefix", str(cache), "--no-audit", "--no-fund", "--loglevel=error",
+                    f"azurite@{AZURITE_VERSION}"]
+            try:
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+            except subprocess.TimeoutExpired as e:
+                raise ServerStartError(f"`{' '.join(argv)}` did not finish within 600 s") from e
+            if done.returncode != 0 or not binary.exists():
+                said = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
+                raise ServerStartError(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{said}")
+            return str(binary)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start_azurite_server(timeout: float = 60.0) -> ServerProcess:
+    """Azurite's blob service, in memory, on 127.0.0.1, without telemetry; any API
+    version accepted (the azure SDK may be newer than the pinned Azurite)."""
+    binary = azurite_blob_binary()
+    return _start(
+        "azurite",
+        lambda p: [binary, "--blobHost", HOST, "--blobPort", str(p), "--inMemoryPersistence",
+                   "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
+        f"/{AZURITE_ACCOUNT}?comp=list", timeout,  # 403 without a signature: it answers
+    )
+
+
+def azure_connection_string(endpoint_url: str) -> str:
+    """A connection string to Azurite's development account at ``endpoint_url``."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={endpoint_url}/{AZURITE_ACCOUNT};")
+
+
+def azure_storage_options(endpoint_url: str) -> dict:
+    return dict(connection_string=azure_connection_string(endpoint_url))
+
+
+def _blob_service(connection_string: str):
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(connection_string, retry_total=0)
+
+
+def make_azure_container(endpoint_url: str, name: str, exist_ok: bool = True) -> None:
+    """Create a container on Azurite with the azure SDK."""
+    from azure.core.exceptions import ResourceExistsError
+
+    with _blob_service(azure_connection_string(endpoint_url)) as client:
+        try:
+            client.create_container(name)
+        except ResourceExistsError:
+            if not exist_ok:
+                raise
+
+
+def _delete_azure_containers(connection_string: str) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with _blob_service(connection_string) as client:
+        for container in list(client.list_containers()):
+            with contextlib.suppress(ResourceNotFoundError):
+                client.delete_container(container.name)

@@ -699,3 +699,80 @@ def test_a_missing_bucket_is_named(s3loc, gcsloc):
         # an existing bucket with nothing under the prefix: not "no such bucket"
         r = run("ls", base, *opts(so))
         assert r.exit_code == 3 and "no such bucket" not in r.output and f"no checkpoints at {base}" in r.output
+
+
+# -- Azure (Azurite) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def azloc(azure_server, azure_container):
+    return f"az://{azure_container}/cli-{uuid.uuid4().hex[:10]}", servers.azure_storage_options(azure_server.endpoint_url)
+
+
+def test_ls_inspect_verify_cp_rm_on_azure_configured_from_the_environment(azloc, azure_server, tmp_path):
+    """Every command on an az:// URL, the account given only by
+    AZURE_STORAGE_CONNECTION_STRING (adlfs reads it): no --option needed."""
+    root, so = azloc
+    _managed(root, so)  # ckpt-2, ckpt-3 remain (max_to_keep=2)
+    env = {"AZURE_STORAGE_CONNECTION_STRING": so["connection_string"]}
+    r = run("ls", root, "--json", env=env)
+    assert r.exit_code == 0, r.output
+    j = json.loads(r.output)
+    assert j["latest"] == f"{root}/ckpt-3"
+    assert {e["name"]: e["state"] for e in j["entries"]} == {"ckpt-2": "committed", "ckpt-3": "committed"}
+
+    r = run("inspect", f"{root}/ckpt-3", "--json", env=env)
+    assert r.exit_code == 0, r.output
+    ji = json.loads(r.output)
+    assert ji["checkpoint_number"] == 3 and ji["url"] == f"{root}/ckpt-3"
+    leaves = {"/".join(map(str, x["path"])): x for x in ji["leaves"]}
+    assert leaves["model/w"]["shape"] == [40, 100] and leaves["step"]["value"] == 3
+
+    ok = run("verify", root, env=env)
+    assert ok.exit_code == 0 and "OK: 2 checkpoints verified" in ok.output
+
+    # cp az:// -> local disk -> az:// (another prefix): byte for byte, and it loads
+    local = str(tmp_path / "copy")
+    r = run("cp", f"{root}/ckpt-3", f"{local}/ckpt-3", env=env)
+    assert r.exit_code == 0, r.output
+    back = f"{root}-back"
+    r = run("cp", f"{local}/ckpt-3", f"{back}/ckpt-3", env=env)
+    assert r.exit_code == 0, r.output
+    s = open_storage(root, so)
+    assert open_storage(back, so).read(f"ckpt-3/{MANIFEST_KEY}") == s.read(f"ckpt-3/{MANIFEST_KEY}")
+    restored = cloudckpt.load(f"{back}/ckpt-3", storage_options=so)
+    assert np.array_equal(restored["model"]["w"], np.full((40, 100), 3, np.float32))
+
+    # a flipped byte is caught
+    m = json.loads(s.read(f"ckpt-3/{MANIFEST_KEY}"))
+    bad_key = next(o["key"] for o in m["objects"] if "/c/" in o["key"])
+    raw = bytearray(s.read(f"ckpt-3/{bad_key}"))
+    raw[3] ^= 0x10
+    s.write(f"ckpt-3/{bad_key}", bytes(raw))
+    bad = run("verify", f"{root}/ckpt-3", env=env)
+    assert bad.exit_code == 1 and f"damaged: {root}/ckpt-3/{bad_key}: crc32c mismatch" in bad.output
+
+    # rm: the older checkpoint goes, the latest needs --yes
+    r = run("rm", f"{root}/ckpt-2", env=env)
+    assert r.exit_code == 0 and f"removed {root}/ckpt-2 (committed)" in r.output, r.output
+    assert s.list_all("ckpt-2") == {} and "ckpt-2" not in s.list_dir()[1]
+    r = run("rm", f"{root}/ckpt-3", env=env)
+    assert r.exit_code == 5 and "--yes" in r.output
+    assert s.exists(f"ckpt-3/{MANIFEST_KEY}")
+
+
+def test_a_missing_azure_container_is_named_and_no_key_is_shown(azloc):
+    root, so = azloc
+    url = f"az://no-such-container-{uuid.uuid4().hex[:8]}/run"
+    container = url.split("/")[2]
+    for args in (["ls", url], ["verify", url]):
+        r = run(*args, *opts(so))
+        assert r.exit_code == 3, (args, r.output)
+        assert f"no such container: '{container}' does not exist, so there is nothing at {url}" in r.output
+        assert "AZURE_STORAGE_CONNECTION_STRING" in r.output
+    # a wrong account key: permission denied (exit 4), and neither key is echoed
+    key = servers.AZURITE_KEY
+    wrong = "W" + key[1:]
+    r = run("ls", root, *opts({"connection_string": so["connection_string"].replace(key, wrong)}))
+    assert r.exit_code == 4, r.output
+    assert "permission denied" in r.output and key not in r.output and wrong not in r.output

@@ -46,7 +46,7 @@ class Loc:
         if self._fs is None:
             import fsspec
 
-            protocol = {"local": "file", "memory": "memory", "s3": "s3", "gcs": "gs"}[self.name]
+            protocol = {"local": "file", "memory": "memory", "s3": "s3", "gcs": "gs", "azure": "az"}[self.name]
             self._fs = fsspec.filesystem(protocol, skip_instance_cache=True, **(self.options or {}))
         return self._fs
 
@@ -67,6 +67,10 @@ def locs(request, tmp_path):
             srv = request.getfixturevalue("s3_server")
             bucket = request.getfixturevalue("s3_bucket")
             loc = Loc("s3", f"s3://{bucket}/{uid}", servers.s3_storage_options(srv.endpoint_url))
+        elif name == "azure":
+            srv = request.getfixturevalue("azure_server")
+            container = request.getfixturevalue("azure_container")
+            loc = Loc("azure", f"az://{container}/{uid}", servers.azure_storage_options(srv.endpoint_url))
         else:
             srv = request.getfixturevalue("gcs_server")
             bucket = request.getfixturevalue("gcs_bucket")
@@ -147,6 +151,28 @@ def test_copy_checkpoint_bit_exact(locs, pair):
     assert seen[0] == (0, seen[0][1]) and seen[-1][0] == seen[-1][1] == seen[0][1]
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     assert seen[0][1] == report.bytes_copied
+
+
+def test_copy_s3_to_azure_to_gcs_bit_exact(locs):
+    """A checkpoint goes S3 -> Azure -> GCS: every hop restores bit-exactly, and every
+    object (data and manifest) is the source's, byte for byte."""
+    s3, az, gcs = locs("s3"), locs("azure"), locs("gcs")
+    state = make_state(7)
+    url = cloudckpt.save(s3.url("ckpt-1"), state, storage_options=s3.options, options=SMALL)
+    m = cloudckpt.info(url, storage_options=s3.options)
+    for src, dst in ((s3, az), (az, gcs)):
+        report = cloudckpt.copy(
+            src.url("ckpt-1"), dst.url("ckpt-1"), src_storage_options=src.options, dst_storage_options=dst.options
+        )
+        assert report.copied == [dst.url("ckpt-1")] and report.objects_copied == m.objects
+        assert_bit_exact(state, cloudckpt.load(dst.url("ckpt-1"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url("ckpt-1"), storage_options=dst.options).ok
+    objects = s3.storage().list_all("ckpt-1")
+    assert len(objects) == m.objects
+    for loc in (az, gcs):
+        assert loc.storage().list_all("ckpt-1") == objects
+        for key in objects:
+            assert read_raw(loc, "ckpt-1", key) == read_raw(s3, "ckpt-1", key), (loc.name, key)
 
 
 def _managed_run(loc: Loc, clock_start: float = 1.7e9):

@@ -117,7 +117,7 @@ def kill_points(ops: list[str], *, every: bool) -> list[int]:
     ]
 
 
-@pytest.mark.parametrize("backend", ["local", "s3", "gcs"], indirect=True)
+@pytest.mark.parametrize("backend", ["local", "s3", "gcs", "azure"], indirect=True)
 def test_sigkill_at_every_request_of_a_save_loses_nothing(backend, tmp_path):
     t0 = time.monotonic()
     requests = count_save_requests(backend, tmp_path)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 import crashlib
 from reliability_helpers import record
 
-BACKEND_NAME = {"local": "local", "memory": "memory", "s3": "s3", "gcs": "gs"}
+BACKEND_NAME = {"local": "local", "memory": "memory", "s3": "s3", "gcs": "gs", "azure": "az"}
 
 
 def new_manager(backend, sub="run", **kw):
@@ -303,9 +303,9 @@ def test_permission_denied_on_read_fails_fast(backend):
 
 
 def test_a_missing_bucket_fails_fast_naming_it(object_backend):
-    """A real bucket that does not exist on moto / fake-gcs-server."""
+    """A real bucket that does not exist on moto / fake-gcs-server / Azurite (a container)."""
     b = object_backend
-    scheme = "s3" if b.name == "s3" else "gs"
+    scheme = {"s3": "s3", "gcs": "gs", "azure": "az"}[b.name]
     url = f"{scheme}://cloudckpt-rel-nonexistent/run"
     ckpt, _live = crashlib.new_checkpoint()
     t0 = time.monotonic()

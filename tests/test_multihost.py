@@ -62,7 +62,7 @@ def ok(results: list[RankResult]) -> list[dict[str, Any]]:
     return [result(r) for r in results]
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
+@pytest.fixture(params=["local", "s3", "gcs", "azure"])
 def location(request, tmp_path) -> tuple[str, dict[str, Any] | None]:
     """A fresh directory URL and its storage options."""
     if request.param == "local":
@@ -72,6 +72,10 @@ def location(request, tmp_path) -> tuple[str, dict[str, Any] | None]:
         srv = request.getfixturevalue("s3_server")
         bucket = request.getfixturevalue("s3_bucket")
         return f"s3://{bucket}/{name}", servers.s3_storage_options(srv.endpoint_url)
+    if request.param == "azure":
+        srv = request.getfixturevalue("azure_server")
+        container = request.getfixturevalue("azure_container")
+        return f"az://{container}/{name}", servers.azure_storage_options(srv.endpoint_url)
     srv = request.getfixturevalue("gcs_server")
     bucket = request.getfixturevalue("gcs_bucket")
     return f"gs://{bucket}/{name}", servers.gcs_storage_options(srv.endpoint_url)

@@ -423,19 +423,23 @@ def test_s3_exists_is_one_head(object_backend):
     s.write("dir/obj", b"x")
     backend = s._s.backend
     calls: list[str] = []
-    real = backend.fs._call_s3
+    real, real_sync = backend.fs._call_s3, backend.fs.call_s3
 
     async def spy(method, *args, **kwargs):
         calls.append(method)
         return await real(method, *args, **kwargs)
 
-    backend.fs._call_s3 = spy
+    def sync_spy(method, *args, **kwargs):
+        calls.append(method)
+        return real_sync(method, *args, **kwargs)
+
+    backend.fs._call_s3, backend.fs.call_s3 = spy, sync_spy  # s3fs' own calls and cloudckpt's
     try:
         assert s.exists("dir/obj")
         assert not s.exists("dir/nope")
         assert not s.exists("dir")  # a "directory" is not an object
     finally:
-        del backend.fs._call_s3
+        del backend.fs._call_s3, backend.fs.call_s3
     assert calls == ["head_object"] * 3
 
 
@@ -454,11 +458,13 @@ def test_s3_multipart_upload_from_buffers(object_backend):
 def test_object_store_uploads_send_from_the_buffers(object_backend):
     """(Was, on GCS: gcsfs joined the data and its multipart envelope into one
     new bytes, on top of the join of a pack chunk's buffers: two copies of
-    every object in flight, the save's memory target missed.)"""
+    every object in flight, the save's memory target missed.) Azure declares
+    ``write_copies``: the SDK's single-request upload takes one ``bytes`` (the
+    join), which the socket transport buffers in part: bounded by that, never more."""
     import tracemalloc
 
     s = open_storage(object_backend.url("perf"), object_backend.storage_options, retry=NO_WAIT)
-    assert not s.capabilities.write_copies
+    assert s.capabilities.write_copies == (object_backend.name == "azure")
     arr = np.random.default_rng(2).integers(0, 2**31, (8 << 20) // 4, dtype=np.int32)
     pieces = [memoryview(arr[:1000]).cast("B"), memoryview(arr[1000:]).cast("B"), memoryview(b"tail")]
     s.write("warm", b"x")  # the client's session and its buffers exist before measuring
@@ -468,7 +474,8 @@ def test_object_store_uploads_send_from_the_buffers(object_backend):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < arr.nbytes // 2, f"{peak} bytes allocated to upload {arr.nbytes}"  # a copy: > nbytes
+    limit = arr.nbytes * 3 if s.capabilities.write_copies else arr.nbytes // 2
+    assert peak < limit, f"{peak} bytes allocated to upload {arr.nbytes}"  # a copy: > nbytes
     assert s.read("body") == arr.tobytes() + b"tail"
 
 

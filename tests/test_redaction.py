@@ -49,6 +49,17 @@ from cloudckpt.tools import cli
         ),
         ("https://acct.blob.core.windows.net/c/b?sv=2021&sig=abc%3D&se=x", [], "https://acct.blob.core.windows.net/c/b?sv=2021&sig=***&se=x"),
         ("url=https://h/o?access_token=abc&alt=json", [], "url=https://h/o?access_token=***&alt=json"),
+        # Azure: a connection string's key and SAS, a SAS token, a Shared Key signature, options by name
+        (
+            "bad connection string 'DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5PQ==;EndpointSuffix=core.windows.net'",
+            [],
+            "bad connection string 'DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***;EndpointSuffix=core.windows.net'",
+        ),
+        ("BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=2024&sig=c2ln", [],
+         "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=***&sig=***"),
+        ("Authorization: SharedKey devstoreaccount1:c2lnbmF0dXJl", [], "Authorization: ***"),
+        ("{'account_key': 'a2V5', 'sas_token': 'sv=1&sig=x', 'client_secret': 'cs', 'account_name': 'acct'}", [],
+         "{'account_key': '***', 'sas_token': '***', 'client_secret': '***', 'account_name': 'acct'}"),
         ("https://storage.googleapis.com/b/o?key=AIzaSyA&alt=json", [], "https://storage.googleapis.com/b/o?key=***&alt=json"),
         # a known credential of 8+ characters standing alone, even at the end of a sentence
         ("AccessDenied for S3CR3T-value.", ["S3CR3T-value"], "AccessDenied for ***."),
@@ -68,10 +79,13 @@ def test_short_secrets_stand_alone_only_in_a_backends_error_text():
 def test_field_kinds():
     strong = ["secret", "token", "password", "AWS_SECRET_ACCESS_KEY", "aws_access_key_id", "AccessKeyId",
               "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "sig", "client_secret",
-              "account_key", "connection_string", "AZURE_STORAGE_SAS_TOKEN", "private_key", "refresh_token"]  # fmt: skip
+              "account_key", "connection_string", "AZURE_STORAGE_SAS_TOKEN", "private_key", "refresh_token",
+              "AccountKey", "SharedAccessSignature", "sas_token", "credential", "AZURE_STORAGE_CLIENT_SECRET",
+              "AZURE_STORAGE_CONNECTION_STRING"]  # fmt: skip
     assert {n: field_kind(n) for n in strong} == {n: "strong" for n in strong}
     assert field_kind("key") == "weak"
-    for plain in ("latest", "tokens", "token_count", "sort_key", "session", "key_id", "endpoint_url", "anon"):
+    for plain in ("latest", "tokens", "token_count", "sort_key", "session", "key_id", "endpoint_url", "anon",
+                  "account_name", "AccountName", "BlobEndpoint"):
         assert field_kind(plain) is None, plain
 
 
@@ -85,6 +99,39 @@ def test_secrets_of_options_and_environment():
         "token": "anon",  # a gcsfs mode, not a secret
     }
     assert secrets_of(options, {"AWS_SECRET_ACCESS_KEY": "test", "HOME": "/root"}) == ["tok-123", "s3cr3t", "AKID", "test"]
+
+
+def test_azure_credentials_are_known_secrets_even_inside_a_connection_string():
+    key = "a2V5LWZvci10ZXN0cw=="  # an account key stands alone in some SDK messages
+    conn = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"
+    sas = "sv=2024-01-01&ss=b&sig=c2lnbmF0dXJlLXZhbHVl"
+    options = {"connection_string": conn, "sas_token": sas, "client_secret": "cl1ent-s3cret",
+               "credential": {"account_name": "acct2", "account_key": "b3RoZXIta2V5"}, "account_name": "acct"}
+    secrets = secrets_of(options, {"AZURE_STORAGE_CONNECTION_STRING": "AccountName=x;AccountKey=ZW52LWtleQ==",
+                                   "AZURE_STORAGE_CLIENT_SECRET": "env-cl1ent-s3cret"})
+    for value in (conn, key, sas, "c2lnbmF0dXJlLXZhbHVl", "cl1ent-s3cret", "b3RoZXIta2V5", "ZW52LWtleQ==",
+                  "env-cl1ent-s3cret"):
+        assert value in secrets, value
+    assert "acct" not in secrets and "core.windows.net" not in secrets
+    said = f"Invalid key {key} for acct; sig c2lnbmF0dXJlLXZhbHVl rejected; env key ZW52LWtleQ==."
+    assert redact_text(said, secrets) == "Invalid key *** for acct; sig *** rejected; env key ***."
+
+
+def test_azure_errors_quote_no_credential():
+    """A real adlfs filesystem against a closed port on 127.0.0.1, and one
+    given a malformed connection string: the errors name the URL, never the key."""
+    key = "S3CR3T-" + "k" * 20 + "=="
+    port = 1  # nothing listens there
+    conn = f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};BlobEndpoint=http://127.0.0.1:{port}/acct;"
+    storage = open_storage("az://container/run", {"connection_string": conn}, retry=RetryPolicy(attempts=1))
+    with pytest.raises(cloudckpt.StorageError) as unreachable:
+        storage.read("k")
+    with pytest.raises(ValueError) as malformed:
+        open_storage("az://container/run", {"connection_string": f"AccountKey={key};not a pair"})
+    for info in (unreachable, malformed):
+        text = str(info.value) + "".join(traceback.format_exception(info.value))
+        assert key not in text and "S3CR3T" not in text, text
+    assert "az://container/run/k" in str(unreachable.value)
 
 
 def test_cli_redact_leaves_normal_output_alone(monkeypatch):

@@ -57,7 +57,7 @@ def test_object_roundtrip_create_list_delete(object_backend):
 def test_backend_urls_are_unique_per_test(backend, request):
     root = backend.url()
     assert backend.url("x", "y.json") == root + "/x/y.json"
-    prefix = {"local": "/", "memory": "memory://t-", "s3": "s3://", "gcs": "gs://"}[backend.name]
+    prefix = {"local": "/", "memory": "memory://t-", "s3": "s3://", "gcs": "gs://", "azure": "az://"}[backend.name]
     assert root.startswith(prefix)
     assert (backend.storage_options is None) == (backend.name in ("local", "memory"))
     fs = _fs(backend)

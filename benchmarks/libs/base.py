@@ -20,7 +20,7 @@ State = dict[str, Any]
 class Ctx:
     """Where one measurement writes/reads."""
 
-    target: str  # local | memory | s3 | gcs | s3-lat
+    target: str  # local | memory | s3 | gcs | s3-lat | s3-disk
     url: str  # local path or fsspec URL (no trailing slash)
     storage_options: dict[str, Any] = field(default_factory=dict)
     spec: Spec = field(default_factory=list)
@@ -94,7 +94,7 @@ class Lib:
     name = "?"
     label = "?"
     requires: tuple[str, ...] = ()  # importable modules
-    targets: tuple[str, ...] = ("local", "memory", "s3", "gcs", "s3-lat")
+    targets: tuple[str, ...] = ("local", "memory", "s3", "gcs", "s3-lat", "s3-disk")
     fsyncs_itself = False
     has_async = False
     note = ""

@@ -13,7 +13,7 @@ class Orbax(Lib):
     name = "orbax"
     label = "orbax"
     requires = ("orbax.checkpoint", "jax")
-    targets = ("local", "s3", "s3-lat", "gcs")
+    targets = ("local", "s3", "s3-lat", "gcs", "s3-disk")
     has_async = True
     imports = ("jax", "orbax.checkpoint")
     note = "orbax.checkpoint.StandardCheckpointer (OCDBT + zarr3 via tensorstore) on numpy arrays, JAX CPU"

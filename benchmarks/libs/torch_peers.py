@@ -80,7 +80,7 @@ class TorchSnapshot(Lib):
     name = "torchsnapshot"
     label = "torchsnapshot"
     requires = ("torchsnapshot", "torch")
-    targets = ("local", "s3", "s3-lat", "gcs")
+    targets = ("local", "s3", "s3-lat", "gcs", "s3-disk")
     has_async = True
     imports = ("torch", "torchsnapshot")
     note = "torchsnapshot.Snapshot.take/restore (StateDict app state; S3 via its aiobotocore plugin + AWS_ENDPOINT_URL)"

@@ -62,9 +62,9 @@ def zarr_dtype_json(dtype_str: str) -> tuple[Any, Any]:
         >>> zarr_dtype_json("<f4")
         ('float32', 0.0)
     """
-    from zarr.core.dtype import get_data_type_from_native_dtype
+    from zarr.dtype import parse_data_type  # public since zarr 3.1.0
 
-    zdt = get_data_type_from_native_dtype(np.dtype(dtype_str))
+    zdt = parse_data_type(np.dtype(dtype_str), zarr_format=3)
     fill = zdt.to_json_scalar(zdt.default_scalar(), zarr_format=3)
     if isinstance(fill, tuple):
         fill = list(fill)

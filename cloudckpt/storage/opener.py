@@ -24,12 +24,15 @@ from cloudckpt.storage.urls import LOCAL_PROTOCOLS, split_url
 __all__ = ["BACKENDS", "GENERIC_BACKEND", "backend_class", "open_storage", "register_backend"]
 
 #: URL scheme -> "module:class" of its backend; imported when a URL needs it (so a
-#: backend's package — s3fs, gcsfs — is imported only then). One line per backend.
+#: backend's package — s3fs, gcsfs, adlfs — is imported only then). One line per backend.
 BACKENDS: dict[str, str] = {
     "s3": "cloudckpt.storage.backends.s3:S3Backend",
     "s3a": "cloudckpt.storage.backends.s3:S3Backend",
     "gs": "cloudckpt.storage.backends.gcs:GCSBackend",
     "gcs": "cloudckpt.storage.backends.gcs:GCSBackend",
+    "az": "cloudckpt.storage.backends.azure:AzureBackend",
+    "abfs": "cloudckpt.storage.backends.azure:AzureBackend",
+    "abfss": "cloudckpt.storage.backends.azure:AzureBackend",
     "memory": "cloudckpt.storage.backends.memory:MemoryBackend",
 }
 #: the backend of any other scheme fsspec knows

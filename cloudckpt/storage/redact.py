@@ -32,6 +32,7 @@ SECRET_ENV = (
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_CLIENT_SECRET",
+    "AZURE_STORAGE_CLIENT_SECRET",
     "GOOGLE_OAUTH_ACCESS_TOKEN",
 )
 #: a known credential standing alone (not in a credential field) is masked from this many characters
@@ -56,6 +57,8 @@ _KEY_QUALIFIERS = frozenset(
 # option values that name a mode, not a secret (gcsfs ``token="anon"``, ...)
 _NOT_SECRETS = frozenset({"anon", "google_default", "cloud", "cache", "browser"})
 
+# ``name=value`` pairs of a connection string (``;``) or a SAS token / query string (``&``)
+_PAIR_RE = re.compile(r"(?:^|[;&?])\s*([A-Za-z][\w.\-]*)=([^;&]+)")
 _WORD_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _USERINFO_RE = re.compile(r"(?P<scheme>(?<![\w.+\-])[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/\s@?#'\"<>]+)@")
 _FIELD_RE = re.compile(
@@ -93,16 +96,26 @@ def field_kind(name: str) -> str | None:
     return None
 
 
+def _embedded(value: str) -> list[str]:
+    """The credential values inside a credential that is a list of ``name=value``
+    pairs: an Azure connection string's ``AccountKey`` and ``SharedAccessSignature``,
+    a SAS token's ``sig``."""
+    return [v.strip() for k, v in _PAIR_RE.findall(value) if field_kind(k) == "strong" and v.strip()]
+
+
 def secrets_of(options: dict[str, Any] | None, environ: Any = None) -> list[str]:
     """The credential values of ``options`` (every value under a credential
     field, nested dicts included) and of the credential environment variables
-    (:data:`SECRET_ENV`), longest first.
+    (:data:`SECRET_ENV`), longest first; a credential made of ``name=value``
+    pairs (an Azure connection string, a SAS token) adds the credentials in it.
 
     Example:
         >>> secrets_of({"key": "AKID", "secret": "s3cr3t", "client_kwargs": {"region_name": "eu"}}, {})
         ['s3cr3t', 'AKID']
         >>> secrets_of({"token": "anon"}, {"AWS_SECRET_ACCESS_KEY": "test"})
         ['test']
+        >>> secrets_of({"connection_string": "AccountName=a;AccountKey=S3CR3T=="}, {})
+        ['AccountName=a;AccountKey=S3CR3T==', 'S3CR3T==']
     """
     found: set[str] = set()
 
@@ -117,6 +130,7 @@ def secrets_of(options: dict[str, Any] | None, environ: Any = None) -> list[str]
             text = str(d)
             if text and text not in _NOT_SECRETS:
                 found.add(text)
+                found.update(_embedded(text))
 
     walk(options or {}, False)
     env = os.environ if environ is None else environ
@@ -124,6 +138,7 @@ def secrets_of(options: dict[str, Any] | None, environ: Any = None) -> list[str]
         value = env.get(name)
         if value:
             found.add(value)
+            found.update(_embedded(value))
     return sorted(found, key=lambda x: (-len(x), x))
 
 

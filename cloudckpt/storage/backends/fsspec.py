@@ -34,6 +34,7 @@ from typing import Any
 
 import fsspec
 import fsspec.asyn
+import fsspec.core
 from fsspec.asyn import AsyncFileSystem
 
 from cloudckpt.storage.backends.base import BackendBase
@@ -357,7 +358,9 @@ class FsspecBackend(BackendBase):
 
     # -- paths and messages
     def path_of(self, url: str) -> str:
-        path: str = self.fs._strip_protocol(url)
+        """The filesystem's path of ``url`` (fsspec's public ``strip_protocol``,
+        which asks the class registered for the URL's protocol)."""
+        path: str = fsspec.core.strip_protocol(url)
         return path
 
     def filesystem_name(self) -> str:

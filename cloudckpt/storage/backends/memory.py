@@ -59,8 +59,8 @@ class MemoryBackend(FsspecBackend):
         return self.signature_options()  # fsspec's memory filesystem ignores unknown options silently
 
     def stream_into(self, path: str, views: list[memoryview], start: int, total: int) -> int | None:
-        try:
-            f = self.fs.store[self.fs._strip_protocol(path)]
+        try:  # ``path`` is already the store's key (path_of); ``store`` is the filesystem's public dict
+            f = self.fs.store[path]
         except KeyError:
             raise FileNotFoundError(path) from None
         with f.getbuffer() as src:

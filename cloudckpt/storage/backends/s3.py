@@ -4,7 +4,8 @@ What differs from any fsspec filesystem: retries are left to cloudckpt (one
 layer of retries, one backoff); an upload's body is read from the caller's
 buffers as it is sent (:class:`_ViewReader`), and a read streams one ranged
 GET's body into the caller's buffers; ``exists`` is one HEAD; incomplete
-multipart uploads of a killed writer can be listed and aborted.
+multipart uploads of a killed writer can be listed and aborted. All through
+s3fs' public API (``call_s3``, ``split_path``, ``pipe_file``).
 
 Example:
     >>> S3Backend.bucketed, "s3" in __name__
@@ -13,7 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import time
 from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
@@ -90,6 +93,18 @@ class _ViewReader(io.RawIOBase):
         return self._pos
 
 
+async def _drain_and_close(body: Any, views: list[memoryview]) -> int:
+    """Read a GET's body (aiobotocore's ``StreamingBody``) into ``views``, then release it."""
+    try:
+        return await drain(body.read, views)
+    finally:
+        body.close()
+
+
+async def _close(body: Any) -> None:
+    body.close()
+
+
 class S3Backend(FsspecBackend):
     """S3 through s3fs (``s3://``, ``s3a://``).
 
@@ -129,25 +144,30 @@ class S3Backend(FsspecBackend):
         )
 
     def _streams(self) -> bool:
-        return hasattr(self.fs, "_call_s3") and hasattr(self.fs, "split_path")
+        return callable(getattr(self.fs, "call_s3", None)) and callable(getattr(self.fs, "split_path", None))
 
     def stream_into(self, path: str, views: list[memoryview], start: int, total: int) -> int | None:
+        """One ranged GET (s3fs' public ``call_s3``) whose body, read on
+        fsspec's IO loop, goes straight into ``views``; both steps within
+        the call's timeout."""
         if not self._streams():
             return None
-        n: int = fsspec.asyn.sync(self.fs.loop, self._stream, path, views, start, total, timeout=self._timeout())
-        return n
-
-    async def _stream(self, path: str, views: list[memoryview], start: int, total: int) -> int:
+        timeout = self._timeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
         bucket, key, version = self.fs.split_path(path)
         extra = {"VersionId": version} if version else {}
-        resp = await self.fs._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{start + total - 1}", **extra
+        resp = self.fs.call_s3(
+            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{start + total - 1}", **extra, **self._kw()
         )
         body = resp["Body"]
+        left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
         try:
-            return await drain(body.read, views)
-        finally:
-            body.close()
+            n: int = fsspec.asyn.sync(self.fs.loop, _drain_and_close, body, views, timeout=left)
+        except BaseException:
+            with contextlib.suppress(Exception):  # if the drain never started; the first error is the one to report
+                fsspec.asyn.sync(self.fs.loop, _close, body, timeout=5)
+            raise
+        return n
 
     def body(self, buffers: Sequence[Buffer]) -> Any:
         """No copy: botocore reads the body from the buffers while sending it."""
@@ -158,15 +178,12 @@ class S3Backend(FsspecBackend):
     def exists(self, path: str) -> bool:
         """One HEAD: s3fs' info() follows a 404 with a LIST to tell a
         "directory" from nothing, and a directory is no object either."""
-        if not hasattr(self.fs, "_call_s3"):
+        if not self._streams():
             return super().exists(path)
         bucket, key, version = self.fs.split_path(path)
         extra = {"VersionId": version} if version else {}
         try:
-            fsspec.asyn.sync(
-                self.fs.loop, self.fs._call_s3, "head_object", Bucket=bucket, Key=key,
-                timeout=self._timeout(), **extra,
-            )
+            self.fs.call_s3("head_object", Bucket=bucket, Key=key, **extra, **self._kw())
         except FileNotFoundError:
             return False
         return True

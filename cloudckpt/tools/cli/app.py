@@ -31,6 +31,7 @@ import click
 from cloudckpt import __about__
 from cloudckpt.tools.cli.cp import cp_cmd
 from cloudckpt.tools.cli.demo import demo_cmd
+from cloudckpt.tools.cli.export_import import export_cmd, import_cmd
 from cloudckpt.tools.cli.ls_inspect import inspect_cmd, ls_cmd
 from cloudckpt.tools.cli.rm_gc import gc_cmd, rm_cmd
 from cloudckpt.tools.cli.storage_options import redact, reset_command
@@ -102,5 +103,5 @@ def main(verbose: int) -> None:
 
 
 # the commands (`cloudckpt --help` lists them by name)
-for _command in (ls_cmd, inspect_cmd, verify_cmd, cp_cmd, rm_cmd, gc_cmd, demo_cmd):
+for _command in (ls_cmd, inspect_cmd, verify_cmd, cp_cmd, rm_cmd, gc_cmd, export_cmd, import_cmd, demo_cmd):
     main.add_command(_command)

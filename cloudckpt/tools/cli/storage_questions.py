@@ -64,6 +64,11 @@ def missing_bucket(storages: Iterable[Storage]) -> str | None:
     """
     for storage in storages:
         bucket = storage.missing_bucket()
+        if bucket is not None and storage.protocol in ("az", "abfs", "abfss"):
+            return (
+                f"no such container: '{bucket}' does not exist, so there is nothing at {storage.url}; "
+                "check the container name and the account (AZURE_STORAGE_CONNECTION_STRING or -o connection_string=...)"
+            )
         if bucket is not None:
             endpoint = "AWS_ENDPOINT_URL" if storage.protocol.startswith("s3") else "STORAGE_EMULATOR_HOST"
             return (
