@@ -38,7 +38,16 @@ from typing import Any
 from benchmarks.multihost_jobs import Runner, log, reshard_plan
 from benchmarks.multihost_markdown import render_markdown
 from benchmarks.multihost_rank import state_nbytes
-from benchmarks.multihost_results import LIBS, MB, MH_TARGETS, aggregate, fmt_record, print_table, update_results
+from benchmarks.multihost_results import (
+    DEFAULT_LIBS,
+    LIBS,
+    MB,
+    MH_TARGETS,
+    aggregate,
+    fmt_record,
+    print_table,
+    update_results,
+)
 from benchmarks.targets import make_target, moto_available
 
 SMOKE_SCALE = 0.01
@@ -80,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", default="1,2,4", help="comma list of world sizes (default 1,2,4)")
     p.add_argument("--target", default="local", help=f"comma list of {', '.join(MH_TARGETS)} (default local)")
-    p.add_argument("--libs", default=",".join(LIBS), help="comma list of cloudckpt, dcp (default both)")
+    p.add_argument("--libs", default=",".join(DEFAULT_LIBS),
+                   help=f"comma list of {', '.join(LIBS)} (default cloudckpt,dcp). cloudckpt-dcp: DCP's save/load "
+                   "through cloudckpt.dcp.Writer/Reader; -async: dcp.async_save (records the blocking time)")
     p.add_argument("--scale", type=float, default=1.0, help="state size: 1.0 = 328 MB of model + AdamW state")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--reshard", default="auto",

@@ -120,7 +120,7 @@ class Runner:
         rec["seconds"] = max(r["seconds"] for r in ranks)
         rec["digests"] = ranks[0].get("digests")
         rec["ranks"] = [{k: r.get(k) for k in ("rank", "seconds", "own_s", "rss_base", "rss_peak", "rss_delta",
-                                                 "state_rss", "requests", "optim_init_s", "untimed_s")} for r in ranks]
+                                                 "state_rss", "requests", "optim_init_s", "untimed_s", "blocking_s")} for r in ranks]
         return rec
 
     def measure(self, lib: str, n: int, m: int | None, target: Target, rep: int) -> list[dict[str, Any]]:

@@ -217,6 +217,6 @@ def _by_kind(r: dict[str, Any], target: str, lib: str) -> str:
     if not per:
         return "-"
     req = per[0] or {}
-    which = "http" if target.startswith("s3") else ("ops" if lib == "cloudckpt" else "opens")
+    which = "http" if target.startswith("s3") else ("ops" if lib.startswith("cloudckpt") else "opens")
     d = req.get(which) or {}
     return " ".join(f"{k} {v}" for k, v in d.items() if k != "total") or "-"

@@ -9,7 +9,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-LIBS = ("cloudckpt", "dcp")
+LIBS = ("cloudckpt", "dcp", "cloudckpt-dcp", "dcp-async", "cloudckpt-dcp-async")
+DEFAULT_LIBS = ("cloudckpt", "dcp")  # cloudckpt-dcp: cloudckpt.dcp.Writer/Reader under dcp.save/load; -async: dcp.async_save
 MH_TARGETS = ("local", "s3", "s3-lat")
 PHASES = ("save", "load", "reshard")
 MB = 1e6
@@ -35,7 +36,7 @@ def req_total(rank: dict[str, Any], target: str, lib: str) -> int | None:
     req = rank.get("requests") or {}
     if target.startswith("s3"):
         return (req.get("http") or {}).get("total", 0)
-    if lib == "cloudckpt":
+    if lib.startswith("cloudckpt"):
         return (req.get("ops") or {}).get("total", 0)
     return (req.get("opens") or {}).get("total", 0)
 

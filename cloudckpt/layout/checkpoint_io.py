@@ -53,14 +53,14 @@ from cloudckpt.format.records import (
 from cloudckpt.format.regions import read_regions
 from cloudckpt.format.shards import Box, ShardedArray
 from cloudckpt.format.store_read import read_arrays
-from cloudckpt.format.store_write import fill_packed_crcs, write_arrays
+from cloudckpt.format.store_write import WrittenArrays, fill_packed_crcs, write_arrays
 from cloudckpt.format.tensor_store import StoreOptions
 from cloudckpt.format.tree import Leaf, array_ids, flatten, format_path, parse_key_path, select, unflatten
 from cloudckpt.layout.commit import commit, discard_attempt
 from cloudckpt.layout.names import attempt_id, data_prefix, is_data_prefix
 from cloudckpt.storage import Storage
 
-__all__ = ["WriteResult", "write_checkpoint", "read_manifest", "read_state"]
+__all__ = ["WriteResult", "write_checkpoint", "commit_written", "read_manifest", "read_state"]
 
 log = logging.getLogger("cloudckpt")
 
@@ -273,6 +273,49 @@ def _commit_on_leader(
         group.broadcast_json({"error": _payload(exc)})
         raise
     return outcome
+
+
+def commit_written(
+    storage: Storage,
+    tree: dict[str, Any],
+    written: WrittenArrays,
+    attempt: str,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Commit data that is already written under ``data-<attempt>/`` (by this
+    process or by several): build the manifest and write it create-only.
+
+    For writers that drive the data phase themselves (PyTorch DCP's
+    ``write_data`` on every rank, then ``finish`` on one). ``written`` holds
+    the records and the complete object list; ``fields`` are those of
+    :func:`~cloudckpt.format.manifest.build_manifest` (``checkpoint_number``,
+    ``epoch``, ``metadata``, ``created``, ``writer_extra``); ``extra`` adds
+    top-level manifest fields (readers ignore fields they do not know there).
+    Raises :class:`CheckpointExistsError` if a checkpoint is committed there
+    already (this attempt's data is then removed). Returns the manifest.
+
+    Example:
+        >>> import numpy as np
+        >>> from cloudckpt.storage import open_storage
+        >>> from cloudckpt.format.tree import flatten
+        >>> s = open_storage("memory://doc-commit-written/c")
+        >>> node, leaves = flatten({"w": np.ones(2)})
+        >>> w = write_arrays(s, data_prefix("a1"), leaves)
+        >>> commit_written(s, node, w, "a1", extra={"note": 1})["note"], read_state(s, read_manifest(s))["w"]
+        (1, array([1., 1.]))
+    """
+    prefix = data_prefix(attempt)
+    if any(o is None for o in written.objects):
+        raise AssertionError("an object of the checkpoint was written by no rank")
+    manifest = build_manifest(
+        tree=tree, arrays=written.records, pack=written.pack, objects=written.objects,  # type: ignore[arg-type]
+        data=prefix, attempt=attempt, **fields,
+    )
+    manifest.update(extra or {})
+    _commit(storage, manifest, prefix)
+    return manifest
 
 
 def _refuse_inside_data(storage: Storage) -> None:

@@ -1,0 +1,2 @@
+"""Integrations of cloudckpt with the checkpoint APIs of training frameworks
+(one module per framework, each imported only when the program asks for it)."""
