@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 _NEEDS = {"torch.py": "torch", "torch_dist.py": "torch", "torch_group.py": "torch", "jax.py": "jax", "jax_group.py": "jax"}
+_INTEGRATIONS = {"lightning.py": "lightning", "huggingface.py": "transformers"}  # cloudckpt/integrations/
 
 
 def _missing(file_path: Path) -> str | None:
     """Why the framework a framework module needs does not import, or None if it does."""
-    if file_path.parent.name == "frameworks" and file_path.name in _NEEDS:
-        name = _NEEDS[file_path.name]
+    table = {"frameworks": _NEEDS, "integrations": _INTEGRATIONS}.get(file_path.parent.name, {})
+    if file_path.name in table:
+        name = table[file_path.name]
         try:  # imported, not just found: an installed framework that fails to import is skipped too
             importlib.import_module(name)
         except ImportError as exc:
