@@ -10,14 +10,17 @@ checkpoint and ends exactly where an uninterrupted run ends. What it takes:
 
 * ``Trainer(plugins=[CloudCheckpointIO(storage_options)])``: every checkpoint is
   a cloudckpt checkpoint (zarr v3 + a create-only manifest, crc32c checked on load, no pickle);
-* ``ModelCheckpoint(dirpath=<url>, monitor=..., save_top_k=2, save_last=True)``:
-  Lightning's own retention, which the plugin applies through a commit-aware
-  delete that never removes the checkpoint the run resumed from;
+* ``CloudModelCheckpoint(dirpath=<url>, monitor=..., save_top_k=2, save_last=True)``:
+  Lightning's ``ModelCheckpoint`` and its retention, which the plugin applies
+  through a commit-aware delete that never removes the checkpoint the run
+  resumed from; the subclass only makes ``ckpt_path="last"`` find ``last.ckpt``
+  on an object store (Lightning-AI/pytorch-lightning#18261);
 * Lightning lists ``dirpath`` itself (to find ``last.ckpt``) with fsspec, so the
   S3 endpoint goes into ``fsspec.config.conf`` too.
 
 Prints one JSON object per line: ``resumed`` (epoch and step of the loaded
-checkpoint), ``epoch`` (a finished epoch and its mean loss), ``done`` (a
+checkpoint), ``start`` (an epoch starts: the previous one's checkpoints are
+committed), ``epoch`` (a finished epoch and its mean loss), ``done`` (a
 sha256 of the final weights and optimizer state).
 """
 
@@ -34,9 +37,7 @@ from typing import Any
 import fsspec
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-
-from cloudckpt.integrations.lightning import CloudCheckpointIO
+from cloudckpt.integrations.lightning import CloudCheckpointIO, CloudModelCheckpoint
 
 
 def emit(**record: Any) -> None:
@@ -62,6 +63,9 @@ class Regressor(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         emit(event="resumed", epoch=checkpoint["epoch"], step=checkpoint["global_step"])
+
+    def on_train_epoch_start(self) -> None:  # the previous epoch's checkpoints are committed by now
+        emit(event="start", epoch=self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         emit(event="epoch", epoch=self.current_epoch, loss=float(self.trainer.callback_metrics["train_loss"]))
@@ -90,7 +94,7 @@ def train(directory: str, storage_options: dict[str, Any] | None, epochs: int, s
     L.seed_everything(0, verbose=False)
     if storage_options and directory.startswith("s3://"):
         fsspec.config.conf.setdefault("s3", {}).update(storage_options)  # for Lightning's own listing
-    checkpoints = ModelCheckpoint(dirpath=directory, monitor="train_loss", save_top_k=2, save_last=True)
+    checkpoints = CloudModelCheckpoint(dirpath=directory, monitor="train_loss", save_top_k=2, save_last=True)
     trainer = L.Trainer(
         max_epochs=epochs,
         plugins=[CloudCheckpointIO(storage_options)],

@@ -199,20 +199,20 @@ def test_sigkill_mid_run_resumes_from_last_bit_exactly_on_s3(s3_server, s3_bucke
     proc = subprocess.Popen([sys.executable, str(EXAMPLE), *on_s3, *epochs, "--sleep", "0.03"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
-        events = _read_events(proc, lambda e: e.get("event") == "epoch" and e["epoch"] >= 2, timeout=240)
-        time.sleep(0.1)  # into epoch 3, or into its save
+        events = _read_events(proc, lambda e: e.get("event") == "start" and e["epoch"] >= 3, timeout=240)
+        time.sleep(0.15)  # into epoch 3 (8 batches of 0.03 s), or into its save
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    finished = [e["epoch"] for e in events if e.get("event") == "epoch"]
-    assert finished and finished[-1] >= 2, events
+    committed = [e["epoch"] - 1 for e in events if e.get("event") == "start"]  # epoch k starts: k-1 saved
+    assert committed and committed[-1] >= 2, events
 
     options = {"key": "testing", "secret": "testing", "endpoint_url": s3_server.endpoint_url, "anon": False}
     last_url = f"s3://{s3_bucket}/{prefix}/last.ckpt"
     at_kill = CloudCheckpointIO(options).load_checkpoint(last_url)  # what the killed run had committed
-    assert at_kill["epoch"] >= finished[-1]
+    assert at_kill["epoch"] >= committed[-1]
 
     resumed = _run([*on_s3, *epochs], env)
     assert resumed[0] == {"event": "resumed", "epoch": at_kill["epoch"], "step": at_kill["global_step"]}

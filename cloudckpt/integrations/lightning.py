@@ -57,7 +57,7 @@ from cloudckpt.layout.commit import delete_checkpoint
 from cloudckpt.layout.names import MANIFEST_KEY, checkpoint_dirname, parse_name
 from cloudckpt.storage import Storage, open_storage
 
-__all__ = ["CloudCheckpointIO", "POINTER_FORMAT", "is_last_name"]
+__all__ = ["CloudCheckpointIO", "CloudModelCheckpoint", "POINTER_FORMAT", "is_last_name"]
 
 log = logging.getLogger("cloudckpt")
 
@@ -314,6 +314,35 @@ or store a number, string or tensor instead. Nothing was written.
         Example:
             >>> CloudCheckpointIO().teardown()
         """
+
+
+class CloudModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``fit(ckpt_path="last")`` finds ``last.ckpt`` on an object store too.
+
+    Lightning looks for ``last*.ckpt`` by listing ``dirpath`` with fsspec,
+    which returns remote paths without their ``s3://``; it then looks for
+    them on the local disk, finds nothing and starts from scratch
+    (Lightning-AI/pytorch-lightning#18261). This subclass returns the full
+    URLs of the "last" entries of a remote ``dirpath``; everything else is
+    ``ModelCheckpoint``, arguments included. On local disk the two are the same.
+
+    Example:
+        >>> import lightning as L
+        >>> callback = CloudModelCheckpoint(dirpath="memory://doc-cmc/run", monitor="val_loss", save_top_k=2,
+        ...                                 save_last=True)
+        >>> CloudCheckpointIO().save_checkpoint({"epoch": 4}, "memory://doc-cmc/run/last.ckpt")
+        >>> sorted(callback._find_last_checkpoints(L.Trainer(logger=False)))
+        ['memory://doc-cmc/run/last.ckpt']
+    """
+
+    def _find_last_checkpoints(self, trainer: Any) -> set[str]:
+        dirpath = None if self.dirpath is None else str(self.dirpath)
+        if dirpath is None or "://" not in dirpath or dirpath.startswith("file://"):
+            return super()._find_last_checkpoints(trainer)
+        if not self._fs.exists(dirpath):
+            return set()
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in self._fs.ls(dirpath, detail=False)}
+        return {f"{dirpath.rstrip('/')}/{n}" for n in names if is_last_name(n)}
 
 
 def _remove_last(parent: Storage, name: str) -> None:
