@@ -37,6 +37,7 @@ from typing import Any
 import fsspec
 import lightning as L
 import torch
+
 from cloudckpt.integrations.lightning import CloudCheckpointIO, CloudModelCheckpoint
 
 
