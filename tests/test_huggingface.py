@@ -118,3 +118,32 @@ def test_save_strategy_best_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="save_strategy='best'"):
         Trainer(model=GPT2LMHeadModel(config), args=args, train_dataset=_dataset(), eval_dataset=_dataset(),
                 callbacks=[CheckpointManagerCallback("memory://hf-best")])  # fmt: skip
+
+
+def test_example_killed_by_sigkill_resumes_on_s3_and_ends_like_an_uninterrupted_run(s3_server, s3_bucket, tmp_path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    example = root / "examples" / "huggingface_training.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    on_s3 = ["--bucket", s3_bucket, "--endpoint-url", s3_server.endpoint_url, "--prefix", f"hf-{os.urandom(4).hex()}"]
+
+    def run(*args: str) -> tuple[int, list[dict]]:
+        out = subprocess.run([sys.executable, str(example), *args], capture_output=True, text=True, env=env, timeout=300)
+        return out.returncode, [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"')]
+
+    rc, killed = run(*on_s3, "--kill-at", "6")
+    assert rc == -signal.SIGKILL, killed
+    assert [e["step"] for e in killed if e["event"] == "step"] == [1, 2, 3, 4, 5, 6]
+    rc, resumed = run(*on_s3)
+    assert rc == 0, resumed
+    assert resumed[0]["event"] == "resumed" and resumed[0]["step"] == 4  # the latest save before the kill
+    rc, reference = run("--dir", str(tmp_path / "reference"))
+    assert rc == 0 and "resumed" not in {e["event"] for e in reference}
+    assert resumed[-1] == {**reference[-1]}  # done: same step, same weights (sha256)
+    losses = {e["step"]: e["loss"] for e in [*killed, *resumed] if e["event"] == "step"}
+    assert losses == {e["step"]: e["loss"] for e in reference if e["event"] == "step"}

@@ -138,6 +138,7 @@ class CheckpointManagerCallback(TrainerCallback):
         self.manager: CheckpointManager | None = None
         self._record = _TrainerStateRecord()
         self._pending: dict[str, Any] | None = None  # what resume_from_checkpoint loaded, until it is applied
+        self.resumed_from: str | None = None  # the URL resume_from_checkpoint loaded
         self._due = False  # a save the Trainer asked for, made once this step's log is in the state
 
     # -- resume -----------------------------------------------------------
@@ -164,6 +165,7 @@ class CheckpointManagerCallback(TrainerCallback):
         with open(f"{stub}/{TRAINER_STATE_NAME}", "w", encoding="utf-8") as f:
             f.write(saved["trainer_state"]["json"])
         self._pending = {"url": url, **saved}
+        self.resumed_from = url
         return stub
 
     # -- events -----------------------------------------------------------
