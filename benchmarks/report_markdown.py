@@ -157,6 +157,9 @@ def render_markdown(path: str, records: list[dict[str, Any]], runs: list[dict[st
     w(verdict(rows))
     if "profiling" in keep:
         w(keep["profiling"] + "\n")
+    for name, block in keep.items():  # any other hand-written section (e.g. the framework integrations)
+        if name not in ("analysis", "profiling"):
+            w(block + "\n")
     _failures(w, rows, runs)
     w("## Peers\n")
     for lib in LIBS.values():

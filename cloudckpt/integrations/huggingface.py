@@ -39,6 +39,7 @@ import random
 import tempfile
 from typing import Any
 
+import ml_dtypes  # noqa: F401  (here, with the framework: a first save or load would otherwise pay its import)
 import numpy as np
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments

@@ -45,6 +45,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import ml_dtypes  # noqa: F401  (here, with the framework: a first save or load would otherwise pay its import)
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
