@@ -15,18 +15,20 @@ from typing import Any
 import pytest
 
 _NEEDS = {"torch.py": "torch", "torch_dist.py": "torch", "torch_group.py": "torch", "jax.py": "jax", "jax_group.py": "jax"}
-_INTEGRATIONS = {"lightning.py": "lightning", "huggingface.py": "transformers"}  # cloudckpt/integrations/
+_INTEGRATIONS = {"lightning.py": "torch lightning", "huggingface.py": "torch transformers"}  # cloudckpt/integrations/
 
 
 def _missing(file_path: Path) -> str | None:
     """Why the framework a framework module needs does not import, or None if it does."""
     table = {"frameworks": _NEEDS, "integrations": _INTEGRATIONS}.get(file_path.parent.name, {})
     if file_path.name in table:
-        name = table[file_path.name]
-        try:  # imported, not just found: an installed framework that fails to import is skipped too
-            importlib.import_module(name)
-        except ImportError as exc:
-            return f"{name} is not installed ({exc})"
+        names = table[file_path.name].split()
+        for name in names:
+            try:  # imported, not just found: an installed framework that fails to import is skipped too
+                importlib.import_module(name)
+            except ImportError as exc:
+                needed = f"{' and '.join(names)} are needed: " if len(names) > 1 else ""
+                return f"{needed}{name} is not installed ({exc})"
     return None
 
 
