@@ -103,8 +103,8 @@ def test_resume_from_the_manager_continues_bit_exactly(backend, tmp_path, capsys
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("checkpoint-*"))  # no local copy
 
 
-def test_a_fresh_directory_starts_from_scratch(tmp_path) -> None:
-    callback = CheckpointManagerCallback(f"memory://hf-fresh-{os.urandom(4).hex()}")
+def test_a_fresh_directory_starts_from_scratch_and_async_saves_commit(tmp_path) -> None:
+    callback = CheckpointManagerCallback(f"memory://hf-fresh-{os.urandom(4).hex()}", async_save=True)
     trainer = _trainer(tmp_path, [callback], 5)
     assert callback.resume_from_checkpoint(trainer) is None
     trainer.train(resume_from_checkpoint=None)

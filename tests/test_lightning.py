@@ -164,6 +164,10 @@ def test_remove_checkpoint_uncommits_first_and_guards(tmp_path) -> None:
     assert not (tmp_path / "run" / "a.ckpt").exists()
     with pytest.raises(cloudckpt.CheckpointExistsError):  # committed checkpoints are never overwritten
         io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, f"{run}/b.ckpt")
+    cloudckpt.save(f"{run}/last.ckpt", {"epoch": 7})  # a "last" saved without the pointer (save_last="link")
+    assert CloudCheckpointIO().load_checkpoint(f"{run}/last.ckpt")["epoch"] == 7
+    io.remove_checkpoint(f"{run}/last.ckpt")
+    assert not (tmp_path / "run" / "last.ckpt").exists()
 
 
 def _read_events(proc: subprocess.Popen, until: Any, timeout: float) -> list[dict]:

@@ -234,12 +234,15 @@ or store a number, string or tensor instead. Nothing was written.
         url = _normalize(path)
         if not is_last_name(url):
             return url
+        opts = storage_options or self.storage_options
+        if open_storage(url, opts).exists(MANIFEST_KEY):
+            return url  # a checkpoint saved there directly (save_last="link", or without the plugin's pointer)
         parent_url, name = _split(url)
-        parent = open_storage(parent_url, storage_options or self.storage_options)
+        parent = open_storage(parent_url, opts)
         try:
             raw = parent.read(name, max_bytes=_POINTER_MAX)
-        except (ObjectNotFoundError, IsADirectoryError, FileNotFoundError):
-            return url  # a checkpoint saved there directly (or nothing: load says so)
+        except ObjectNotFoundError:
+            return url  # nothing there: load says so
         try:
             pointer = json.loads(raw)
             target = pointer["checkpoint"]
