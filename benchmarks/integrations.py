@@ -146,15 +146,15 @@ def _hf_save(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _hf_load(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
+    from safetensors.torch import load_file
+
+    import cloudckpt
+    import cloudckpt.integrations.huggingface  # noqa: F401  (imported in a training process, as transformers is)
 
     t0 = time.perf_counter()
     if spec["impl"] == "cloudckpt":
-        import cloudckpt
-
         state: Any = cloudckpt.load(spec["path"] + "/managed/ckpt-1", storage_options=spec["opts"], framework="torch")
     else:
-        from safetensors.torch import load_file
-
         d = spec["path"] + "/checkpoint-1"
         state = {"model": load_file(d + "/model.safetensors"),
                  "optimizer": torch.load(d + "/optimizer.pt", weights_only=True),
