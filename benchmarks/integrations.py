@@ -149,7 +149,7 @@ def _hf_load(spec: dict[str, Any]) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     import cloudckpt
-    import cloudckpt.integrations.huggingface  # noqa: F401  (imported in a training process, as transformers is)
+    import cloudckpt.integrations.huggingface  # (imported in a training process, as transformers is)
 
     t0 = time.perf_counter()
     if spec["impl"] == "cloudckpt":
