@@ -16,9 +16,10 @@ naming a checkpoint of the directory ``<name>.versions/`` beside it: a save
 commits ``last.ckpt.versions/ckpt-<n+1>``, then replaces the pointer (one
 whole-object write), then deletes the older versions. A crash at any
 instant leaves ``last.ckpt`` naming a committed checkpoint. The pointer is an
-ordinary file, so ``fit(ckpt_path="last")`` finds it (Lightning asks its
-filesystem for the modification time of ``last*.ckpt``, which an object
-store cannot give for a directory).
+ordinary file, so Lightning can ask its filesystem for its modification time
+(to pick the newest ``last*.ckpt``), which an object store cannot give for a
+directory; :class:`CloudModelCheckpoint` lets ``fit(ckpt_path="last")`` find
+it on an object store at all.
 
 Deleting. ``remove_checkpoint`` uncommits (manifest first, then the data),
 and only removes a checkpoint inside a directory this plugin has saved into
