@@ -75,6 +75,7 @@ def _run_crash_resume(tmp_path, url: str, storage_options, save_steps: int, cras
     resume = callback.resume_from_checkpoint(second)
     assert resume is not None
     second.train(resume_from_checkpoint=resume)
+    assert not os.path.exists(resume)  # the local resume directory is gone once training ends
     return second, losses, callback.directory
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import tempfile
 from typing import Any
 
@@ -140,6 +141,7 @@ class CheckpointManagerCallback(TrainerCallback):
         self._record = _TrainerStateRecord()
         self._pending: dict[str, Any] | None = None  # what resume_from_checkpoint loaded, until it is applied
         self.resumed_from: str | None = None  # the URL resume_from_checkpoint loaded
+        self._stub: str | None = None  # the local directory it wrote for the Trainer, removed when training ends
         self._due = False  # a save the Trainer asked for, made once this step's log is in the state
 
     # -- resume -----------------------------------------------------------
@@ -166,7 +168,7 @@ class CheckpointManagerCallback(TrainerCallback):
         with open(f"{stub}/{TRAINER_STATE_NAME}", "w", encoding="utf-8") as f:
             f.write(saved["trainer_state"]["json"])
         self._pending = {"url": url, **saved}
-        self.resumed_from = url
+        self.resumed_from, self._stub = url, stub
         return stub
 
     # -- events -----------------------------------------------------------
@@ -259,7 +261,7 @@ class CheckpointManagerCallback(TrainerCallback):
         self._save_if_due(state, control)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        """Wait for a background save (``async_save=True``) to commit.
+        """Wait for a background save (``async_save=True``) to commit; remove the local resume directory.
 
         Example:
             >>> CheckpointManagerCallback("memory://doc-hf-end").on_train_end(None, None, None)
@@ -268,6 +270,9 @@ class CheckpointManagerCallback(TrainerCallback):
             self._save(state)
         if self.manager is not None:
             self.manager.sync()
+        if self._stub is not None:
+            shutil.rmtree(self._stub, ignore_errors=True)
+            self._stub = None
 
     def _save_if_due(self, state: TrainerState, control: TrainerControl) -> None:
         if not control.should_save or self.manager is None:
