@@ -148,3 +148,23 @@ def test_example_killed_by_sigkill_resumes_on_s3_and_ends_like_an_uninterrupted_
     assert resumed[-1] == {**reference[-1]}  # done: same step, same weights (sha256)
     losses = {e["step"]: e["loss"] for e in [*killed, *resumed] if e["event"] == "step"}
     assert losses == {e["step"]: e["loss"] for e in reference if e["event"] == "step"}
+
+
+def test_benchmark_script_measures_both_paths(tmp_path) -> None:
+    """benchmarks/integrations.py (docs/benchmarks.md) for the Trainer, tiny: every row measured."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.integrations", "--framework", "huggingface", "--mb", "8",
+                          "--reps", "1", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json")],
+                         cwd=root, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = json.loads((tmp_path / "r.json").read_text())
+    rows = {(r["impl"], r["phase"], r["cache"]) for r in records}
+    for impl in ("own", "cloudckpt"):
+        assert {(impl, "save", "-"), (impl, "load", "warm")} <= rows
+        assert (impl, "load", "cold") in rows or (impl, "load", "not-cold") in rows
+    assert all(r["seconds"] > 0 and r["bytes"] > 1e6 for r in records)

@@ -226,3 +226,18 @@ def test_sigkill_mid_run_resumes_from_last_bit_exactly_on_s3(s3_server, s3_bucke
     assert resumed[-1]["digest"] == reference[-1]["digest"]  # weights and optimizer state, every bit
     losses = {e["epoch"]: e["loss"] for e in [*events, *resumed] if e["event"] == "epoch"}
     assert losses == {e["epoch"]: e["loss"] for e in reference if e["event"] == "epoch"}
+
+
+def test_benchmark_script_measures_both_paths(tmp_path) -> None:
+    """benchmarks/integrations.py (docs/benchmarks.md), tiny: every row measured, cold loads really cold."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.integrations", "--framework", "lightning", "--mb", "1",
+                          "--reps", "1", "--workdir", str(tmp_path), "--json", str(tmp_path / "r.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = json.loads((tmp_path / "r.json").read_text())
+    rows = {(r["impl"], r["phase"], r["cache"]) for r in records}
+    for impl in ("own", "cloudckpt"):
+        assert {(impl, "save", "-"), (impl, "load", "warm")} <= rows
+        assert (impl, "load", "cold") in rows or (impl, "load", "not-cold") in rows
+    assert all(r["seconds"] > 0 and r["bytes"] > 1e6 for r in records)
+    assert "| cloudckpt | save (blocking) |" in out.stdout
