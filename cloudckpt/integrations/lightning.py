@@ -53,7 +53,7 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cloudckpt.api import load, save
-from cloudckpt.errors import CheckpointNotFoundError, ObjectNotFoundError
+from cloudckpt.errors import CheckpointError, CheckpointNotFoundError, ObjectNotFoundError
 from cloudckpt.format.tensor_store import StoreOptions
 from cloudckpt.layout.commit import delete_checkpoint
 from cloudckpt.layout.names import MANIFEST_KEY, checkpoint_dirname, parse_name
@@ -235,11 +235,10 @@ or store a number, string or tensor instead. Nothing was written.
         url = _normalize(path)
         if not is_last_name(url):
             return url
-        opts = storage_options or self.storage_options
-        if open_storage(url, opts).exists(MANIFEST_KEY):
-            return url  # a checkpoint saved there directly (save_last="link", or without the plugin's pointer)
         parent_url, name = _split(url)
-        parent = open_storage(parent_url, opts)
+        parent = open_storage(parent_url, storage_options or self.storage_options)
+        if _is_checkpoint(parent, name):
+            return url  # a checkpoint saved there directly (save_last="link", or without the plugin's pointer)
         try:
             raw = parent.read(name, max_bytes=_POINTER_MAX)
         except ObjectNotFoundError:
@@ -350,13 +349,17 @@ class CloudModelCheckpoint(ModelCheckpoint):
         return {f"{dirpath.rstrip('/')}/{n}" for n in names if is_last_name(n)}
 
 
+def _is_checkpoint(parent: Storage, name: str) -> bool:
+    """Whether ``name`` in ``parent`` is a checkpoint (a directory with a manifest), not a pointer object."""
+    try:
+        return parent.exists(f"{name}/{MANIFEST_KEY}")
+    except (OSError, CheckpointError):  # local disk: the pointer file is not a directory
+        return False
+
+
 def _remove_last(parent: Storage, name: str) -> None:
     versions = parent.child(name + _VERSIONS)
-    try:
-        is_pointer = not parent.child(name).exists(MANIFEST_KEY)
-    except Exception:  # a plain object at that key is not a directory on every backend
-        is_pointer = True
-    if not is_pointer:
+    if _is_checkpoint(parent, name):
         delete_checkpoint(parent, name)
         return
     parent.delete([name])  # the pointer first: "last" is gone from here on
