@@ -14,22 +14,23 @@ from typing import Any
 
 import pytest
 
-_INTEGRATIONS = {"dcp.py": "torch"}  # cloudckpt/integrations/dcp.py and its alias cloudckpt/dcp.py
 _NEEDS = {"torch.py": "torch", "torch_dist.py": "torch", "torch_group.py": "torch", "jax.py": "jax", "jax_group.py": "jax"}
+# cloudckpt/integrations/
+_INTEGRATIONS = {"dcp.py": "torch", "lightning.py": "torch lightning", "huggingface.py": "torch transformers"}
+_ALIASES = {"dcp.py": "torch"}  # cloudckpt/dcp.py, the alias of cloudckpt.integrations.dcp
 
 
 def _missing(file_path: Path) -> str | None:
     """Why the framework a framework module needs does not import, or None if it does."""
-    name = None
-    if file_path.parent.name == "frameworks" and file_path.name in _NEEDS:
-        name = _NEEDS[file_path.name]
-    elif file_path.name in _INTEGRATIONS and file_path.parent.name in ("integrations", "cloudckpt"):
-        name = _INTEGRATIONS[file_path.name]
-    if name is not None:
-        try:  # imported, not just found: an installed framework that fails to import is skipped too
-            importlib.import_module(name)
-        except ImportError as exc:
-            return f"{name} is not installed ({exc})"
+    table = {"frameworks": _NEEDS, "integrations": _INTEGRATIONS, "cloudckpt": _ALIASES}.get(file_path.parent.name, {})
+    if file_path.name in table:
+        names = table[file_path.name].split()
+        for name in names:
+            try:  # imported, not just found: an installed framework that fails to import is skipped too
+                importlib.import_module(name)
+            except ImportError as exc:
+                needed = f"{' and '.join(names)} are needed: " if len(names) > 1 else ""
+                return f"{needed}{name} is not installed ({exc})"
     return None
 
 

@@ -1,2 +1,12 @@
-"""Integrations of cloudckpt with the checkpoint APIs of training frameworks
-(one module per framework, each imported only when the program asks for it)."""
+"""Integrations with training frameworks, each imported only when its module is.
+
+One module per framework, each an optional extra that imports its framework
+itself (``import cloudckpt`` imports none of them):
+
+* :mod:`cloudckpt.integrations.dcp`: ``Writer`` and ``Reader``, a PyTorch DCP
+  ``StorageWriter``/``StorageReader`` (``cloudckpt.dcp``; ``pip install 'cloudckpt[dcp]'``);
+* :mod:`cloudckpt.integrations.lightning`: ``CloudCheckpointIO``, a PyTorch
+  Lightning ``CheckpointIO`` plugin (``pip install 'cloudckpt[lightning]'``);
+* :mod:`cloudckpt.integrations.huggingface`: ``CheckpointManagerCallback``, a
+  Hugging Face ``TrainerCallback`` (``pip install 'cloudckpt[huggingface]'``).
+"""
