@@ -139,7 +139,7 @@ DAMAGE = {
     "flip-padding": lambda fs, p: fs.pipe_file(p, _flip(fs.cat_file(p), -1)),
     "truncate": lambda fs, p: fs.pipe_file(p, fs.cat_file(p)[:-3]),
     "empty": lambda fs, p: fs.pipe_file(p, b""),
-    "delete": lambda fs, p: fs.rm_file(p),
+    "delete": lambda fs, p: fs.rm(p),  # rm, not rm_file: adlfs before 2025 has no rm_file
 }
 
 
@@ -231,7 +231,7 @@ def test_damaged_manifest_raises_corrupt_naming_it(backend, damage):
 
 def test_deleted_manifest_means_no_checkpoint(backend):
     url = save(backend)
-    inspect_fs(backend).rm_file(object_path(backend, url, "manifest.json"))
+    inspect_fs(backend).rm(object_path(backend, url, "manifest.json"))
     with pytest.raises(cloudckpt.CheckpointNotFoundError, match=r"manifest\.json"):
         cloudckpt.load(url, storage_options=backend.storage_options)
 

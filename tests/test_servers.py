@@ -48,7 +48,7 @@ def test_object_roundtrip_create_list_delete(object_backend):
     assert sorted(strip(p) for p in fs.find(base, refresh=True)) == ["a.bin", "c.json", "sub/b.bin"]
     assert sorted(strip(p) for p in fs.ls(base, detail=False, refresh=True)) == ["a.bin", "c.json", "sub"]
 
-    fs.rm_file(a)
+    fs.rm(a)
     assert not fs.exists(a)
     fs.rm(base, recursive=True)
     assert fs.find(base, refresh=True) == []
