@@ -83,7 +83,7 @@ def _names(fs: Any, root: str) -> set[str]:
 @pytest.fixture
 def lightning_fs(object_backend, monkeypatch):
     """Lightning lists dirpath with its own fsspec filesystem: give it the emulator's options."""
-    protocol = {"s3": "s3", "gcs": "gs"}[object_backend.name]
+    protocol = {"s3": "s3", "gcs": "gs", "azure": "az"}[object_backend.name]
     monkeypatch.setitem(fsspec.config.conf, protocol, dict(object_backend.storage_options))
     return object_backend
 

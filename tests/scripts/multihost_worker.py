@@ -301,4 +301,9 @@ if __name__ == "__main__":
         emit(url=url, bad=compare(ARGS["ref"], full_state(model, opt)), step=ckpt.step, rng=ckpt.rng.value.tolist())
         sys.exit(0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sys.exit(main())
+    code = main()  # every save has committed (or failed) and the process group is destroyed by now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip interpreter teardown: torch's C++ threads at exit once aborted a rank whose work had all succeeded
+    # ("terminate called without an active exception", exit -6) on a loaded machine
+    os._exit(int(code or 0))
