@@ -105,9 +105,19 @@ class FsspecBackend(BackendBase):
     BUCKETED_SCHEMES = frozenset({"az", "abfs", "abfss", "adl", "oss", "r2", "wasb", "wasbs"})
 
     @classmethod
+    def has_buckets(cls, protocol: str) -> bool:
+        """Whether the first path component of ``protocol``'s URLs is a bucket or
+        container (an object store: no directories to make or remove).
+
+        Example:
+            >>> FsspecBackend.has_buckets("az"), FsspecBackend.has_buckets("ftp")
+            (True, False)
+        """
+        return cls.bucketed or protocol in cls.BUCKETED_SCHEMES
+
+    @classmethod
     def url_path(cls, protocol: str, rest: str) -> str:
-        bucketed = cls.bucketed or protocol in cls.BUCKETED_SCHEMES
-        return normalise_key_path(protocol, rest, bucketed=bucketed)
+        return normalise_key_path(protocol, rest, bucketed=cls.has_buckets(protocol))
 
     @classmethod
     def url_options(cls, protocol: str, url: str) -> dict[str, Any]:
@@ -287,7 +297,7 @@ class FsspecBackend(BackendBase):
     def _make_parent(self, path: str) -> None:
         """A filesystem with directories (FTP, SFTP, SMB, WebDAV) writes a file
         only into a directory that exists; object stores have none to make."""
-        if self.bucketed or self.protocol in self.BUCKETED_SCHEMES:
+        if self.has_buckets(self.protocol):
             return
         parent = posixpath.dirname(path.rstrip("/"))
         if parent and parent not in self._made_dirs:
@@ -355,7 +365,7 @@ class FsspecBackend(BackendBase):
         keys = self.find(path)
         base = path.rstrip("/") + "/"
         self.delete([base + k for k in keys])
-        if self.bucketed or self.protocol in self.BUCKETED_SCHEMES:
+        if self.has_buckets(self.protocol):
             return
         try:
             self.fs.rm(path, recursive=True, **self._kw())
