@@ -21,6 +21,7 @@ from cloudckpt.distributed.group import agree, current_rank, resolve_group
 from cloudckpt.format.node_names import leaf_entries
 from cloudckpt.format.tensor_store import StoreOptions
 from cloudckpt.layout.checkpoint_io import describe_leaves, read_manifest, read_state, write_checkpoint
+from cloudckpt.layout.incremental import open_base
 from cloudckpt.storage import open_storage
 
 __all__ = ["save", "load", "info", "CheckpointInfo"]
@@ -34,6 +35,7 @@ def save(
     metadata: Mapping[str, Any] | None = None,
     options: StoreOptions | None = None,
     process_group: Any = None,
+    base: str | None = None,
 ) -> str:
     """Write ``state`` as one checkpoint at ``path`` and return its URL.
 
@@ -52,15 +54,33 @@ def save(
     writing spread over the ranks; ``cloudckpt.PerRank`` values are kept per
     rank. One manifest commits them all, or none (every rank raises).
 
+    ``base``: the URL of an earlier checkpoint on the same store (an
+    incremental save). Every object holding the same bytes as one of the
+    base's is copied inside the store (S3 ``CopyObject``, GCS rewrite, a hard
+    link on local disk) instead of sent; the new checkpoint is whole, and
+    deleting the base never affects it. A base that cannot serve (missing,
+    damaged, on another store, written by an older cloudckpt) makes the save
+    write everything. A :class:`~cloudckpt.CheckpointManager` does this by
+    itself (its ``incremental`` option).
+
     Example:
         >>> import numpy as np, cloudckpt, tempfile, os
         >>> d = tempfile.mkdtemp()
         >>> cloudckpt.save(os.path.join(d, "ckpt-1"), {"w": np.zeros(2)}) == os.path.join(d, "ckpt-1")
         True
+        >>> state = {"frozen": np.zeros(1 << 20), "lora": np.ones(8)}
+        >>> first = cloudckpt.save(os.path.join(d, "ckpt-2"), state)
+        >>> state["lora"] += 1
+        >>> second = cloudckpt.save(os.path.join(d, "ckpt-3"), state, base=first)
+        >>> cloudckpt.load(second)["lora"][0]
+        2.0
     """
     group = resolve_group(process_group)
     storage = open_storage(path, storage_options)
-    return write_checkpoint(storage, state, metadata=metadata, options=options, group=group).url
+    found = None
+    if base is not None:
+        found = open_base(storage, open_storage(base, storage_options))
+    return write_checkpoint(storage, state, metadata=metadata, options=options, group=group, base=found).url
 
 
 def load(

@@ -1,4 +1,10 @@
-"""crc32c checksums (Castagnoli, as GCS and S3 use), incremental over buffers.
+"""Checksums of stored objects, incremental over buffers.
+
+Two per object: the crc32c (Castagnoli, as GCS and S3 use), which catches
+damage, and a content hash (XXH3-128, from the ``xxhash`` package), wide
+enough to stand for the bytes, by which an incremental save or ``cloudckpt
+cp`` recognises an object a checkpoint already holds
+(:func:`checksums_many` computes both in one pass over the buffers).
 
 The ``crc32c`` package computes them (in C, releasing the GIL on large
 buffers). Importing that package runs its ``__init__``, which reads its own
@@ -24,7 +30,12 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["crc32c_of", "crc32c_many"]
+import xxhash
+
+__all__ = ["crc32c_of", "crc32c_many", "checksums_many", "content_hash_many", "CONTENT_HASH"]
+
+#: The name of the content hash, the field of a manifest's object entries that holds it.
+CONTENT_HASH = "xxh3"
 
 Buffer = bytes | bytearray | memoryview
 
@@ -83,3 +94,47 @@ def crc32c_many(buffers: Iterable[Buffer], value: int = 0) -> int:
     for b in buffers:
         value = int(_crc32c(b, value))
     return value
+
+
+def content_hash_many(buffers: Iterable[Buffer]) -> str:
+    """The XXH3-128 of the concatenation of ``buffers``, as 32 lowercase hex digits.
+
+    Example:
+        >>> content_hash_many([b"hel", b"lo"]) == content_hash_many([b"hello"])
+        True
+        >>> len(content_hash_many([]))
+        32
+    """
+    h = xxhash.xxh3_128()
+    for b in buffers:
+        h.update(b)
+    return str(h.hexdigest())
+
+
+def checksums_many(buffers: Iterable[Buffer]) -> tuple[int, str]:
+    """The crc32c and the content hash of the concatenation of ``buffers``,
+    in one pass (each buffer is read while it is in the CPU's cache).
+
+    Example:
+        >>> crc, digest = checksums_many([b"hel", b"lo"])
+        >>> crc == crc32c_of(b"hello"), digest == content_hash_many([b"hello"])
+        (True, True)
+    """
+    h = xxhash.xxh3_128()
+    value = 0
+    for b in buffers:
+        n = memoryview(b).nbytes
+        # pieces of 4 MiB: the crc of a piece runs while it is still in the cache the hash read it into
+        if n <= _PIECE:
+            value = int(_crc32c(b, value))
+            h.update(b)
+            continue
+        view = memoryview(b).cast("B") if memoryview(b).ndim != 1 or memoryview(b).format != "B" else memoryview(b)
+        for lo in range(0, n, _PIECE):
+            piece = view[lo : lo + _PIECE]
+            value = int(_crc32c(piece, value))
+            h.update(piece)
+    return value, str(h.hexdigest())
+
+
+_PIECE = 4 << 20

@@ -88,7 +88,7 @@ def build_manifest(
     writer.update(writer_extra or {})
     return {
         "format": "cloudckpt",
-        "format_version": version_for(tree, arrays_json),
+        "format_version": version_for(tree, arrays_json, objects),
         "created": created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         "writer": writer,

@@ -12,8 +12,8 @@ A TypedDict's docstring is its description in the schema; a TypedDict is
 closed (no other fields) unless it is in :data:`OPEN`.
 
 Example:
-    >>> sorted(ObjectEntry.__required_keys__)
-    ['crc32c', 'key', 'size']
+    >>> sorted(ObjectEntry.__annotations__)
+    ['crc32c', 'key', 'size', 'xxh3']
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cloudckpt.format.dtypes import ML_DTYPE_NAMES
 __all__ = ["Def", "S", "Manifest", "ArrayJson", "ObjectEntry", "Node", "DEFS", "OPEN", "EXACTLY_ONE_OF", "FORMAT_VERSIONS", "MAX_SIZE"]
 
 MAX_SIZE = 1 << 56  # the largest byte count, offset or element count a manifest may hold
-FORMAT_VERSIONS = (1, 2, 3)  # the format versions this library reads (the newest last)
+FORMAT_VERSIONS = (1, 2, 3, 4)  # the format versions this library reads (the newest last)
 
 
 @dataclass(frozen=True)
@@ -177,12 +177,21 @@ class PackJson(TypedDict):
     objects: Annotated[Range, S("The pack's chunk objects: objects[start:stop].")]
 
 
+Xxh3 = Annotated[
+    str,
+    Def("xxh3"),
+    S("XXH3-128 of all the object's bytes, as 32 lowercase hex digits (format version 4).", pattern="^[0-9a-f]{32}$"),
+]
+
+
 class ObjectEntry(TypedDict):
-    """One stored object: its key relative to the checkpoint directory, its size in bytes and the crc32c of all its bytes."""
+    """One stored object: its key relative to the checkpoint directory, its size in bytes, the crc32c of all its bytes
+    and (format version 4) their XXH3-128, by which a later save or a copy recognises an object it already holds."""
 
     key: Key
     size: Size
     crc32c: Crc32c
+    xxh3: NotRequired[Xxh3]
 
 
 # -- the tree ------------------------------------------------------------------
@@ -341,7 +350,7 @@ class Manifest(TypedDict):
 
     format: Annotated[Literal["cloudckpt"], S("Always the string 'cloudckpt'.")]
     format_version: Annotated[
-        Literal[1, 2, 3],  # FORMAT_VERSIONS (tests/test_format_schema.py checks that they agree)
+        Literal[1, 2, 3, 4],  # FORMAT_VERSIONS (tests/test_format_schema.py checks that they agree)
         S(
             "Version of the on-storage format, the oldest that holds the checkpoint: 3 if the tree has a 'per_rank' node "
             "or an array is stored as a sharded array (a 'chunked' record with a null 'axis', or a 'shards' record); else 2 "
@@ -406,6 +415,7 @@ class Manifest(TypedDict):
 DEFS: dict[str, Any] = {
     "size": Size,
     "crc32c": Crc32c,
+    "xxh3": Xxh3,
     "key": Key,
     "range": Range,
     "dtype": Dtype,

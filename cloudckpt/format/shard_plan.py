@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.chunking import chunk_layout
 from cloudckpt.format.dtypes import dtype_name, storage_dtype, stored_view
 from cloudckpt.format.object_io import flat_bytes
 from cloudckpt.format.records import ChunkedRecord, Shard, ShardedRecord
+from cloudckpt.format.reuse import ObjectSink
 from cloudckpt.format.shards import Cell, cells, grid_for, partition_problem
 from cloudckpt.format.tree import Leaf, format_path
 from cloudckpt.format.zarr_meta import array_doc
@@ -44,7 +44,10 @@ from cloudckpt.storage import Storage
 if TYPE_CHECKING:
     from cloudckpt.format.manifest_types import ObjectEntry
 
-__all__ = ["ShardedPlan", "plan_sharded"]
+__all__ = ["ShardedPlan", "plan_sharded", "PutObject"]
+
+#: Places one object of a save (key, buffers back to back) and returns its manifest entry.
+PutObject = Callable[[str, Sequence[Any]], "ObjectEntry"]
 
 
 @dataclass
@@ -66,7 +69,7 @@ def _parents(node: str) -> set[str]:
 
 
 def _cell_job(
-    storage: Storage, prefix: str, cell: Cell, box_offset: tuple[int, ...], pieces: Mapping[tuple[int, ...], np.ndarray], sdt: np.dtype
+    storage: Storage, put: PutObject, prefix: str, cell: Cell, box_offset: tuple[int, ...], pieces: Mapping[tuple[int, ...], np.ndarray], sdt: np.dtype
 ) -> Callable[[], tuple[ObjectEntry, dict[int, int]]]:
     key = f"{prefix}/{cell.key}"
 
@@ -82,20 +85,22 @@ def _cell_job(
             full = np.zeros(cell.chunk, sdt)
             full[tuple(slice(0, n) for n in cell.shape)] = stored_view(part)
             view = memoryview(full.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        crc = crc32c_of(view)
-        storage.write(key, [view])
-        return {"key": key, "size": view.nbytes, "crc32c": crc}, {}
+        return put(key, [view]), {}
 
     return run
 
 
-def plan_sharded(storage: Storage, prefix: str, leaf: Leaf, node: str, target: int) -> ShardedPlan:
+def plan_sharded(storage: Storage, prefix: str, leaf: Leaf, node: str, target: int, put: PutObject | None = None) -> ShardedPlan:
     """The layout and write jobs of a sharded leaf stored at zarr node ``node``.
+
+    The jobs place their objects with ``put`` (by default a plain write to ``storage``).
 
     Every rank plans the same (from the same ``leaf.shards.boxes``); each
     job names the ranks holding its bytes.
     """
     sa = leaf.shards
+    if put is None:
+        put = ObjectSink(storage, None).put
     assert sa is not None
     shape = sa.shape
     sdt = storage_dtype(sa.dtype)
@@ -124,7 +129,7 @@ def plan_sharded(storage: Storage, prefix: str, leaf: Leaf, node: str, target: i
         for cell in cells(rec, shape):
             box_offset = tuple(st[bisect_right(st, c) - 1] for st, c in zip(starts, cell.offset, strict=True))
             holders = by_offset[box_offset][1]
-            plan.jobs.append((_cell_job(storage, prefix, cell, box_offset, pieces, sdt), nbytes, holders))
+            plan.jobs.append((_cell_job(storage, put, prefix, cell, box_offset, pieces, sdt), nbytes, holders))
         return plan
     shards: list[Shard] = []
     jobs: list[tuple[Callable[[], tuple[ObjectEntry, dict[int, int]]], int, tuple[int, ...]]] = []
@@ -140,6 +145,6 @@ def plan_sharded(storage: Storage, prefix: str, leaf: Leaf, node: str, target: i
         shards.append(Shard(path, tuple(offset), tuple(bshape), tuple(bchunk), axis, (pos, pos + len(shard_cells))))
         nbytes = math.prod(bchunk) * sdt.itemsize
         for cell in shard_cells:
-            jobs.append((_cell_job(storage, prefix, cell, offset, pieces, sdt), nbytes, holders))
+            jobs.append((_cell_job(storage, put, prefix, cell, offset, pieces, sdt), nbytes, holders))
         pos += len(shard_cells)
     return ShardedPlan(ShardedRecord(*head, tuple(shards)), docs, _parents(node) | {node}, jobs)

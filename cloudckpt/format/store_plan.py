@@ -28,7 +28,7 @@ import numpy as np
 from cloudckpt.format.chunking import PAGE, Chunk, chunk_layout, chunks_of
 from cloudckpt.format.dtypes import dtype_name, storage_dtype, storage_shape
 from cloudckpt.format.records import ArrayRecord, ChunkedRecord, PackedRecord, PackRecord, ShardedRecord
-from cloudckpt.format.shard_plan import plan_sharded
+from cloudckpt.format.shard_plan import PutObject, plan_sharded
 from cloudckpt.format.tensor_store import PACK_NODE, MiB, StoreOptions
 from cloudckpt.format.tree import Leaf
 from cloudckpt.format.zarr_meta import array_doc, group_doc
@@ -41,6 +41,7 @@ __all__ = ["Job", "StorePlan", "plan_store", "place_objects"]
 
 _PACK_PIECES = 8  # on object stores, the pack is split into up to this many objects ...
 _MIN_PACK_PIECE = 4 * MiB  # ... of at least this size (see _pack_chunk_bytes)
+_MAX_PACK_PIECE = 8 * MiB  # and of at most this size everywhere: a changed small tensor resends at most this much
 
 #: What writing one object returns: its manifest entry, and the crc32c of
 #: the packed tensors that start in it (by leaf index).
@@ -118,12 +119,19 @@ def _plan_chunked(plan: StorePlan, i: int, leaf: Leaf, node: str, target: int) -
 
 
 def plan_store(
-    storage: Storage, prefix: str, leaves: Sequence[Leaf], opts: StoreOptions, node_paths: Sequence[str] | None = None
+    storage: Storage,
+    prefix: str,
+    leaves: Sequence[Leaf],
+    opts: StoreOptions,
+    node_paths: Sequence[str] | None = None,
+    put: PutObject | None = None,
 ) -> StorePlan:
     """The layout of ``leaves`` stored under ``prefix`` (see the module example).
 
     ``node_paths[i]`` is the zarr node of leaf ``i`` when it is stored as its
-    own array (default ``a<i>``). The jobs of sharded leaves write to ``storage``.
+    own array (default ``a<i>``). The jobs of sharded leaves place their
+    objects with ``put`` (:meth:`cloudckpt.format.reuse.ObjectSink.put`; by
+    default one that writes to ``storage``).
     """
     if node_paths is None:
         node_paths = [f"a{i}" for i in range(len(leaves))]
@@ -134,7 +142,7 @@ def plan_store(
         nbytes = int(arr.nbytes)
         plan.nbytes += nbytes
         if leaf.shards is not None:
-            sp = plan_sharded(storage, prefix, leaf, node_paths[i], opts.chunk_bytes)
+            sp = plan_sharded(storage, prefix, leaf, node_paths[i], opts.chunk_bytes, put)
             for node, doc in sp.docs.items():
                 _add_doc(plan, node, doc)
             plan._groups.update(sp.groups)
@@ -155,8 +163,15 @@ def plan_store(
 
 
 def _pack_chunk_bytes(storage: Storage, pack_len: int, chunk_bytes: int) -> int:
-    """The size of the pack's objects."""
-    m = max(1, math.ceil(pack_len / chunk_bytes))
+    """The size of the pack's objects.
+
+    At most ``_MAX_PACK_PIECE`` (or ``chunk_bytes`` if smaller): an
+    incremental save resends a whole pack object when one tensor in it
+    changes, so the bound on its size bounds what a small change costs. The
+    layout depends only on the packed tensors' sizes in order, so two saves
+    of a state of the same structure place every tensor at the same offset.
+    """
+    m = max(1, math.ceil(pack_len / chunk_bytes), math.ceil(pack_len / (_MAX_PACK_PIECE - PAGE)))
     if storage.capabilities.remote:
         # Object stores: a request's speed is bounded per connection, so a
         # pack of a few chunk_bytes objects would move on a few connections.

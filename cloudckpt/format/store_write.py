@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudckpt.format.budget import ByteBudget
-from cloudckpt.format.checksum import crc32c_many, crc32c_of
+from cloudckpt.format.checksum import crc32c_of
 from cloudckpt.format.chunking import Chunk
 from cloudckpt.format.object_io import flat_bytes
 from cloudckpt.format.records import ArrayRecord, PackedRecord, PackRecord
+from cloudckpt.format.reuse import BaseObjects, ObjectSink
 from cloudckpt.format.store_plan import Job, JobResult, StorePlan, place_objects, plan_store
 from cloudckpt.format.tensor_store import PACK_NODE, StoreOptions, check_options
 from cloudckpt.format.tree import Leaf
@@ -55,6 +56,8 @@ class WrittenArrays:
     nbytes: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     tensor_crcs: dict[int, int] = field(default_factory=dict)  # packed tensors whose chunk this process wrote
+    copied_objects: int = 0  # objects placed by a copy from the base (incremental saves), not sent
+    copied_bytes: int = 0
 
 
 def write_arrays(
@@ -67,6 +70,7 @@ def write_arrays(
     holders: Sequence[tuple[int, ...] | None] | None = None,
     rank: int = 0,
     world: int = 1,
+    base: BaseObjects | None = None,
 ) -> WrittenArrays:
     """Write ``leaves`` as a zarr v3 group under ``prefix`` of ``storage``.
 
@@ -82,16 +86,21 @@ def write_arrays(
     then has None for the objects of other ranks, and ``tensor_crcs`` holds
     the crc32c of the packed tensors this process wrote; the caller gathers
     them and fills in the records with :func:`fill_packed_crcs`.
+
+    ``base``: the objects of a previous checkpoint on this store; an object
+    holding the same bytes as one of them is copied inside the store instead
+    of sent (:mod:`cloudckpt.format.reuse`).
     See the module example.
     """
     opts = check_options(options)
-    plan = plan_store(storage, prefix, leaves, opts, node_paths)
+    sink = ObjectSink(storage, base)
+    plan = plan_store(storage, prefix, leaves, opts, node_paths, put=sink.put)
     # On backends whose write holds a copy of its data in flight (memory://:
     # one bytes per object), those copies are bounded by ``buffer_bytes``;
     # local disk, S3 and GCS send straight from the arrays, so only the
     # storage's concurrency bounds them.
     budget = ByteBudget(opts.buffer_bytes) if storage.capabilities.write_copies else None
-    jobs = _jobs(storage, prefix, leaves, plan, budget, holders)
+    jobs = _jobs(sink, prefix, leaves, plan, budget, holders)
     mine = [True] * len(jobs) if world == 1 else [o == rank for o in assign_owners(jobs, world)]
     mine_jobs = [job for job, m in zip(jobs, mine, strict=True) if m]
     results = iter(storage.map(lambda job: job.run(), mine_jobs, limit=storage.max_concurrency))
@@ -109,11 +118,13 @@ def write_arrays(
     records, pack = place_objects(plan)
     if world == 1:
         fill_packed_crcs(records, tensor_crc)
-    return WrittenArrays(records, pack, objects, plan.nbytes, storage.stats.snapshot(), tensor_crc)
+    return WrittenArrays(
+        records, pack, objects, plan.nbytes, storage.stats.snapshot(), tensor_crc, sink.copied_objects, sink.copied_bytes
+    )
 
 
 def _jobs(
-    storage: Storage,
+    sink: ObjectSink,
     prefix: str,
     leaves: Sequence[Leaf],
     plan: StorePlan,
@@ -121,30 +132,28 @@ def _jobs(
     holders: Sequence[tuple[int, ...] | None] | None,
 ) -> list[Job]:
     """One job per object, in the order of the manifest's object list (see :func:`place_objects`)."""
-    jobs = [Job(_doc_job(storage, f"{prefix}/{key}", doc), 1024, None) for key, doc in plan.docs]
+    jobs = [Job(_doc_job(sink, f"{prefix}/{key}", doc), 1024, None) for key, doc in plan.docs]
     starts = [off for _, off, _ in plan.packed]
     for j, (start, size) in enumerate(plan.pack_chunks):
         key = f"{prefix}/{PACK_NODE}/c/{j}"
-        jobs.append(Job(_pack_chunk_job(storage, key, start, size, plan.packed, starts, leaves, budget), size, None))
+        jobs.append(Job(_pack_chunk_job(sink, key, start, size, plan.packed, starts, leaves, budget), size, None))
     for entry in plan.chunks:
         if isinstance(entry, Job):
             jobs.append(entry)
         else:
             i, c = entry
-            jobs.append(Job(_array_chunk_job(storage, prefix, leaves[i], c, budget), c.size, holders[i] if holders else None))
+            jobs.append(Job(_array_chunk_job(sink, prefix, leaves[i], c, budget), c.size, holders[i] if holders else None))
     return jobs
 
 
-def _doc_job(storage: Storage, key: str, doc: dict[str, Any]) -> Callable[[], JobResult]:
+def _doc_job(sink: ObjectSink, key: str, doc: dict[str, Any]) -> Callable[[], JobResult]:
     def run() -> JobResult:
-        data = encode_doc(doc)
-        storage.write(key, data)
-        return {"key": key, "size": len(data), "crc32c": crc32c_of(data)}, {}
+        return sink.put(key, [encode_doc(doc)]), {}
 
     return run
 
 
-def _array_chunk_job(storage: Storage, prefix: str, leaf: Leaf, c: Chunk, budget: ByteBudget | None) -> Callable[[], JobResult]:
+def _array_chunk_job(sink: ObjectSink, prefix: str, leaf: Leaf, c: Chunk, budget: ByteBudget | None) -> Callable[[], JobResult]:
     def run() -> JobResult:
         arr = leaf.array
         if arr.ndim == 0:
@@ -158,16 +167,14 @@ def _array_chunk_job(storage: Storage, prefix: str, leaf: Leaf, c: Chunk, budget
         buffers: list[Any] = [view]
         if c.size > c.valid:
             buffers.append(bytes(c.size - c.valid))
-        crc = crc32c_many(buffers)
         with _held(budget, c.size):
-            storage.write(f"{prefix}/{c.key}", buffers)
-        return {"key": f"{prefix}/{c.key}", "size": c.size, "crc32c": crc}, {}
+            return sink.put(f"{prefix}/{c.key}", buffers), {}
 
     return run
 
 
 def _pack_chunk_job(
-    storage: Storage,
+    sink: ObjectSink,
     key: str,
     start: int,
     size: int,
@@ -199,12 +206,10 @@ def _pack_chunk_job(
             pos += 1
         if filled < size:
             buffers.append(bytes(size - filled))
-        if not storage.capabilities.gathers_writes:
+        if not sink.storage.capabilities.gathers_writes:
             buffers = _coalesce(buffers)
-        crc = crc32c_many(buffers)
         with _held(budget, size):
-            storage.write(key, buffers)
-        return {"key": key, "size": size, "crc32c": crc}, tensor_crcs
+            return sink.put(key, buffers), tensor_crcs
 
     return run
 

@@ -51,6 +51,7 @@ from cloudckpt.format.records import (
     records_from_json,
 )
 from cloudckpt.format.regions import read_regions
+from cloudckpt.format.reuse import BaseObjects
 from cloudckpt.format.shards import Box, ShardedArray
 from cloudckpt.format.store_read import read_arrays
 from cloudckpt.format.store_write import WrittenArrays, fill_packed_crcs, write_arrays
@@ -75,6 +76,7 @@ class WriteResult:
     seconds: float
     requests: int
     extra: dict[str, Any] = field(default_factory=dict)
+    copied_bytes: int = 0  # bytes this process placed by a copy from the base (incremental), not sent
 
 
 def write_checkpoint(
@@ -92,6 +94,7 @@ def write_checkpoint(
     writer_extra: Mapping[str, Any] | None = None,
     group: Any = None,
     after_commit: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    base: BaseObjects | None = None,
 ) -> WriteResult:
     """Write ``state`` as a checkpoint in the directory ``storage`` and commit it.
 
@@ -111,6 +114,11 @@ def write_checkpoint(
     the other ranks learn the outcome (its error is theirs too); the JSON
     dict it returns is every rank's ``extra`` in the result. The manifest in
     the result is rank 0's; other ranks get ``{}``.
+
+    ``base`` (:func:`cloudckpt.layout.incremental.open_base`): a committed
+    checkpoint of the same store whose objects this save copies inside the
+    store where they hold the same bytes, instead of sending them
+    (:mod:`cloudckpt.format.reuse`); the new checkpoint is whole either way.
 
     Example:
         >>> import numpy as np
@@ -134,7 +142,7 @@ def write_checkpoint(
         error = exc
     node, leaves, holders, attempt = _plan(group, node, leaves, error, attempt or attempt_id(), options)
     prefix = data_prefix(attempt)
-    written = _write_data(storage, group, prefix, node, leaves, holders, options)
+    written = _write_data(storage, group, prefix, node, leaves, holders, options, base)
     manifest: dict[str, Any] = {}
     outcome: dict[str, Any] = {"ok": True}
     if rank == 0:
@@ -150,8 +158,12 @@ def write_checkpoint(
     seconds = time.perf_counter() - t0
     requests = storage.stats.requests - requests0
     where = f" (rank {rank} of {world})" if world > 1 else ""
-    log.info("saved %s%s: %d bytes in %d arrays, %.3f s, %d requests", storage.url, where, written.nbytes, len(leaves), seconds, requests)
-    return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {})
+    copied = f", {written.copied_bytes} of them copied from {base.storage.url}" if base is not None else ""
+    log.info(
+        "saved %s%s: %d bytes%s in %d arrays, %.3f s, %d requests",
+        storage.url, where, written.nbytes, copied, len(leaves), seconds, requests,
+    )
+    return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {}, written.copied_bytes)
 
 
 def _prepare(
@@ -210,6 +222,7 @@ def _write_data(
     leaves: list[Any],
     holders: Any,
     options: StoreOptions | None,
+    base: BaseObjects | None = None,
 ) -> Any:
     """Every rank writes its share of the data under ``prefix`` and makes it
     durable; rank 0 learns what the others wrote. A failure anywhere removes
@@ -220,7 +233,9 @@ def _write_data(
     written = None
     error: BaseException | None = None
     try:
-        written = write_arrays(storage, prefix, leaves, options, node_paths=paths, holders=holders, rank=rank, world=world)
+        written = write_arrays(
+            storage, prefix, leaves, options, node_paths=paths, holders=holders, rank=rank, world=world, base=base
+        )
         storage.barrier()
     except BaseException as exc:
         if world == 1 or not isinstance(exc, Exception):

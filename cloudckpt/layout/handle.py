@@ -27,6 +27,7 @@ from cloudckpt.layout import commit as commit_protocol
 from cloudckpt.layout import directory, ownership, statefile
 from cloudckpt.layout.catalog import Entry, read_header
 from cloudckpt.layout.checkpoint_io import WriteResult, write_checkpoint
+from cloudckpt.layout.incremental import open_base
 from cloudckpt.storage import Storage, open_storage
 
 __all__ = ["DirectoryHandle", "open_directory"]
@@ -117,9 +118,12 @@ class DirectoryHandle:
         ownership.prune_claims(self.storage, list(claims))
 
     # -- the life of a checkpoint (:mod:`cloudckpt.layout.commit`)
-    def write_checkpoint(self, name: str, state: Any, **kwargs: Any) -> WriteResult:
-        """Write and commit checkpoint ``name`` (:func:`cloudckpt.layout.checkpoint_io.write_checkpoint`)."""
-        return write_checkpoint(self.storage.child(name), state, **kwargs)
+    def write_checkpoint(self, name: str, state: Any, *, base: str | None = None, **kwargs: Any) -> WriteResult:
+        """Write and commit checkpoint ``name`` (:func:`cloudckpt.layout.checkpoint_io.write_checkpoint`);
+        ``base``: the name of a committed checkpoint whose unchanged objects it copies (an incremental save)."""
+        target = self.storage.child(name)
+        found = open_base(target, self.storage.child(base)) if base is not None else None
+        return write_checkpoint(target, state, base=found, **kwargs)
 
     def delete_checkpoint(self, name: str) -> None:
         """Uncommit checkpoint ``name`` (manifest first), then delete its data."""

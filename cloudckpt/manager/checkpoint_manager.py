@@ -89,6 +89,14 @@ class CheckpointManager(LeaderProtocol):
             (given to ``save(metrics=...)``) instead of the newest N.
         best_mode: ``"max"`` or ``"min"``: which metric values are best.
         options: tuning of the tensor store (:class:`~cloudckpt.StoreOptions`).
+        incremental: each save copies, inside the store, every object that
+            holds the same bytes in the previous checkpoint (S3 ``CopyObject``,
+            GCS rewrite, a hard link on local disk) instead of sending it:
+            a fine-tuning run whose frozen base model never changes uploads
+            only what changed. Every checkpoint stays whole: deleting one never
+            affects another. Default True; False writes every byte of every
+            save (on local disk: files that share no storage with other
+            checkpoints).
         request_timeout: seconds one storage request may take on network
             backends before it fails (and is retried); default: the backend's
             own timeouts.
@@ -155,6 +163,7 @@ class CheckpointManager(LeaderProtocol):
         options: StoreOptions | None = None,
         request_timeout: float | None = None,
         process_group: Any = None,
+        incremental: bool = True,
     ) -> None:
         if not (callable(getattr(checkpoint, "state", None)) and callable(getattr(checkpoint, "restore_state", None))):
             raise TypeError(
@@ -182,6 +191,9 @@ class CheckpointManager(LeaderProtocol):
         self._last_checkpoint_step = settings.last_checkpoint_step
         self._async = bool(async_save)
         self._options = options
+        if not isinstance(incremental, bool):
+            raise TypeError(f"incremental must be True or False, got {type(incremental).__name__}")
+        self._incremental = incremental
         self._saves = AsyncSaves()
         layout = open_directory(self._directory, storage_options, request_timeout=request_timeout)
         self._init_model(layout, writer_id=uuid.uuid4().hex[:12])
@@ -425,6 +437,7 @@ class CheckpointManager(LeaderProtocol):
         leader = self._group.rank == 0
         if leader:
             self._replace_abandoned(number)
+        base = self._base_name(number)
         for first_try in (True, False):
             epoch = self._epoch if leader else None
             attempt = attempt_id(epoch)
@@ -432,6 +445,7 @@ class CheckpointManager(LeaderProtocol):
                 result = self._layout.write_checkpoint(
                     name,
                     None,
+                    base=base,
                     flat=(node, leaves),
                     checkpoint_number=number,
                     epoch=epoch,
@@ -455,6 +469,18 @@ class CheckpointManager(LeaderProtocol):
                         self._failed_attempts.append((name, data_prefix(attempt)))
                 raise
         self._apply_view(result.extra)
+
+    def _base_name(self, number: int) -> str | None:
+        """The checkpoint an incremental save of ``number`` copies from: this
+        manager's newest, else the directory's newest; None when not incremental."""
+        if not self._incremental:
+            return None
+        with self._lock:
+            own = [n for n in self._maybe_delete if n != number]
+            latest = self._latest_name
+        if own:
+            return self._dirname(own[-1])
+        return latest if latest != self._dirname(number) else None
 
     def sync(self) -> None:
         """Wait for an in-flight async save; re-raise its failure, if any.

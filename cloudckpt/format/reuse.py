@@ -1,0 +1,145 @@
+"""Incremental saves: placing an object a previous checkpoint already holds without sending its bytes.
+
+A save given a *base* (a committed checkpoint of the same store) computes
+every object's crc32c and content hash (XXH3-128) as it always does, and
+looks the pair (size, hash) up among the base's objects
+(:class:`BaseObjects`). On a match the object is placed by a copy inside
+the store (S3 ``CopyObject``, GCS ``rewrite``, a hard link on local disk:
+:meth:`~cloudckpt.storage.Storage.copy_from`) instead of a write, so the new
+checkpoint is whole: deleting the base later never affects it, and it reads
+like any other checkpoint, with zarr-python alone too.
+
+Nothing of the base is trusted blindly:
+
+* the base's manifest is parsed and checked like any other; a base that
+  cannot be read (missing, damaged, of an older format without hashes, on
+  another store) makes the save write everything
+  (:func:`cloudckpt.layout.incremental.open_base`);
+* an object is copied only if the base recorded the same crc32c as the
+  bytes in memory;
+* where the store reports the crc32c of the copy (S3, GCS), it must equal
+  the recorded one, else the copy is replaced by the bytes and a warning
+  names the damaged source; where it does not (local disk, memory), the
+  copy's size is checked, and the crc32c of every byte at load time;
+* a source deleted while the save runs (retention, ``rm``) is written instead.
+
+Example:
+    >>> from cloudckpt.storage import open_storage
+    >>> s = open_storage("memory://doc-reuse")
+    >>> first = ObjectSink(s.child("ckpt-1"), None).put("d1/c/0", [b"frozen bytes"])
+    >>> sink = ObjectSink(s.child("ckpt-2"), BaseObjects.from_manifest(s.child("ckpt-1"), {"objects": [first]}))
+    >>> _ = sink.put("d2/c/0", [b"frozen bytes"]); sink.copied_objects, s.read("ckpt-2/d2/c/0")
+    (1, b'frozen bytes')
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cloudckpt.errors import ObjectNotFoundError
+from cloudckpt.format.checksum import CONTENT_HASH, checksums_many
+from cloudckpt.storage import Storage
+
+if TYPE_CHECKING:
+    from cloudckpt.format.manifest_types import ObjectEntry
+
+__all__ = ["BaseObjects", "ObjectSink"]
+
+log = logging.getLogger("cloudckpt")
+
+
+@dataclass
+class BaseObjects:
+    """The objects of a committed checkpoint (the base) that a save may copy, by content.
+
+    ``storage``: the base checkpoint's directory; ``by_content``: ``(size,
+    xxh3) -> (key, crc32c)`` of its objects.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> b = BaseObjects.from_manifest(open_storage("memory://doc-base"), {"objects": [
+        ...     {"key": "d/c/0", "size": 3, "crc32c": 7, "xxh3": "ab" * 16}]})
+        >>> b.by_content[(3, "ab" * 16)]
+        ('d/c/0', 7)
+    """
+
+    storage: Storage
+    by_content: dict[tuple[int, str], tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, storage: Storage, manifest: Mapping[str, Any]) -> BaseObjects:
+        """The index of a parsed manifest's objects that have a content hash (see the class example)."""
+        index: dict[tuple[int, str], tuple[str, int]] = {}
+        for o in manifest.get("objects") or []:
+            digest = o.get(CONTENT_HASH)
+            if digest is not None:
+                index.setdefault((int(o["size"]), str(digest)), (str(o["key"]), int(o["crc32c"])))
+        return cls(storage, index)
+
+
+@dataclass
+class ObjectSink:
+    """Puts the objects of one save: each is copied from the base when it
+    holds the same bytes, else written; returns its manifest entry, and
+    counts what was copied.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> sink = ObjectSink(open_storage("memory://doc-sink"), None)
+        >>> entry = sink.put("d/c/0", [b"abc"])
+        >>> entry["size"], sink.copied_objects
+        (3, 0)
+    """
+
+    storage: Storage
+    base: BaseObjects | None
+    copied_objects: int = 0
+    copied_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.base is not None and not self.storage.can_copy_from(self.base.storage):
+            self.base = None  # (nothing can be copied from there: every object is written)
+
+    def put(self, key: str, buffers: Sequence[Any]) -> ObjectEntry:
+        """Place the object ``key`` holding ``buffers`` back to back (see the class example)."""
+        crc, digest = checksums_many(buffers)
+        size = sum(memoryview(b).nbytes for b in buffers)
+        if not (self.base is not None and self._copied(key, size, crc, digest)):
+            self.storage.write(key, buffers)
+        return {"key": key, "size": size, "crc32c": crc, "xxh3": digest}
+
+    def _copied(self, key: str, size: int, crc: int, digest: str) -> bool:
+        assert self.base is not None
+        hit = self.base.by_content.get((size, digest))
+        if hit is None or hit[1] != crc:
+            return False
+        src_key, _ = hit
+        src_url = self.base.storage.url_for(src_key)
+        try:
+            reported = self.storage.copy_from(self.base.storage, src_key, key)
+        except ObjectNotFoundError:
+            log.info("incremental save: %s is gone (deleted while the save ran); writing %s instead", src_url, key)
+            return False
+        if reported is None:
+            ok, seen = self._size_agrees(key, size)
+            problem = f"the copy holds {seen} bytes, the base recorded {size}"
+        else:
+            ok = reported == crc
+            problem = f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
+        if not ok:
+            log.warning("incremental save: %s is damaged (%s); writing %s from memory instead", src_url, problem, key)
+            self.storage.delete([key])  # (a hard link shares the damaged file: never write into it)
+            return False
+        with self._lock:
+            self.copied_objects += 1
+            self.copied_bytes += size
+        return True
+
+    def _size_agrees(self, key: str, size: int) -> tuple[bool, int]:
+        seen = self.storage.size(key)
+        return seen == size, seen

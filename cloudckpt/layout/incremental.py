@@ -1,0 +1,52 @@
+"""The base of an incremental save: the committed checkpoint whose objects a new one may copy.
+
+See :mod:`cloudckpt.format.reuse` for how objects are matched and verified;
+this module decides whether a checkpoint can serve as a base at all.
+
+Example:
+    >>> import numpy as np
+    >>> import cloudckpt
+    >>> from cloudckpt.storage import open_storage
+    >>> _ = cloudckpt.save("memory://doc-incremental/ckpt-1", {"w": np.zeros(1000)})
+    >>> s = open_storage("memory://doc-incremental")
+    >>> base = open_base(s.child("ckpt-2"), s.child("ckpt-1"))
+    >>> len(base.by_content) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cloudckpt.errors import CheckpointError
+from cloudckpt.format.reuse import BaseObjects
+from cloudckpt.layout.checkpoint_io import read_manifest
+from cloudckpt.storage import Storage
+
+__all__ = ["open_base"]
+
+log = logging.getLogger("cloudckpt")
+
+
+def open_base(storage: Storage, base: Storage) -> BaseObjects | None:
+    """The reusable objects of the checkpoint at ``base`` for a save into
+    ``storage``, or None (logged at INFO: the save then writes everything)
+    when there is nothing usable: another store, no server-side copy on this
+    one, no committed checkpoint there, a damaged manifest, or one of a format
+    without content hashes. See the module example.
+    """
+
+    if not storage.can_copy_from(base):
+        why = "this store cannot copy objects" if not storage.capabilities.server_copy else "it is on another store"
+        log.info("incremental save to %s: writing everything, %s (base %s)", storage.url, why, base.url)
+        return None
+    try:
+        manifest = read_manifest(base)
+    except CheckpointError as exc:
+        log.info("incremental save to %s: writing everything, the base %s cannot be used: %s", storage.url, base.url, exc)
+        return None
+    found = BaseObjects.from_manifest(base, manifest)
+    if not found.by_content:
+        log.info("incremental save to %s: writing everything, the base %s records no content hashes", storage.url, base.url)
+        return None
+    return found
