@@ -47,7 +47,7 @@ from cloudckpt.storage import Storage
 if TYPE_CHECKING:
     from cloudckpt.format.manifest_types import ObjectEntry
 
-__all__ = ["BaseObjects", "ObjectSink"]
+__all__ = ["BaseObjects", "ObjectSink", "copy_verified"]
 
 log = logging.getLogger("cloudckpt")
 
@@ -115,31 +115,52 @@ class ObjectSink:
 
     def _copied(self, key: str, size: int, crc: int, digest: str) -> bool:
         assert self.base is not None
-        hit = self.base.by_content.get((size, digest))
-        if hit is None or hit[1] != crc:
-            return False
-        src_key, _ = hit
-        src_url = self.base.storage.url_for(src_key)
-        try:
-            reported = self.storage.copy_from(self.base.storage, src_key, key)
-        except ObjectNotFoundError:
-            log.info("incremental save: %s is gone (deleted while the save ran); writing %s instead", src_url, key)
-            return False
-        if reported is None:
-            ok, seen = self._size_agrees(key, size)
-            problem = f"the copy holds {seen} bytes, the base recorded {size}"
-        else:
-            ok = reported == crc
-            problem = f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
-        if not ok:
-            log.warning("incremental save: %s is damaged (%s); writing %s from memory instead", src_url, problem, key)
-            self.storage.delete([key])  # (a hard link shares the damaged file: never write into it)
+        if not copy_verified(self.storage, self.base, key, size, crc, digest):
             return False
         with self._lock:
             self.copied_objects += 1
             self.copied_bytes += size
         return True
 
-    def _size_agrees(self, key: str, size: int) -> tuple[bool, int]:
-        seen = self.storage.size(key)
-        return seen == size, seen
+
+def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc: int, digest: str) -> bool:
+    """Place the object ``key`` of ``storage`` (``size`` bytes with this
+    crc32c and content hash) by a copy of the base's object with the same
+    content, if it has one; whether it did. The copy is checked (the
+    crc32c the store reports, else its size); a failed check removes it and
+    logs a warning naming the damaged source, and a source that is gone is
+    logged: either way False, and the caller writes the bytes.
+
+    Example:
+        >>> from cloudckpt.storage import open_storage
+        >>> s = open_storage("memory://doc-copy-verified")
+        >>> s.write("a/x", b"abc")
+        >>> from cloudckpt.format.checksum import checksums_many
+        >>> crc, digest = checksums_many([b"abc"])
+        >>> base = BaseObjects(s, {(3, digest): ("a/x", crc)})
+        >>> copy_verified(s, base, "b/x", 3, crc, digest), s.read("b/x")
+        (True, b'abc')
+        >>> copy_verified(s, base, "b/y", 3, crc, "0" * 32)   # no object with this content
+        False
+    """
+    hit = base.by_content.get((size, digest))
+    if hit is None or hit[1] != crc:
+        return False
+    src_key = hit[0]
+    src_url = base.storage.url_for(src_key)
+    try:
+        reported = storage.copy_from(base.storage, src_key, key)
+    except ObjectNotFoundError:
+        log.info("incremental copy: %s is gone (deleted meanwhile); writing %s instead", src_url, storage.url_for(key))
+        return False
+    if reported is None:
+        seen = storage.size(key)
+        ok = seen == size
+        problem = f"the copy holds {seen} bytes, the base recorded {size}"
+    else:
+        ok = reported == crc
+        problem = f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
+    if not ok:
+        log.warning("incremental copy: %s is damaged (%s); writing %s from the original bytes instead", src_url, problem, storage.url_for(key))
+        storage.delete([key])  # (a hard link shares the damaged file: never write into it)
+    return ok
