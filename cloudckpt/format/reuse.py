@@ -105,11 +105,13 @@ class ObjectSink:
         if self.base is not None and not self.storage.can_copy_from(self.base.storage):
             self.base = None  # (nothing can be copied from there: every object is written)
 
-    def put(self, key: str, buffers: Sequence[Any]) -> ObjectEntry:
-        """Place the object ``key`` holding ``buffers`` back to back (see the class example)."""
+    def put(self, key: str, buffers: Sequence[Any], *, reuse: bool = True) -> ObjectEntry:
+        """Place the object ``key`` holding ``buffers`` back to back (see the
+        class example); ``reuse=False`` always writes it (the small zarr
+        documents: a copy costs a request as a write does)."""
         crc, digest = checksums_many(buffers)
         size = sum(memoryview(b).nbytes for b in buffers)
-        if not (self.base is not None and self._copied(key, size, crc, digest)):
+        if not (reuse and self.base is not None and self._copied(key, size, crc, digest)):
             self.storage.write(key, buffers)
         return {"key": key, "size": size, "crc32c": crc, "xxh3": digest}
 

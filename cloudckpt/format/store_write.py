@@ -148,7 +148,7 @@ def _jobs(
 
 def _doc_job(sink: ObjectSink, key: str, doc: dict[str, Any]) -> Callable[[], JobResult]:
     def run() -> JobResult:
-        return sink.put(key, [encode_doc(doc)]), {}
+        return sink.put(key, [encode_doc(doc)], reuse=False), {}
 
     return run
 
