@@ -18,8 +18,8 @@ implements :class:`Backend` (usually by specialising
 Example:
     >>> from cloudckpt.storage import open_storage
     >>> caps = open_storage("memory://doc-protocol").capabilities
-    >>> caps.create_only, caps.write_copies, caps.maps_objects
-    (True, True, False)
+    >>> caps.create_only, caps.write_copies, caps.maps_objects, caps.server_copy
+    (True, True, False, True)
 """
 
 from __future__ import annotations
@@ -123,10 +123,12 @@ class Capabilities:
             transfers are split over several connections, and a read back is costly.
         concurrent_requests: requests may run from several threads at once (a synchronous
             client such as one FTP or SFTP connection may not: its requests are made one at a time).
+        server_copy: an object can be copied within the store without its bytes passing through
+            this process (S3 CopyObject, GCS rewrite, a hard link on local disk): :meth:`Backend.copy`.
 
     Example:
-        >>> Capabilities(create_only=True).ranged_reads
-        True
+        >>> Capabilities(create_only=True).ranged_reads, Capabilities().server_copy
+        (True, False)
     """
 
     create_only: bool = False
@@ -141,6 +143,7 @@ class Capabilities:
     temporaries: bool = False
     remote: bool = True
     concurrent_requests: bool = True
+    server_copy: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,24 @@ class Backend(Protocol):
         ``atomic``: a reader sees the old or the new object whole."""
         ...
 
+    def copy(self, src: str, dst: str) -> int | None:
+        """Copy the object at ``src`` to ``dst`` (overwriting ``dst``) within the
+        store, its bytes never passing through this process
+        (``capabilities.server_copy``); the CRC-32C (unsigned) the store reports
+        for the new object, or None where it reports none. ``FileNotFoundError``
+        if ``src`` is missing; ``NotImplementedError`` where the store cannot
+        copy it (no ``server_copy``, or an object over the store's copy limit):
+        the caller writes the bytes instead."""
+        ...
+
+    def same_store(self, other: Backend) -> bool:
+        """Whether ``other`` serves the same store, so that :meth:`copy` of this
+        backend can take a path of ``other`` as its source."""
+        ...
+
     def barrier(self) -> None:
-        """Make every write so far durable (local disk: fsync the directories)."""
+        """Make every write so far durable (local disk: fsync the directories;
+        the directories of copied objects too)."""
         ...
 
     # -- listings and deletes

@@ -117,8 +117,8 @@ class Session:
 
         try:
             return self.retry.run(lambda: self._attempt(op, url, fn, nbytes), on_retry=on_retry)
-        except (StorageError, FileExistsError):
-            raise  # ours already, or a create-only conflict the caller handles
+        except (StorageError, FileExistsError, NotImplementedError):
+            raise  # ours already, a create-only conflict, or a verb the store lacks: the caller handles them
         except Exception as exc:
             raise self.error(op, url, exc) from scrubbed(exc, self.secrets)
 

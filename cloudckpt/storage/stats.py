@@ -1,7 +1,7 @@
 """Counting requests and bytes, by operation.
 
 Example:
-    >>> s = RequestStats(); s.add("write", 3); s.snapshot()["bytes_written"]
+    >>> s = RequestStats(); s.add("write", 3); s.add("copy", 5); s.snapshot()["bytes_written"]
     3
 """
 
@@ -17,14 +17,19 @@ __all__ = ["RequestStats"]
 class RequestStats:
     """Counts of requests and bytes, by operation.
 
+    ``bytes_read`` and ``bytes_written`` are bytes that crossed this process's
+    connection to the store; ``bytes_copied`` the sizes of the objects copied
+    within the store (a ``"copy"`` request), whose bytes never passed through it.
+
     Example:
-        >>> s = RequestStats(); s.add("read", 10); s.requests
-        1
+        >>> s = RequestStats(); s.add("read", 10); s.add("copy", 7); s.requests, s.bytes_copied, s.bytes_written
+        (2, 7, 0)
     """
 
     by_op: dict[str, int] = field(default_factory=dict)
     bytes_read: int = 0
     bytes_written: int = 0
+    bytes_copied: int = 0
     retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -35,6 +40,8 @@ class RequestStats:
                 self.bytes_read += nbytes
             elif op.startswith("write"):
                 self.bytes_written += nbytes
+            elif op == "copy":
+                self.bytes_copied += nbytes
 
     def add_bytes_read(self, nbytes: int) -> None:
         with self._lock:
@@ -56,5 +63,6 @@ class RequestStats:
         d["requests"] = sum(d.values())
         d["bytes_read"] = self.bytes_read
         d["bytes_written"] = self.bytes_written
+        d["bytes_copied"] = self.bytes_copied
         d["retries"] = self.retries
         return d

@@ -7,6 +7,8 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import mmap
 from collections.abc import Iterator
@@ -15,7 +17,26 @@ from typing import Any
 from cloudckpt.storage.protocol import Capabilities
 from cloudckpt.storage.urls import normalise_key_path
 
-__all__ = ["BackendBase"]
+__all__ = ["BackendBase", "crc32c_of_base64"]
+
+
+def crc32c_of_base64(text: str | None) -> int | None:
+    """The CRC-32C a store reports as base64 of its 4 big-endian bytes (S3's
+    ``ChecksumCRC32C``, GCS's ``crc32c``) as an unsigned int; None for no
+    value or one that is not a whole-object CRC-32C (S3's composite
+    checksum of a multipart upload ends in ``-<parts>``).
+
+    Example:
+        >>> crc32c_of_base64("mnG7TA=="), crc32c_of_base64("mnG7TA==-3"), crc32c_of_base64(None)
+        (2591144780, None, None)
+    """
+    if not text or "-" in text:
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return int.from_bytes(raw, "big") if len(raw) == 4 else None
 
 
 class BackendBase:
@@ -32,6 +53,28 @@ class BackendBase:
 
     def barrier(self) -> None:
         return None
+
+    def copy(self, src: str, dst: str) -> int | None:
+        """Copy ``src`` to ``dst`` within the store: here, a store without
+        ``capabilities.server_copy``, ``NotImplementedError`` (the caller
+        writes the bytes instead).
+
+        Example:
+            >>> BackendBase().copy("b/k", "b/k2")
+            Traceback (most recent call last):
+            ...
+            NotImplementedError: backend storage cannot copy objects within the store: read and write them
+        """
+        raise NotImplementedError(f"{self.name} storage cannot copy objects within the store: read and write them")
+
+    def same_store(self, other: object) -> bool:
+        """Whether ``other`` serves the same store as this backend (here: it is this backend).
+
+        Example:
+            >>> b = BackendBase(); b.same_store(b), b.same_store(BackendBase())
+            (True, False)
+        """
+        return other is self
 
     def list_uploads(self, path: str) -> list[tuple[str, str, float | None]]:
         return []

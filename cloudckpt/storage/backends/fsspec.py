@@ -372,6 +372,18 @@ class FsspecBackend(BackendBase):
         except (FileNotFoundError, OSError):
             pass
 
+    def same_store(self, other: object) -> bool:
+        """The same backend class over the same filesystem instance: cloudckpt
+        keeps one instance per protocol, options and credential environment
+        (:meth:`make_filesystem`), so two storages opened apart on one endpoint
+        with the same options share it.
+
+        Example:
+            >>> FsspecBackend("memory", {}).same_store(FsspecBackend("memory", {}))
+            True
+        """
+        return type(other) is type(self) and getattr(other, "fs", None) is self.fs
+
     # -- paths and messages
     def path_of(self, url: str) -> str:
         """The filesystem's path of ``url`` (fsspec's public ``strip_protocol``,

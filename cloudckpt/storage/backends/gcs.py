@@ -3,7 +3,8 @@
 What differs from any fsspec filesystem: retries are left to cloudckpt
 (gcsfs' own are turned off); an emulator (``endpoint_url``) gets gcsfs'
 plain JSON/HTTP class; an upload is sent from the caller's buffers in
-pieces, and a read streams one ranged GET's body into the caller's buffers.
+pieces, and a read streams one ranged GET's body into the caller's buffers;
+an object is copied within the store (a rewrite, gcsfs' public ``cp_file``).
 The last three use gcsfs internals: each is one function of
 :mod:`~cloudckpt.storage.backends.fast_paths`, which falls back to gcsfs'
 public API (and says why) where the installed gcsfs lacks them.
@@ -23,6 +24,7 @@ from typing import Any
 import fsspec.asyn
 
 from cloudckpt.storage.backends import fast_paths
+from cloudckpt.storage.backends.base import crc32c_of_base64
 from cloudckpt.storage.backends.fsspec import FsspecBackend
 from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, byte_view
 
@@ -72,6 +74,7 @@ class GCSBackend(FsspecBackend):
             scattered_reads=self._read_fast is not None,
             write_copies=self._upload_fast is None,
             call_timeout=self._timeouts,
+            server_copy=True,
         )
 
     def accepted_options(self) -> frozenset[str] | None:
@@ -92,6 +95,21 @@ class GCSBackend(FsspecBackend):
         views = [byte_view(b) for b in buffers]
         fsspec.asyn.sync(self.fs.loop, self._upload_fast, path, views, timeout=self._timeout())
         return sum(v.nbytes for v in views)
+
+    def copy(self, src: str, dst: str) -> int | None:
+        """A rewrite within the store (gcsfs' ``cp_file``, which repeats the
+        rewrite request until GCS says it is done), then the new object's
+        CRC-32C from its metadata (one more request: ``cp_file`` does not
+        return the rewrite's response). fake-gcs-server reports it too.
+
+        Example:
+            >>> "rewrite" in GCSBackend.copy.__doc__
+            True
+        """
+        self.fs.cp_file(src, dst, **self._kw())
+        self.fs.invalidate_cache(dst)
+        info = self.fs.info(dst, **self._kw())
+        return crc32c_of_base64(info.get("crc32c"))
 
     def body(self, buffers: Sequence[Buffer]) -> Any:
         """gcsfs takes a memoryview body: one buffer is sent as it is."""

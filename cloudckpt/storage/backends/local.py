@@ -54,6 +54,11 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 # link() errors that mean "this filesystem has no hard links", not "this went wrong"
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+# link() errors after which a copy of the bytes will do: no hard links here, or across filesystems
+_COPY_BYTES_INSTEAD = _NO_HARD_LINKS | {errno.EXDEV}
+# copy_file_range() errors that mean "not between these files": copy through user space
+_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EPERM}
+_COPY_PIECE = 1 << 30  # bytes asked of one copy_file_range call
 
 
 def _rename_noreplace(src: str, dst: str) -> None:
@@ -147,6 +152,7 @@ class LocalBackend(BackendBase):
         places_mappings=mapping.PLACES_MAPPINGS,
         temporaries=True,
         remote=False,
+        server_copy=True,  # a hard link (a byte copy in the kernel where links cannot be made)
     )
     #: what fsspec's local filesystem takes (a local path accepts and ignores these)
     OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths", "auto_mkdir"})
@@ -233,15 +239,103 @@ class LocalBackend(BackendBase):
 
     def _put(self, path: str, buffers: Sequence[Buffer]) -> int:
         self._ensure_parent(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
+            if os.fstat(fd).st_nlink > 1:
+                # a hard link (:meth:`copy`) shares its bytes with another object:
+                # writing in place would change both, so the write makes a file of its own
+                os.close(fd)
+                fd = -1
+                _unlink_quiet(path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            else:
+                os.ftruncate(fd, 0)
             n = _write_all(fd, buffers, early=self.fsync)
             if self.fsync:
                 os.fsync(fd)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._mark_dirty(os.path.dirname(path))
         return n
+
+    def copy(self, src: str, dst: str) -> int | None:
+        """``dst`` becomes a hard link of ``src`` (no byte is copied; ``dst``
+        replaced atomically if it exists); where links cannot be made (another
+        filesystem, or one without hard links) a copy of the bytes made in the
+        kernel (``copy_file_range``) into a temp file renamed over ``dst``.
+        Returns None: local disk keeps no checksum. The new directory entry is
+        made durable by :meth:`barrier`, as a write's is.
+
+        Example:
+            >>> import os, tempfile
+            >>> b = LocalBackend(fsync=False); d = tempfile.mkdtemp()
+            >>> b.put(f"{d}/a", [b"abc"]); b.copy(f"{d}/a", f"{d}/new/b"), b.get(f"{d}/new/b")
+            3
+            (None, b'abc')
+            >>> os.stat(f"{d}/new/b").st_ino == os.stat(f"{d}/a").st_ino
+            True
+        """
+        if not os.path.isfile(src):
+            if os.path.lexists(src):
+                raise IsADirectoryError(errno.EISDIR, "not an object", src)
+            raise FileNotFoundError(errno.ENOENT, "no such object", src)
+        self._ensure_parent(dst)
+        tmp: str | None = None
+        try:
+            try:
+                os.link(src, dst)  # the common case: dst is new
+            except FileExistsError:
+                tmp = f"{dst}.tmp-{uuid.uuid4().hex[:12]}"
+                self._link_or_copy(src, tmp)
+                os.replace(tmp, dst)
+            except OSError as exc:
+                if exc.errno not in _COPY_BYTES_INSTEAD:
+                    raise
+                tmp = f"{dst}.tmp-{uuid.uuid4().hex[:12]}"
+                self._copy_bytes(src, tmp)
+                os.replace(tmp, dst)
+        finally:
+            if tmp is not None:
+                # also after a rename of a link over a link of the same file, which does nothing
+                _unlink_quiet(tmp)
+        self._mark_dirty(os.path.dirname(dst))
+        return None
+
+    def _link_or_copy(self, src: str, dst: str) -> None:
+        """A hard link ``dst`` of ``src``, or a copy of its bytes where links cannot be made."""
+        try:
+            os.link(src, dst)
+        except OSError as exc:
+            if exc.errno not in _COPY_BYTES_INSTEAD:
+                raise
+            self._copy_bytes(src, dst)
+
+    def _copy_bytes(self, src: str, dst: str) -> None:
+        """Copy the bytes of ``src`` into a new file ``dst`` (fsynced where the
+        backend fsyncs): ``copy_file_range`` (in the kernel, or a reflink on
+        filesystems that share extents), else ``shutil``'s copy."""
+        try:
+            with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
+                done = False
+                if hasattr(os, "copy_file_range"):
+                    try:
+                        while os.copy_file_range(fin.fileno(), fout.fileno(), _COPY_PIECE):
+                            pass
+                        done = True
+                    except OSError as exc:
+                        if exc.errno not in _NO_COPY_RANGE:
+                            raise
+                if not done:  # from the start again: whatever copy_file_range wrote is overwritten
+                    fin.seek(0)
+                    fout.seek(0)
+                    fout.truncate()
+                    shutil.copyfileobj(fin, fout, 8 << 20)
+                if self.fsync:
+                    os.fsync(fout.fileno())
+        except BaseException:
+            _unlink_quiet(dst)
+            raise
 
     def _write_temp(self, path: str, data: Buffer) -> str:
         self._ensure_parent(path)
@@ -398,6 +492,16 @@ class LocalBackend(BackendBase):
             for d in sorted(dirs, key=len, reverse=True):
                 self._fsync_dir(d)
 
+
+    def same_store(self, other: object) -> bool:
+        """Any other local-disk backend: one machine's files (a copy between two
+        filesystems copies the bytes, see :meth:`copy`).
+
+        Example:
+            >>> LocalBackend().same_store(LocalBackend(fsync=False))
+            True
+        """
+        return isinstance(other, LocalBackend)
 
     def accepted_options(self) -> frozenset[str] | None:
         return self.OPTIONS

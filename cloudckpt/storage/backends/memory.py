@@ -44,7 +44,7 @@ class MemoryBackend(FsspecBackend):
         return self.filesystem_class(protocol, options)(**options)  # one process-wide store anyway
 
     def declare(self) -> Capabilities:
-        return Capabilities(create_only=True, scattered_reads=True, write_copies=True, remote=False)
+        return Capabilities(create_only=True, scattered_reads=True, write_copies=True, remote=False, server_copy=True)
 
     @classmethod
     def url_path(cls, protocol: str, rest: str) -> str:
@@ -86,6 +86,31 @@ class MemoryBackend(FsspecBackend):
                 raise FileExistsError(path)
             self.fs.pipe_file(path, payload)
         return len(payload)
+
+    def copy(self, src: str, dst: str) -> int | None:
+        """The new object holds the stored bytes of ``src`` (fsspec's ``cp_file``:
+        the ``bytes`` are shared, not copied, until one of them is written).
+        Returns None: memory:// keeps no checksum.
+
+        Example:
+            >>> b = MemoryBackend("memory", {}); b.put("/doc-memory-copy/a", [b"ab"])
+            2
+            >>> b.copy("/doc-memory-copy/a", "/doc-memory-copy/b"), b.get("/doc-memory-copy/b")
+            (None, b'ab')
+        """
+        if src not in self.fs.store:  # ``store`` is the filesystem's public dict; a "directory" is no object
+            raise FileNotFoundError(src)
+        self.fs.cp_file(src, dst)
+        return None
+
+    def same_store(self, other: object) -> bool:
+        """Every memory:// backend: one process-wide store.
+
+        Example:
+            >>> MemoryBackend("memory", {}).same_store(MemoryBackend("memory", {"skip_instance_cache": True}))
+            True
+        """
+        return isinstance(other, MemoryBackend)
 
     def body(self, buffers: Sequence[Buffer]) -> Any:
         """One buffer as a memoryview (the store copies it once), several joined."""

@@ -4,8 +4,9 @@ What differs from any fsspec filesystem: retries are left to cloudckpt (one
 layer of retries, one backoff); an upload's body is read from the caller's
 buffers as it is sent (:class:`_ViewReader`), and a read streams one ranged
 GET's body into the caller's buffers; ``exists`` is one HEAD; incomplete
-multipart uploads of a killed writer can be listed and aborted. All through
-s3fs' public API (``call_s3``, ``split_path``, ``pipe_file``).
+multipart uploads of a killed writer can be listed and aborted; an object
+is copied within the store (CopyObject). All through s3fs' public API
+(``call_s3``, ``split_path``, ``pipe_file``).
 
 Example:
     >>> S3Backend.bucketed, "s3" in __name__
@@ -15,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import time
 from bisect import bisect_right
@@ -23,6 +25,7 @@ from typing import Any
 
 import fsspec.asyn
 
+from cloudckpt.storage.backends.base import crc32c_of_base64
 from cloudckpt.storage.backends.fsspec import FsspecBackend, drain
 from cloudckpt.storage.protocol import Buffer, Capabilities, byte_view, joined
 
@@ -134,13 +137,15 @@ class S3Backend(FsspecBackend):
 
     def declare(self) -> Capabilities:
         """Create-only (``If-None-Match: *``), bodies sent from the buffers,
-        reads streamed into them, listable multipart uploads."""
+        reads streamed into them, listable multipart uploads, copies within
+        the store (CopyObject)."""
         return Capabilities(
             create_only=True,
             scattered_reads=self._streams(),
             write_copies=False,
             lists_uploads=True,
             call_timeout=self._timeouts,
+            server_copy=self._streams(),
         )
 
     def _streams(self) -> bool:
@@ -187,6 +192,41 @@ class S3Backend(FsspecBackend):
         except FileNotFoundError:
             return False
         return True
+
+    def copy(self, src: str, dst: str) -> int | None:
+        """One CopyObject asking S3 for the new object's CRC-32C
+        (``ChecksumAlgorithm="CRC32C"``), returned from ``CopyObjectResult``
+        (moto's server returns it too). None if the store returns none (an
+        S3-compatible store that ignores checksums). A source over 5 GiB,
+        which one CopyObject cannot copy, raises ``NotImplementedError``: the
+        caller writes the bytes instead.
+
+        Example:
+            >>> "CopyObject" in S3Backend.copy.__doc__
+            True
+        """
+        if not self._streams():
+            return super().copy(src, dst)
+        src_bucket, src_key, version = self.fs.split_path(src)
+        bucket, key, _ = self.fs.split_path(dst)
+        source = {"Bucket": src_bucket, "Key": src_key, **({"VersionId": version} if version else {})}
+        try:
+            resp = self.fs.call_s3(
+                "copy_object", Bucket=bucket, Key=key, CopySource=source, ChecksumAlgorithm="CRC32C", **self._kw()
+            )
+        except OSError as exc:
+            # s3fs turns InvalidRequest into OSError(EINVAL); S3 says "The specified copy source is
+            # larger than the maximum allowable size for a copy source: 5368709120"
+            if exc.errno == errno.EINVAL and "maximum allowable size" in str(exc):
+                raise NotImplementedError(
+                    f"{self.name}: {src} is over the 5 GiB one CopyObject can copy: read and write its bytes"
+                ) from exc
+            raise
+        self.fs.invalidate_cache(dst)
+        result = resp.get("CopyObjectResult") or {}
+        if result.get("ChecksumType") == "COMPOSITE":
+            return None  # not a CRC-32C of the whole object
+        return crc32c_of_base64(result.get("ChecksumCRC32C"))
 
     def list_uploads(self, path: str) -> list[tuple[str, str, float | None]]:
         """``[(bucket/key, upload id, initiated)]`` of multipart uploads below
