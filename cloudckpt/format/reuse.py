@@ -57,7 +57,9 @@ class BaseObjects:
     """The objects of a committed checkpoint (the base) that a save may copy, by content.
 
     ``storage``: the base checkpoint's directory; ``by_content``: ``(size,
-    xxh3) -> (key, crc32c)`` of its objects.
+    xxh3) -> (key, crc32c)`` of its objects; ``committed_at``: when its
+    manifest was written, where the store says (local disk): an object
+    written after it was changed after the commit, and is not copied.
 
     Example:
         >>> from cloudckpt.storage import open_storage
@@ -69,16 +71,17 @@ class BaseObjects:
 
     storage: Storage
     by_content: dict[tuple[int, str], tuple[str, int]] = field(default_factory=dict)
+    committed_at: float | None = None
 
     @classmethod
-    def from_manifest(cls, storage: Storage, manifest: Mapping[str, Any]) -> BaseObjects:
+    def from_manifest(cls, storage: Storage, manifest: Mapping[str, Any], committed_at: float | None = None) -> BaseObjects:
         """The index of a parsed manifest's objects that have a content hash (see the class example)."""
         index: dict[tuple[int, str], tuple[str, int]] = {}
         for o in manifest.get("objects") or []:
             digest = o.get(CONTENT_HASH)
             if digest is not None:
                 index.setdefault((int(o["size"]), str(digest)), (str(o["key"]), int(o["crc32c"])))
-        return cls(storage, index)
+        return cls(storage, index, committed_at)
 
 
 @dataclass
@@ -128,8 +131,10 @@ class ObjectSink:
 def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc: int, digest: str) -> bool:
     """Place the object ``key`` of ``storage`` (``size`` bytes with this
     crc32c and content hash) by a copy of the base's object with the same
-    content, if it has one; whether it did. The copy is checked (the
-    crc32c the store reports, else its size); a failed check removes it and
+    content, if it has one; whether it did. The copy is checked: the
+    crc32c the store reports (S3, GCS, memory://), else (local disk) the
+    source's size and that it was not written after the base's commit
+    (the crc32c of its bytes is checked when it is read); a failed check removes it and
     logs a warning naming the damaged source, and a source that is gone is
     logged: either way False, and the caller writes the bytes.
 
@@ -151,14 +156,20 @@ def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc:
     src_key = hit[0]
     src_url = base.storage.url_for(src_key)
     try:
-        reported = storage.copy_from(base.storage, src_key, key)
+        reported = storage.copy_from(base.storage, src_key, key, size=size)
     except ObjectNotFoundError:
         log.info("incremental copy: %s is gone (deleted meanwhile); writing %s instead", src_url, storage.url_for(key))
         return False
-    if reported is None:
-        seen = storage.size(key)
-        ok = seen == size
-        problem = f"the copy holds {seen} bytes, the base recorded {size}"
+    except NotImplementedError as exc:  # (an object the store cannot copy in one request)
+        log.debug("incremental copy: %s", exc)
+        return False
+    if reported is None:  # (local disk): the source's size, and no write to it since its commit
+        seen, written = base.storage.stat(src_key)
+        changed = written is not None and base.committed_at is not None and written > base.committed_at
+        ok = seen == size and not changed
+        problem = (
+            f"it holds {seen} bytes, the base recorded {size}" if seen != size else "it was written after the base was committed"
+        )
     else:
         ok = reported == crc
         problem = f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"

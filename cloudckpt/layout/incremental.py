@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from cloudckpt.errors import CheckpointError
+from cloudckpt.format.manifest import MANIFEST_KEY
 from cloudckpt.format.reuse import BaseObjects
 from cloudckpt.layout.checkpoint_io import read_manifest
 from cloudckpt.storage import Storage
@@ -45,7 +46,11 @@ def open_base(storage: Storage, base: Storage) -> BaseObjects | None:
     except CheckpointError as exc:
         log.info("incremental save to %s: writing everything, the base %s cannot be used: %s", storage.url, base.url, exc)
         return None
-    found = BaseObjects.from_manifest(base, manifest)
+    try:
+        committed_at = base.stat(MANIFEST_KEY)[1]
+    except CheckpointError:  # (gone since it was read: its copies will find their sources gone too)
+        committed_at = None
+    found = BaseObjects.from_manifest(base, manifest, committed_at)
     if not found.by_content:
         log.info("incremental save to %s: writing everything, the base %s records no content hashes", storage.url, base.url)
         return None

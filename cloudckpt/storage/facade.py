@@ -316,6 +316,21 @@ class Storage(MappedReads):
         n: int = self._request("head", key, lambda: self._s.backend.size(path))
         return n
 
+    def stat(self, key: str) -> tuple[int, float | None]:
+        """Size in bytes of an object and, where the store says so in the same
+        request (local disk), the time it was last written, in seconds since
+        the epoch (None elsewhere); :class:`ObjectNotFoundError` if missing.
+
+        Example:
+            >>> from cloudckpt.storage import open_storage
+            >>> s = open_storage("memory://doc-stat"); s.write("k", b"abc"); s.stat("k")
+            (3, None)
+        """
+        validate_key(key)
+        path = self._path(key)
+        out: tuple[int, float | None] = self._request("head", key, lambda: self._s.backend.stat(path))
+        return out
+
     def exists(self, key: str) -> bool:
         """Whether the object ``key`` exists.
 
@@ -458,7 +473,7 @@ class Storage(MappedReads):
         Example:
             >>> from cloudckpt.storage import open_storage
             >>> old, new = open_storage("memory://doc-copy/ckpt-1"), open_storage("memory://doc-copy/ckpt-2")
-            >>> old.write("c/0", b"chunk"); new.copy_from(old, "c/0", "c/0", size=5)
+            >>> old.write("c/0", b"chunk"); _ = new.copy_from(old, "c/0", "c/0", size=5)
             >>> new.read("c/0"), new.stats.snapshot()["bytes_copied"]
             (b'chunk', 5)
             >>> new.copy_from(old, "c/9", "c/9")

@@ -201,6 +201,11 @@ class Backend(Protocol):
         """Whether an object (not a "directory") is at ``path``."""
         ...
 
+    def stat(self, path: str) -> tuple[int, float | None]:
+        """The object's size and, where the store says so in the same request,
+        when it was last written (seconds since the epoch; None elsewhere)."""
+        ...
+
     # -- writes
     def put(self, path: str, buffers: Sequence[Buffer], mode: WriteMode = WriteMode.OVERWRITE, *,
             atomic: bool = False) -> int:

@@ -54,6 +54,18 @@ class BackendBase:
     def barrier(self) -> None:
         return None
 
+    def stat(self, path: str) -> tuple[int, float | None]:
+        """The object's size, and no time of writing (see :meth:`Backend.stat`).
+
+        Example:
+            >>> from cloudckpt.storage.backends.memory import MemoryBackend
+            >>> b = MemoryBackend("memory", {}); _ = b.put("/doc-base-stat/a", [b"ab"])
+            >>> b.stat("/doc-base-stat/a")
+            (2, None)
+        """
+        size: int = self.size(path)  # type: ignore[attr-defined]  # (every backend has size)
+        return size, None
+
     def copy(self, src: str, dst: str) -> int | None:
         """Copy ``src`` to ``dst`` within the store: here, a store without
         ``capabilities.server_copy``, ``NotImplementedError`` (the caller

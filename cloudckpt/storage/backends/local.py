@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -409,6 +410,13 @@ class LocalBackend(BackendBase):
 
     def exists(self, path: str) -> bool:
         return os.path.isfile(path)
+
+    def stat(self, path: str) -> tuple[int, float | None]:
+        """Size and modification time of the file (one ``stat``)."""
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(path)
+        return st.st_size, st.st_mtime
 
     def list_dir(self, path: str) -> tuple[dict[str, int], list[str]]:
         files: dict[str, int] = {}
