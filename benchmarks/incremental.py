@@ -491,7 +491,37 @@ def run_copy(spec: dict[str, Any]) -> dict[str, Any]:
             "latest": latest, "verified": state_digest(loaded) == spec["digest"]}
 
 
-PHASES = {"series": run_series, "load": run_load, "hash": run_hash, "copy": run_copy}
+def run_copy_probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """What one server-side copy costs on this store, against a write of the same object: one 32 MiB object
+    written, copied once alone and ``n`` times concurrently (as a save's copies run), written ``n`` times
+    concurrently; seconds each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloudckpt.storage import open_storage
+
+    s = open_storage(spec["dir"], spec.get("storage_options") or None)
+    size, n = spec.get("size", 32 << 20), spec.get("n", 8)
+    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    out: dict[str, Any] = {"object_bytes": size, "concurrent": n}
+    t = time.perf_counter()
+    s.write("probe/src", [data])
+    out["write_one_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    s.copy_from(s, "probe/src", "probe/copy-one", size=size)
+    out["copy_one_s"] = time.perf_counter() - t
+    with ThreadPoolExecutor(n) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda i: s.copy_from(s, "probe/src", f"probe/copy-{i}", size=size), range(n)))
+        out["copy_concurrent_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        list(pool.map(lambda i: s.write(f"probe/write-{i}", [data]), range(n)))
+        out["write_concurrent_s"] = time.perf_counter() - t
+    out["copy_mbps_concurrent"] = n * size / out["copy_concurrent_s"] / 1e6
+    out["write_mbps_concurrent"] = n * size / out["write_concurrent_s"] / 1e6
+    return out
+
+
+PHASES = {"copyprobe": run_copy_probe, "series": run_series, "load": run_load, "hash": run_hash, "copy": run_copy}
 
 
 def child_main(arg: str) -> None:
@@ -587,6 +617,11 @@ class Run:
             target = MemoryTarget()
         target.start()
         try:
+            if tname == "s3-lat":
+                probe = spawn({"phase": "copyprobe", "dir": target.url("probe"), "storage_options": target.storage_options})
+                self.log(f"s3-lat copy probe: {json.dumps({k: round(v, 3) for k, v in probe.items()})}")
+                self.results.setdefault("copy_probe", {})[tname] = probe
+                target.cleanup("")
             for variant in a.variants.split(","):
                 self.finetune_variant(target, tname, variant, with_loads)
         finally:
@@ -600,7 +635,8 @@ class Run:
         series: dict[str, list[dict[str, Any]]] = {"incremental": [], "full": []}
         loads: list[dict[str, Any]] = []
         threshold = None if variant == "default" else max(4096, int((1 << 20) * a.scale))
-        for rep in range(a.reps):
+        reps = a.local_reps if tname == "local" else a.reps
+        for rep in range(reps):
             order = ["incremental", "full"] if (rep + (tname == "local")) % 2 == 0 else ["full", "incremental"]
             dirs = {}
             for mode in order:
@@ -765,7 +801,7 @@ class Run:
         a = self.args
         from benchmarks.targets import LocalTarget
 
-        for d in ("cp-src", "cp-dst", "llm"):
+        for d in ("cp-src", "cp-dst"):
             shutil.rmtree(os.path.join(self.workdir, d), ignore_errors=True)  # (a --workdir of an earlier run)
         src = LocalTarget(os.path.join(self.workdir, "cp-src"))
         src.start()
@@ -776,24 +812,33 @@ class Run:
             dst = counting_target("gcs")
         dst.start()
         try:
-            self.log(f"cp: 10 incremental finetune checkpoints at scale {a.cp_scale} on local disk")
-            series = spawn({"phase": "series", "workload": "finetune", "scale": a.cp_scale, "saves": 10,
-                            "dir": src.url("run"), "incremental": True, "keep": None})
-            base = series["saves"][0]["bytes_written"]
-            changed = series["changed_bytes"]
-            new_bytes = sum(s["bytes_written"] for s in series["saves"])
-            self.log(f"  written {[s['bytes_written'] for s in series['saves']]}")
-            res = spawn({"phase": "copy", "src": src.url("run"), "dst": dst.url("run-copy"),
-                         "dst_storage_options": dst.storage_options, "counts": getattr(dst, "counts", None),
-                         "digest": series["digest"]})
-            sent = res["proxy"]["up"] if res.get("proxy") is not None else res["dst_stats"]["bytes_written"]
-            limit = 1.2 * (base + 10 * changed)
-            self.log(f"  copy {res['seconds']:.2f} s, sent {sent}, limit {limit:.0f}, verified {res['verified']}")
-            self.results["cp"] = {"source": src.describe(), "destination": dst.describe(), "scale": a.cp_scale,
-                                  "series": series, "copy": res, "base_bytes": base, "changed_bytes": changed,
-                                  "source_bytes_written_by_10_saves": new_bytes, "sent": sent, "limit": limit}
-            self.target("cp: sent", "bytes sent to the destination by cloudckpt.copy of 10 checkpoints vs "
-                        "1.2 x (first checkpoint + 10 x changed)", sent, limit, "<=", sent <= limit)
+            for variant in a.variants.split(","):
+                threshold = None if variant == "default" else max(4096, int((1 << 20) * a.cp_scale))
+                self.log(f"cp {variant}: 10 incremental finetune checkpoints at scale {a.cp_scale} on local disk")
+                series = spawn({"phase": "series", "workload": "finetune", "scale": a.cp_scale, "saves": 10,
+                                "dir": src.url(f"run-{variant}"), "incremental": True, "keep": None,
+                                "pack_threshold": threshold})
+                base = series["saves"][0]["bytes_written"]
+                changed = series["changed_bytes"]
+                new_bytes = sum(s["bytes_written"] for s in series["saves"])
+                self.log(f"  written {[s['bytes_written'] for s in series['saves']]}")
+                res = spawn({"phase": "copy", "src": src.url(f"run-{variant}"), "dst": dst.url(f"copy-{variant}"),
+                             "dst_storage_options": dst.storage_options, "counts": getattr(dst, "counts", None),
+                             "digest": series["digest"]})
+                sent = res["proxy"]["up"] if res.get("proxy") is not None else res["dst_stats"]["bytes_written"]
+                limit = 1.2 * (base + 10 * changed)
+                self.log(f"  copy {res['seconds']:.2f} s, sent {sent}, limit {limit:.0f}, verified {res['verified']}")
+                name = "cp" if variant == "default" else f"cp {variant}"
+                self.results.setdefault("cp", {})[variant] = {
+                    "source": src.describe(), "destination": dst.describe(), "scale": a.cp_scale,
+                    "pack_threshold": threshold, "series": series, "copy": res, "base_bytes": base,
+                    "changed_bytes": changed, "source_bytes_written_by_10_saves": new_bytes, "sent": sent,
+                    "limit": limit}
+                self.target(f"{name}: sent", "bytes sent to the destination by cloudckpt.copy of 10 checkpoints vs "
+                            "1.2 x (first checkpoint + 10 x changed)", sent, limit, "<=", sent <= limit)
+                if not a.smoke:
+                    dst.cleanup("")
+                shutil.rmtree(src.url(f"run-{variant}"), ignore_errors=True)
         finally:
             dst.stop()
             src.stop()
@@ -849,12 +894,11 @@ def markdown(doc: dict[str, Any]) -> str:
           f"{llm['ratio_incremental_over_full']:.3f} (full {fi['median']:.2f} s, {fi['min']:.2f}-{fi['max']:.2f}, n={fi['n']}; "
           f"incremental {ii['median']:.2f} s, {ii['min']:.2f}-{ii['max']:.2f}, n={ii['n']}) |")
         w("")
-    cp = doc.get("cp")
-    if cp:
-        w(f"cp ({cp['source']} -> {cp['destination']}, scale {cp['scale']}): sent {cp['sent'] / mb:.1f} MB in "
-          f"{cp['copy']['seconds']:.1f} s; limit {cp['limit'] / mb:.1f} MB = 1.2 x (first checkpoint "
-          f"{cp['base_bytes'] / mb:.1f} MB + 10 x changed {cp['changed_bytes'] / mb:.2f} MB); the 10 saves wrote "
-          f"{cp['source_bytes_written_by_10_saves'] / mb:.1f} MB.")
+    for variant, cp in doc.get("cp", {}).items():
+        w(f"cp, {variant} layout ({cp['source']} -> {cp['destination']}, scale {cp['scale']}): sent "
+          f"{cp['sent'] / mb:.1f} MB in {cp['copy']['seconds']:.1f} s; limit {cp['limit'] / mb:.1f} MB = 1.2 x (first "
+          f"checkpoint {cp['base_bytes'] / mb:.1f} MB + 10 x changed {cp['changed_bytes'] / mb:.2f} MB); the 10 "
+          f"saves wrote {cp['source_bytes_written_by_10_saves'] / mb:.1f} MB.")
         w("")
     if doc.get("targets"):
         w("| target | measured | limit | met |")
@@ -881,10 +925,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", default="default,split",
                    help="finetune layouts: default (StoreOptions()), split (pack_threshold = 1 MiB x scale)")
     p.add_argument("--saves", type=int, default=3, help="later saves per series (K)")
-    p.add_argument("--reps", type=int, default=1, help="series per mode and target")
+    p.add_argument("--reps", type=int, default=1, help="series per mode and variant on s3-lat and memory")
+    p.add_argument("--local-reps", type=int, default=3, help="series per mode and variant on local disk")
     p.add_argument("--load-reps", type=int, default=2)
     p.add_argument("--llm-scale", type=float, default=1.0)
-    p.add_argument("--llm-reps", type=int, default=3)
+    p.add_argument("--llm-reps", type=int, default=4)
     p.add_argument("--llm-saves", type=int, default=2)
     p.add_argument("--cp-scale", type=float, default=0.25)
     p.add_argument("--latency-ms", default="20,50")
@@ -896,7 +941,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.smoke:
         args.scale, args.llm_scale, args.cp_scale = 0.01, 0.01, 0.01
-        args.targets, args.reps, args.load_reps, args.llm_reps = "local,memory", 1, 1, 1
+        args.targets, args.reps, args.local_reps, args.load_reps, args.llm_reps = "local,memory", 1, 1, 1, 1
     out = args.out or (None if args.smoke else str(DEFAULT_OUT))
     from benchmarks.environment import machine, versions
 
@@ -955,8 +1000,8 @@ def smoke_checks(doc: dict[str, Any]) -> None:
     for name, loads in doc.get("loads", {}).items():
         if not name.endswith("_summary"):
             assert loads and all(r["verified"] is True for r in loads), name
-    if "cp" in doc:
-        assert doc["cp"]["copy"]["verified"] is True
+    for variant, cp in doc.get("cp", {}).items():
+        assert cp["copy"]["verified"] is True, variant
 
 
 if __name__ == "__main__":

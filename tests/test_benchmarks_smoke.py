@@ -122,3 +122,31 @@ def test_benchmark_multihost_smoke(tmp_path):
     resharded = {(r["save_world"], r["world"]) for r in records if r["lib"] == "cloudckpt" and r["phase"] == "reshard"}
     assert resharded == {(1, 2), (2, 1)}
     assert "| ranks | save cloudckpt | save DCP |" in text and "Versions:" in text
+
+
+@pytest.mark.slow
+def test_benchmark_incremental_smoke(tmp_path):
+    """``python -m benchmarks.incremental --smoke``: tiny finetune state on local disk and memory://; every
+    incremental later save (frozen tensors as objects of their own) sent fewer bytes than the full one and copied
+    the rest, none sent more, and every load returned the saved state bit-exactly (the script asserts that too)."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.incremental", "--smoke", "--workdir", str(tmp_path / "work"),
+         "--out", str(out), "--markdown", str(tmp_path / "report.md")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "smoke ok" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert {"local", "memory", "local split", "memory split"} <= set(doc["finetune"])
+    for name in ("local split", "memory split"):
+        inc, full = doc["finetune"][name]["series"]["incremental"][0], doc["finetune"][name]["series"]["full"][0]
+        assert len(inc["saves"]) == len(full["saves"]) >= 4, name
+        for s_inc, s_full in zip(inc["saves"][1:], full["saves"][1:], strict=True):
+            assert 0 < s_inc["bytes_written"] < s_full["bytes_written"], (name, s_inc, s_full)
+            assert s_inc["bytes_copied"] > 0 and s_full["bytes_copied"] == 0, (name, s_inc, s_full)
+    assert doc["finetune"]["memory split"]["series"]["incremental"][0]["verified"] is True
+    loads = doc["loads"]["local"] + doc["loads"]["local split"]
+    assert {r["mode"] for r in loads} == {"incremental", "full"} and all(r["verified"] is True for r in loads)
+    assert {v: c["copy"]["verified"] for v, c in doc["cp"].items()} == {"default": True, "split": True}
+    assert "| target | measured | limit | met |" in (tmp_path / "report.md").read_text()
