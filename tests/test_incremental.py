@@ -121,8 +121,8 @@ def test_local_incremental_saves_hard_link_unchanged_objects(local_backend):
     second = cloudckpt.save(local_backend.url("ckpt-2"), state, options=OPTS, base=first)
     info = cloudckpt.info(second)
     m1, m2 = (manifest_of(u) for u in (first, second))
-    shared = {o["xxh3"] for o in m1["objects"]} & {o["xxh3"] for o in m2["objects"]}
-    linked = [o for o in m2["objects"] if o["xxh3"] in shared and o["size"] >= OPTS.chunk_bytes]
+    shared = set(m1["content_hashes"]["objects"]) & set(m2["content_hashes"]["objects"])
+    linked = [o for o, h in zip(m2["objects"], m2["content_hashes"]["objects"], strict=True) if h in shared and o["size"] >= OPTS.chunk_bytes]
     assert len(linked) >= 5  # embed (4 chunks) and proj
     for o in linked:
         st = os.stat(os.path.join(second, o["key"]))
@@ -249,12 +249,15 @@ def test_incremental_false_copies_nothing(memory_backend_url):
         cloudckpt.CheckpointManager(cloudckpt.Checkpoint(**state), memory_backend_url, 2, incremental="yes")
 
 
-def test_manifests_record_a_content_hash_per_object_and_format_4(memory_backend_url):
+def test_manifests_record_a_content_hash_per_object_and_stay_readable_by_older_readers(memory_backend_url):
     url = cloudckpt.save(f"{memory_backend_url}/ckpt-1", frozen_and_trained(), options=OPTS)
     m = manifest_of(url)
-    assert m["format_version"] == 4
+    assert m["format_version"] == 1  # an informational field: no newer format version for the hashes
+    assert m["content_hashes"]["algorithm"] == "xxh3-128"
+    assert len(m["content_hashes"]["objects"]) == len(m["objects"])
     s = open_storage(url)
     from cloudckpt.format.checksum import content_hash_many
 
-    for o in m["objects"]:
-        assert o["xxh3"] == content_hash_many([s.read(o["key"])])
+    for o, digest in zip(m["objects"], m["content_hashes"]["objects"], strict=True):
+        assert set(o) == {"key", "size", "crc32c"}
+        assert digest == content_hash_many([s.read(o["key"])])

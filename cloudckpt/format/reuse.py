@@ -27,7 +27,8 @@ Example:
     >>> from cloudckpt.storage import open_storage
     >>> s = open_storage("memory://doc-reuse")
     >>> first = ObjectSink(s.child("ckpt-1"), None).put("d1/c/0", [b"frozen bytes"])
-    >>> sink = ObjectSink(s.child("ckpt-2"), BaseObjects.from_manifest(s.child("ckpt-1"), {"objects": [first]}))
+    >>> base = BaseObjects(s.child("ckpt-1"), {(first["size"], first["xxh3"]): (first["key"], first["crc32c"])})
+    >>> sink = ObjectSink(s.child("ckpt-2"), base)
     >>> _ = sink.put("d2/c/0", [b"frozen bytes"]); sink.copied_objects, s.read("ckpt-2/d2/c/0")
     (1, b'frozen bytes')
 """
@@ -38,18 +39,31 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypedDict
 
 from cloudckpt.errors import ObjectNotFoundError
-from cloudckpt.format.checksum import CONTENT_HASH, checksums_many
+from cloudckpt.format.checksum import checksums_many
 from cloudckpt.storage import Storage
 
-if TYPE_CHECKING:
-    from cloudckpt.format.manifest_types import ObjectEntry
-
-__all__ = ["BaseObjects", "ObjectSink", "copy_verified"]
+__all__ = ["BaseObjects", "ObjectSink", "WrittenObject", "copy_verified"]
 
 log = logging.getLogger("cloudckpt")
+
+
+class WrittenObject(TypedDict):
+    """An object's manifest entry as a save places it, with its content hash
+    (``xxh3``), which :func:`cloudckpt.format.manifest.build_manifest` moves to
+    the manifest's ``content_hashes``.
+
+    Example:
+        >>> WrittenObject(key="d/c/0", size=3, crc32c=7, xxh3="ab" * 16)["size"]
+        3
+    """
+
+    key: str
+    size: int
+    crc32c: int
+    xxh3: str
 
 
 @dataclass
@@ -63,8 +77,9 @@ class BaseObjects:
 
     Example:
         >>> from cloudckpt.storage import open_storage
-        >>> b = BaseObjects.from_manifest(open_storage("memory://doc-base"), {"objects": [
-        ...     {"key": "d/c/0", "size": 3, "crc32c": 7, "xxh3": "ab" * 16}]})
+        >>> b = BaseObjects.from_manifest(open_storage("memory://doc-base"), {
+        ...     "objects": [{"key": "d/c/0", "size": 3, "crc32c": 7}],
+        ...     "content_hashes": {"algorithm": "xxh3-128", "objects": ["ab" * 16]}})
         >>> b.by_content[(3, "ab" * 16)]
         ('d/c/0', 7)
     """
@@ -77,10 +92,9 @@ class BaseObjects:
     def from_manifest(cls, storage: Storage, manifest: Mapping[str, Any], committed_at: float | None = None) -> BaseObjects:
         """The index of a parsed manifest's objects that have a content hash (see the class example)."""
         index: dict[tuple[int, str], tuple[str, int]] = {}
-        for o in manifest.get("objects") or []:
-            digest = o.get(CONTENT_HASH)
-            if digest is not None:
-                index.setdefault((int(o["size"]), str(digest)), (str(o["key"]), int(o["crc32c"])))
+        hashes = (manifest.get("content_hashes") or {}).get("objects") or []
+        for o, digest in zip(manifest.get("objects") or [], hashes, strict=False):
+            index.setdefault((int(o["size"]), str(digest)), (str(o["key"]), int(o["crc32c"])))
         return cls(storage, index, committed_at)
 
 
@@ -108,7 +122,7 @@ class ObjectSink:
         if self.base is not None and not self.storage.can_copy_from(self.base.storage):
             self.base = None  # (nothing can be copied from there: every object is written)
 
-    def put(self, key: str, buffers: Sequence[Any], *, reuse: bool = True) -> ObjectEntry:
+    def put(self, key: str, buffers: Sequence[Any], *, reuse: bool = True) -> WrittenObject:
         """Place the object ``key`` holding ``buffers`` back to back (see the
         class example); ``reuse=False`` always writes it (the small zarr
         documents: a copy costs a request as a write does)."""
