@@ -15,8 +15,10 @@ What differs from any fsspec filesystem:
 * the commit's create-only write is ``upload_blob(overwrite=False)``, that is
   ``Put Blob`` with ``If-None-Match: *``: of two writers exactly one creates
   the blob, the other gets ``409 BlobAlreadyExists`` (``FileExistsError``).
-* an object is copied within the store by ``Copy Blob``
-  (``start_copy_from_url``), waited for until it is done.
+* :meth:`~AzureBackend.copy` copies an object within the store (``Copy
+  Blob``), but ``server_copy`` is not declared: Azure reports no CRC-32C of
+  the copy, and an incremental save checks a remote copy by that CRC (a
+  damaged source would be copied unseen).
 
 What it cannot do: the SDK's single-request upload takes one ``bytes``, so a
 write of several buffers is joined (``write_copies``); uncommitted blocks of a
@@ -140,9 +142,9 @@ class AzureBackend(FsspecBackend):
 
     def declare(self) -> Capabilities:
         """Create-only (``Put Blob`` with ``If-None-Match: *``); per-call
-        timeouts (adlfs is asynchronous); uploads hold one copy of their data;
-        copies within the store (``Copy Blob``)."""
-        return Capabilities(create_only=True, write_copies=True, call_timeout=self._timeouts, server_copy=True)
+        timeouts (adlfs is asynchronous); uploads hold one copy of their data.
+        No ``server_copy``: :meth:`copy` works, but reports no CRC-32C to check the copy by."""
+        return Capabilities(create_only=True, write_copies=True, call_timeout=self._timeouts)
 
     def accepted_options(self) -> frozenset[str] | None:
         """adlfs hands an option it does not know to ``DefaultAzureCredential``
@@ -211,7 +213,8 @@ class AzureBackend(FsspecBackend):
         to ``dst``, then ``Get Blob Properties`` until the copy is no longer
         pending (within one account Azure usually completes it at once, and
         Azurite always does). Returns None: Azure keeps an MD5 or a CRC-64 of
-        a blob, no CRC-32C.
+        a blob, no CRC-32C; which is why ``capabilities.server_copy`` is not
+        declared and :meth:`Storage.copy_from` does not use this verb.
 
         Example:
             >>> "Copy Blob" in AzureBackend.copy.__doc__
