@@ -19,16 +19,16 @@
   (``data-<attempt>/``) first, then a barrier (fsync on local disk), then
   ``manifest.json`` create-only, byte for byte the source's. A crash at
   any point leaves the destination checkpoint invisible, never half there.
-* **Only what the destination lacks.** Every object of a checkpoint of
-  format 4 or later carries a content hash (XXH3-128) beside its crc32c.
+* **Only what the destination lacks.** A checkpoint of a current release
+  records the content hash (XXH3-128) of every object beside its crc32c.
   Before a checkpoint is copied, the objects of one checkpoint already
   committed at the destination are indexed by (size, content hash)
   (:class:`~cloudckpt.format.reuse.BaseObjects`): the checkpoint this call
   committed just before (a directory is copied oldest first), else the
   newest checkpoint committed in the destination directory before the call
   (a single checkpoint copied into a directory, or a directory copy resumed
-  or extended; a damaged manifest there, or one of an older format, gives no
-  index). A source object whose size, content hash and crc32c match one of
+  or extended; a damaged manifest there, or one without content hashes,
+  gives no index). A source object whose size, content hash and crc32c match one of
   them is **not sent**: it is copied *inside the destination store* (S3
   ``CopyObject``, GCS ``rewrite``, a hard link on local disk:
   :func:`~cloudckpt.format.reuse.copy_verified`) and the copy is checked:
@@ -38,7 +38,7 @@
   check is removed (a warning names the damaged object) and the object is
   sent from the source as usual, so damage at the destination is never
   propagated. Objects without a content hash (checkpoints of older
-  formats), and every object where the destination store cannot copy
+  releases), and every object where the destination store cannot copy
   within itself, are sent. What is sent is read from the source, checked
   and written as above; each copied checkpoint is whole (deleting the one
   its objects were copied from never affects it). Syncing a directory of
@@ -102,7 +102,6 @@ from cloudckpt.errors import (
     CorruptCheckpointError,
     ObjectNotFoundError,
 )
-from cloudckpt.format.checksum import CONTENT_HASH
 from cloudckpt.format.manifest import header_of, max_manifest_bytes, parse_manifest
 from cloudckpt.format.reuse import BaseObjects, copy_verified
 from cloudckpt.layout import catalog, ownership
@@ -304,7 +303,7 @@ def _open_base(dst: Storage, base: Storage) -> BaseObjects | None:
     """The objects of the checkpoint ``base`` committed at the destination that
     the copy into ``dst`` may copy inside the store, or None (logged at INFO)
     when there are none: no copy within this store, no readable manifest, or
-    one without content hashes (an older format)."""
+    one without content hashes (an older release)."""
     if not dst.can_copy_from(base):
         return None
     try:
@@ -319,9 +318,28 @@ def _index(base: Storage, manifest: dict[str, Any]) -> BaseObjects | None:
     """The content index of a committed checkpoint at the destination, or None if it records no content hash."""
     found = BaseObjects.from_manifest(base, manifest)
     if not found.by_content:
-        log.info("copy: %s records no content hashes (an older format); no object is copied from it", base.url)
+        log.info("copy: %s records no content hashes (an older release); no object is copied from it", base.url)
         return None
     return found
+
+
+def _content_hashes(manifest: dict[str, Any]) -> list[str | None]:
+    """The content hash (XXH3-128, hex) of each of the manifest's objects, in
+    order; None where it records none (a checkpoint of an older release).
+
+    Example:
+        >>> _content_hashes({"objects": [{"key": "a"}, {"key": "b"}], "content_hashes": {"objects": ["ab" * 16]}})
+        ['abababababababababababababababab', None]
+        >>> _content_hashes({"objects": [{"key": "a", "xxh3": "cd" * 16}, {"key": "b"}]})
+        ['cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd', None]
+    """
+    objects = manifest["objects"]
+    table = manifest.get("content_hashes")
+    if isinstance(table, dict):
+        hashes: list[str | None] = [str(h) for h in (table.get("objects") or [])[: len(objects)]]
+        hashes += [None] * (len(objects) - len(hashes))
+        return hashes
+    return [None if o.get("xxh3") is None else str(o["xxh3"]) for o in objects]  # (beside each object)
 
 
 def _newest_beside(d: Storage) -> Storage | None:
@@ -369,21 +387,20 @@ def _run_job(
         finally:
             budget.release(n)
 
-    def from_base(obj: dict[str, Any]) -> bool:
-        """Place ``obj`` by a checked copy inside the destination, if the base holds its bytes."""
-        digest = obj.get(CONTENT_HASH)
+    def from_base(obj: dict[str, Any], digest: str | None) -> bool:
+        """Place ``obj`` (content hash ``digest``) by a checked copy inside the destination, if the base holds its bytes."""
         if base is None or digest is None:
             return False
         key, size, crc = obj["key"], int(obj["size"]), int(obj["crc32c"])
         try:
-            if not copy_verified(dst, base, key, size, crc, str(digest)):
+            if not copy_verified(dst, base, key, size, crc, digest):
                 return False
         except NotImplementedError:  # not copyable within the store (S3: an object over 5 GiB)
             return False
         if verify_existing:
             problem = check_at_dst(obj)
             if problem is not None:
-                source = base.storage.url_for(base.by_content[(size, str(digest))][0])
+                source = base.storage.url_for(base.by_content[(size, digest)][0])
                 log.warning(
                     "copy: %s at the destination is damaged (its copy %s: %s); sending the object from %s instead",
                     source,
@@ -395,7 +412,8 @@ def _run_job(
                 return False
         return True
 
-    def one(obj: dict[str, Any]) -> None:
+    def one(item: tuple[dict[str, Any], str | None]) -> None:
+        obj, digest = item
         key, size = obj["key"], int(obj["size"])
         if job.present.get(key) == size:
             problem = check_at_dst(obj) if verify_existing else None
@@ -407,7 +425,7 @@ def _run_job(
                 return
             log.info("copy: %s at the destination is damaged (%s); copying it again", dst.url_for(key), problem)
             dst.delete([key])  # (it may be a hard link of another checkpoint's object: never write into it)
-        if from_base(obj):
+        if from_base(obj, digest):
             with lock:
                 report.objects_deduplicated += 1
                 report.bytes_deduplicated += size
@@ -434,7 +452,7 @@ def _run_job(
         counter.add(size)
 
     try:
-        dst.map(one, manifest["objects"])
+        dst.map(one, list(zip(manifest["objects"], _content_hashes(manifest), strict=True)))
         dst.barrier()
     except (_Vanished, CorruptCheckpointError):
         discard_if_uncommitted(dst, manifest["data"])
