@@ -628,22 +628,29 @@ def _damage(loc: Loc, key: str, how: str) -> None:
     fs.pipe_file(loc.url(key), bytes(data))
 
 
-@pytest.mark.parametrize("pair", [("memory", "local"), ("local", "memory")], ids=lambda p: "-to-".join(p))
+@pytest.mark.parametrize(
+    "pair", [("memory", "local"), ("local", "memory"), ("local", "gcs"), ("gcs", "s3")], ids=lambda p: "-to-".join(p)
+)
 def test_damaged_destination_object_is_not_propagated(locs, pair, caplog):
     src, dst = locs(pair[0]), locs(pair[1])
+    _needs_copy_verb(src, dst)
     states = _finetune_run(src, range(1, 4))
     # ckpt-1 alone first; then two of its frozen chunks at the destination get damaged
-    cloudckpt.copy(src.url("ckpt-1"), dst.url("ckpt-1"))
+    cloudckpt.copy(
+        src.url("ckpt-1"), dst.url("ckpt-1"), src_storage_options=src.options, dst_storage_options=dst.options
+    )
     m1, _ = _manifest(dst, "ckpt-1")
     chunks = sorted(o["key"] for o in m1["objects"] if "/base/w/c/" in o["key"])
     assert len(chunks) == 8
     truncated, flipped = chunks[2], chunks[5]
-    _damage(dst, f"ckpt-1/{truncated}", "truncate")  # caught by the copy's size check
-    _damage(dst, f"ckpt-1/{flipped}", "flip")  # same size: caught by re-reading the copy
-    assert not cloudckpt.verify(dst.url("ckpt-1")).ok
+    _damage(dst, f"ckpt-1/{truncated}", "truncate")  # caught by the copy's size (or store's crc32c) check
+    _damage(dst, f"ckpt-1/{flipped}", "flip")  # same size: caught by the store's crc32c, or re-reading the copy
+    assert not cloudckpt.verify(dst.url("ckpt-1"), storage_options=dst.options).ok
 
     with caplog.at_level("WARNING", logger="cloudckpt"):
-        report = cloudckpt.copy(src.root, dst.root)  # resumes: ckpt-1 is there, the rest copies from it
+        report = cloudckpt.copy(
+            src.root, dst.root, src_storage_options=src.options, dst_storage_options=dst.options
+        )  # resumes: ckpt-1 is there, the rest copies from it
     assert report.skipped == [dst.url("ckpt-1")]
     assert report.copied == [dst.url("ckpt-2"), dst.url("ckpt-3")]
     warned = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
@@ -652,14 +659,14 @@ def test_damaged_destination_object_is_not_propagated(locs, pair, caplog):
     # eight from ckpt-2
     assert report.objects_deduplicated >= 6 + 8
     for i in (2, 3):
-        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}")))
-        assert cloudckpt.verify(dst.url(f"ckpt-{i}")).ok
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url(f"ckpt-{i}"), storage_options=dst.options).ok
         data = _manifest(src, f"ckpt-{i}")[0]["data"]
         for key in (truncated, flipped):
             same = f"{data}/{key.split('/', 1)[1]}"  # the same chunk under this checkpoint's data prefix
             assert read_raw(dst, f"ckpt-{i}", same) == read_raw(src, f"ckpt-{i}", same)
     # nothing was written into the damaged objects (a hard link would share them): ckpt-1 is as damaged as before
-    damaged = sorted(d.url for d in cloudckpt.verify(dst.url("ckpt-1")).damaged)
+    damaged = sorted(d.url for d in cloudckpt.verify(dst.url("ckpt-1"), storage_options=dst.options).damaged)
     assert damaged == sorted([dst.url("ckpt-1", truncated), dst.url("ckpt-1", flipped)])
 
 
@@ -680,3 +687,43 @@ def test_old_format_checkpoints_are_sent_whole(locs):
     assert one.copied == [dst.url("ckpt-4")] and one.objects_deduplicated == 0
     for i in range(1, 5):
         assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}")))
+
+
+@pytest.mark.parametrize("pair", [("memory", "local"), ("local", "gcs")], ids=lambda p: "-to-".join(p))
+def test_interrupted_deduplicating_copy_resumes(locs, pair):
+    """A copy killed after placing some of ckpt-2's objects inside the destination resumes: those
+    are found there (re-read on local disk) and not placed again; the rest is copied or sent."""
+    src, dst = locs(pair[0]), locs(pair[1])
+    _needs_copy_verb(src, dst)
+    states = _finetune_run(src, range(1, 4))
+    copies: list[str] = []
+
+    def on_open(s, d):
+        def hook(op, url):
+            if op == "copy" and "/ckpt-2/" in url:
+                if len(copies) >= 4:
+                    raise Crash(url)
+                copies.append(url)
+
+        d.add_hook(hook)
+
+    with pytest.raises(Crash):
+        cloudckpt.copy(
+            src.root,
+            dst.root,
+            src_storage_options=src.options,
+            dst_storage_options=dst.options,
+            max_concurrency=1,
+            _on_open=on_open,
+        )
+    assert len(copies) == 4
+    d = dst.storage()
+    assert d.exists(f"ckpt-1/{MANIFEST_KEY}") and not d.exists(f"ckpt-2/{MANIFEST_KEY}")
+    report = cloudckpt.copy(src.root, dst.root, src_storage_options=src.options, dst_storage_options=dst.options)
+    assert report.skipped == [dst.url("ckpt-1")]
+    assert report.copied == [dst.url("ckpt-2"), dst.url("ckpt-3")]
+    assert report.objects_present >= 4
+    assert report.objects_deduplicated >= 8  # (ckpt-3's frozen chunks at least, from ckpt-2)
+    for i in (1, 2, 3):
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url(f"ckpt-{i}"), storage_options=dst.options).ok
