@@ -538,13 +538,6 @@ def _lacking_bytes(loc: Loc, names: list[str]) -> int:
     return total
 
 
-def _needs_copy_verb(*locs_: Loc) -> None:
-    from cloudckpt.storage.protocol import Capabilities
-
-    if any(loc.name not in ("memory", "local") for loc in locs_) and not hasattr(Capabilities(), "server_copy"):
-        pytest.skip("needs the storage copy verb on object stores (Storage.copy_from, Capabilities.server_copy)")
-
-
 @pytest.mark.parametrize(
     "pair",
     [("memory", "memory"), ("local", "local"), ("memory", "local"), ("local", "memory"), ("s3", "gcs")],
@@ -552,7 +545,6 @@ def _needs_copy_verb(*locs_: Loc) -> None:
 )
 def test_directory_copy_sends_the_frozen_model_once(locs, pair):
     src, dst = locs(pair[0]), locs(pair[1])
-    _needs_copy_verb(src, dst)
     states = _finetune_run(src, range(1, 6))
     names = [f"ckpt-{i}" for i in range(1, 6)]
     full = [sum(o["size"] for o in _manifest(src, n)[0]["objects"]) + _manifest(src, n)[1] for n in names]
@@ -633,7 +625,6 @@ def _damage(loc: Loc, key: str, how: str) -> None:
 )
 def test_damaged_destination_object_is_not_propagated(locs, pair, caplog):
     src, dst = locs(pair[0]), locs(pair[1])
-    _needs_copy_verb(src, dst)
     states = _finetune_run(src, range(1, 4))
     # ckpt-1 alone first; then two of its frozen chunks at the destination get damaged
     cloudckpt.copy(
@@ -694,7 +685,6 @@ def test_interrupted_deduplicating_copy_resumes(locs, pair):
     """A copy killed after placing some of ckpt-2's objects inside the destination resumes: those
     are found there (re-read on local disk) and not placed again; the rest is copied or sent."""
     src, dst = locs(pair[0]), locs(pair[1])
-    _needs_copy_verb(src, dst)
     states = _finetune_run(src, range(1, 4))
     copies: list[str] = []
 

@@ -303,3 +303,21 @@ def test_azure_backend_copies_without_declaring_it(object_backend):
     with pytest.raises(FileNotFoundError):
         b.copy(b.path_of(storage.url_for("nope")), b.path_of(storage.url_for("c")))
     assert not storage.exists("c")
+
+
+def test_a_local_byte_copy_that_copy_file_range_leaves_short_is_completed(tmp_path, monkeypatch):
+    import errno as errno_
+
+    from cloudckpt.storage.backends.local import LocalBackend
+
+    b = LocalBackend(fsync=False)
+    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+    b.put(src, [b"x" * 100_000])
+
+    def no_link(*_a, **_k):
+        raise OSError(errno_.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "copy_file_range", lambda *_a, **_k: 0, raising=False)  # a filesystem that answers 0 at once
+    b.copy(src, dst)
+    assert b.get(dst) == b"x" * 100_000

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudckpt import __about__
 from cloudckpt.errors import CorruptCheckpointError, FormatVersionError
-from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, crc32c_of
 from cloudckpt.format.manifest_check import (
     FORMAT_VERSION,
     Invalid,
@@ -103,7 +103,7 @@ def build_manifest(
         "arrays": arrays_json,
         "pack": None if pack is None else pack.to_json(),
         "objects": entries,
-        **({"content_hashes": {"algorithm": "xxh3-128", "objects": hashes}} if hashes else {}),
+        **({"content_hashes": {"algorithm": CONTENT_HASH_ALGORITHM, "objects": hashes}} if hashes else {}),
     }
 
 

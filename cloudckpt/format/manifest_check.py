@@ -329,9 +329,6 @@ def _check_objects(m: Mapping[str, Any]) -> list[Any]:
         if key in keys:
             raise Invalid(f"objects[{n}]: key {key!r} listed twice")
         keys.add(key)
-    hashes = m.get("content_hashes")
-    if hashes is not None and len(hashes["objects"]) != len(objects):
-        raise Invalid(f"content_hashes.objects: {len(hashes['objects'])} hashes for {len(objects)} objects")
     return objects
 
 

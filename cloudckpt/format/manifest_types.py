@@ -185,16 +185,17 @@ class ObjectEntry(TypedDict):
     crc32c: Crc32c
 
 
-Xxh3 = Annotated[str, Def("xxh3"), S("An XXH3-128 hash as 32 lowercase hex digits.", pattern="^[0-9a-f]{32}$")]
-
-
 class ContentHashes(TypedDict):
     """The content hash of every object: by it a later save of the same store copies an object the checkpoint already
     holds instead of sending it, and a copy sends only what the destination lacks. Informational: a reader needs none of
-    it (the crc32c in 'objects' protects the bytes). Absent in manifests of earlier releases."""
+    it (the crc32c in 'objects' protects the bytes), and one that does not know the algorithm, or finds a list that does
+    not match 'objects', ignores it. Absent in manifests of earlier releases."""
 
-    algorithm: Annotated[Literal["xxh3-128"], S("The hash function: XXH3 with 128-bit output.")]
-    objects: Annotated[list[Xxh3], S("One per entry of 'objects', in the same order: the hash of all the object's bytes.")]
+    algorithm: Annotated[str, S("The hash function: 'xxh3-128' (XXH3 with 128-bit output) in this release.", maxLength=64)]
+    objects: Annotated[
+        list[Annotated[str, S(maxLength=256)]],
+        S("One per entry of 'objects', in the same order: the hash of all the object's bytes (xxh3-128: 32 lowercase hex digits)."),
+    ]
 
 
 # -- the tree ------------------------------------------------------------------
@@ -419,7 +420,6 @@ class Manifest(TypedDict):
 DEFS: dict[str, Any] = {
     "size": Size,
     "crc32c": Crc32c,
-    "xxh3": Xxh3,
     "key": Key,
     "range": Range,
     "dtype": Dtype,
@@ -446,7 +446,7 @@ DEFS: dict[str, Any] = {
 }
 
 #: The objects that allow fields beyond their own (forward compatibility).
-OPEN = (Manifest, Writer)
+OPEN = (Manifest, Writer, ContentHashes)
 
 #: Objects that hold exactly one of some of their optional fields.
 EXACTLY_ONE_OF: dict[Any, tuple[str, ...]] = {ArrayJson: ("packed", "chunked", "shards")}

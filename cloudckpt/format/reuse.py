@@ -36,16 +36,17 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from cloudckpt.errors import ObjectNotFoundError
-from cloudckpt.format.checksum import checksums_many
+from cloudckpt.errors import ObjectNotFoundError, StorageError
+from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, checksums_many
 from cloudckpt.storage import Storage
 
-__all__ = ["BaseObjects", "ObjectSink", "WrittenObject", "copy_verified"]
+__all__ = ["BaseObjects", "ObjectSink", "WrittenObject", "copy_verified", "content_hashes"]
 
 log = logging.getLogger("cloudckpt")
 
@@ -92,9 +93,9 @@ class BaseObjects:
     def from_manifest(cls, storage: Storage, manifest: Mapping[str, Any], committed_at: float | None = None) -> BaseObjects:
         """The index of a parsed manifest's objects that have a content hash (see the class example)."""
         index: dict[tuple[int, str], tuple[str, int]] = {}
-        hashes = (manifest.get("content_hashes") or {}).get("objects") or []
-        for o, digest in zip(manifest.get("objects") or [], hashes, strict=False):
-            index.setdefault((int(o["size"]), str(digest)), (str(o["key"]), int(o["crc32c"])))
+        for o, digest in zip(manifest.get("objects") or [], content_hashes(manifest), strict=True):
+            if digest is not None:
+                index.setdefault((int(o["size"]), digest), (str(o["key"]), int(o["crc32c"])))
         return cls(storage, index, committed_at)
 
 
@@ -142,13 +143,37 @@ class ObjectSink:
         return True
 
 
+def content_hashes(manifest: Mapping[str, Any]) -> list[str | None]:
+    """The content hash of each of a parsed manifest's objects, in order;
+    None for all where the manifest records none this release can use (an
+    earlier release's, another algorithm, a list that does not match).
+
+    Example:
+        >>> content_hashes({"objects": [{}, {}], "content_hashes": {"algorithm": "xxh3-128", "objects": ["ab" * 16, "cd" * 16]}})[1]
+        'cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd'
+        >>> content_hashes({"objects": [{}], "content_hashes": {"algorithm": "blake3", "objects": ["ab" * 32]}})
+        [None]
+    """
+    objects = manifest.get("objects") or []
+    table = manifest.get("content_hashes") or {}
+    hashes = table.get("objects")
+    if table.get("algorithm") != CONTENT_HASH_ALGORITHM or not isinstance(hashes, list) or len(hashes) != len(objects):
+        return [None] * len(objects)
+    return [h if isinstance(h, str) and _HEX32.fullmatch(h) else None for h in hashes]
+
+
+_HEX32 = re.compile("[0-9a-f]{32}")
+
+
 def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc: int, digest: str) -> bool:
     """Place the object ``key`` of ``storage`` (``size`` bytes with this
     crc32c and content hash) by a copy of the base's object with the same
     content, if it has one; whether it did. The copy is checked: the
     crc32c the store reports (S3, GCS, memory://), else (local disk) the
-    source's size and that it was not written after the base's commit
-    (the crc32c of its bytes is checked when it is read); a failed check removes it and
+    copy's size and that its source was not written after the base's commit
+    (the crc32c of its bytes is checked when it is read). A remote store
+    that reports no crc32c, or refuses a copy, ends the copies from this base
+    for the save (logged once at WARNING); a failed check removes it and
     logs a warning naming the damaged source, and a source that is gone is
     logged: either way False, and the caller writes the bytes.
 
@@ -171,23 +196,45 @@ def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc:
     src_url = base.storage.url_for(src_key)
     try:
         reported = storage.copy_from(base.storage, src_key, key, size=size)
+        if reported is None and storage.capabilities.remote:
+            # a remote store that reports no CRC-32C of the copy (an S3-compatible store without
+            # checksums): nothing checks the copy short of reading it back; write instead
+            _stop(base, f"{storage.backend_name} reports no crc32c of a copy to check it by")
+            storage.delete([key])
+            return False
+        problem = _local_copy_problem(storage, base, key, src_key, size) if reported is None else (
+            None if reported == crc else f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
+        )
     except ObjectNotFoundError:
-        log.info("incremental copy: %s is gone (deleted meanwhile); writing %s instead", src_url, storage.url_for(key))
+        log.debug("incremental copy: %s is gone (deleted meanwhile); writing %s instead", src_url, storage.url_for(key))
+        storage.delete([key])
         return False
     except NotImplementedError as exc:  # (an object the store cannot copy in one request)
         log.debug("incremental copy: %s", exc)
         return False
-    if reported is None:  # (local disk): the source's size, and no write to it since its commit
-        seen, written = base.storage.stat(src_key)
-        changed = written is not None and base.committed_at is not None and written > base.committed_at
-        ok = seen == size and not changed
-        problem = (
-            f"it holds {seen} bytes, the base recorded {size}" if seen != size else "it was written after the base was committed"
-        )
-    else:
-        ok = reported == crc
-        problem = f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
-    if not ok:
+    except StorageError as exc:  # (a store that refuses the copy: permissions, archived objects, ...)
+        _stop(base, f"a copy failed: {exc}")
+        return False
+    if problem is not None:
         log.warning("incremental copy: %s is damaged (%s); writing %s from the original bytes instead", src_url, problem, storage.url_for(key))
         storage.delete([key])  # (a hard link shares the damaged file: never write into it)
-    return ok
+    return problem is None
+
+
+def _local_copy_problem(storage: Storage, base: BaseObjects, key: str, src_key: str, size: int) -> str | None:
+    """What is wrong with a copy on a store that reports no checksum (local disk), or None:
+    the copy must hold ``size`` bytes, and its source must not have been written after the base committed."""
+    seen, _ = storage.stat(key)
+    _, written = base.storage.stat(src_key)
+    if seen != size:
+        return f"the copy holds {seen} bytes, the base recorded {size}"
+    if written is not None and base.committed_at is not None and written > base.committed_at:
+        return "it was written after the base was committed"
+    return None
+
+
+def _stop(base: BaseObjects, why: str) -> None:
+    """No more copies from ``base`` in this save (logged once): every later object is written."""
+    if base.by_content:
+        log.warning("incremental copy from %s stopped, the objects are written instead: %s", base.storage.url, why)
+        base.by_content.clear()

@@ -471,16 +471,18 @@ class CheckpointManager(Restoring):
         self._apply_view(result.extra)
 
     def _base_name(self, number: int) -> str | None:
-        """The checkpoint an incremental save of ``number`` copies from: this
-        manager's newest, else the directory's newest; None when not incremental."""
+        """The checkpoint an incremental save of ``number`` copies from: the
+        directory's latest if it is of this manager's name (after a rollback,
+        the restored one), else this manager's newest; None when not incremental."""
         if not self._incremental:
             return None
         with self._lock:
             own = [n for n in self._maybe_delete if n != number]
             latest = self._latest_name
-        if own:
-            return self._dirname(own[-1])
-        return latest if latest != self._dirname(number) else None
+        parsed = parse_name(latest) if latest else None
+        if parsed is not None and parsed[0] == self._name and parsed[1] != number:
+            return latest
+        return self._dirname(own[-1]) if own else None
 
     def sync(self) -> None:
         """Wait for an in-flight async save; re-raise its failure, if any.

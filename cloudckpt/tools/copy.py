@@ -103,11 +103,11 @@ from cloudckpt.errors import (
     ObjectNotFoundError,
 )
 from cloudckpt.format.manifest import header_of, max_manifest_bytes, parse_manifest
-from cloudckpt.format.reuse import BaseObjects, copy_verified
+from cloudckpt.format.reuse import BaseObjects, content_hashes, copy_verified
 from cloudckpt.layout import catalog, ownership
 from cloudckpt.layout import directory as directory_model
-from cloudckpt.layout.checkpoint_io import read_manifest
 from cloudckpt.layout.commit import commit, discard_if_uncommitted, preserve, read_preserved
+from cloudckpt.layout.incremental import open_base
 from cloudckpt.layout.names import MANIFEST_KEY, STATE_KEY, parse_name
 from cloudckpt.layout.statefile import CheckpointState, format_state, parse_state, read_state_file
 from cloudckpt.storage import Storage, open_storage
@@ -299,49 +299,6 @@ class _Counter:
                 self.progress(self.done, self.total)
 
 
-def _open_base(dst: Storage, base: Storage) -> BaseObjects | None:
-    """The objects of the checkpoint ``base`` committed at the destination that
-    the copy into ``dst`` may copy inside the store, or None (logged at INFO)
-    when there are none: no copy within this store, no readable manifest, or
-    one without content hashes (an older release)."""
-    if not dst.can_copy_from(base):
-        return None
-    try:
-        manifest = read_manifest(base)
-    except CheckpointError as exc:
-        log.info("copy to %s: no object is copied from %s, its manifest cannot be used: %s", dst.url, base.url, exc)
-        return None
-    return _index(base, manifest)
-
-
-def _index(base: Storage, manifest: dict[str, Any]) -> BaseObjects | None:
-    """The content index of a committed checkpoint at the destination, or None if it records no content hash."""
-    found = BaseObjects.from_manifest(base, manifest)
-    if not found.by_content:
-        log.info("copy: %s records no content hashes (an older release); no object is copied from it", base.url)
-        return None
-    return found
-
-
-def _content_hashes(manifest: dict[str, Any]) -> list[str | None]:
-    """The content hash (XXH3-128, hex) of each of the manifest's objects, in
-    order; None where it records none (a checkpoint of an older release).
-
-    Example:
-        >>> _content_hashes({"objects": [{"key": "a"}, {"key": "b"}], "content_hashes": {"objects": ["ab" * 16]}})
-        ['abababababababababababababababab', None]
-        >>> _content_hashes({"objects": [{"key": "a", "xxh3": "cd" * 16}, {"key": "b"}]})
-        ['cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd', None]
-    """
-    objects = manifest["objects"]
-    table = manifest.get("content_hashes")
-    if isinstance(table, dict):
-        hashes: list[str | None] = [str(h) for h in (table.get("objects") or [])[: len(objects)]]
-        hashes += [None] * (len(objects) - len(hashes))
-        return hashes
-    return [None if o.get("xxh3") is None else str(o["xxh3"]) for o in objects]  # (beside each object)
-
-
 def _newest_beside(d: Storage) -> Storage | None:
     """The newest checkpoint committed in the directory holding the checkpoint
     ``d`` (same name first, then by number), if ``d`` is a ``<name>-<N>``
@@ -452,7 +409,7 @@ def _run_job(
         counter.add(size)
 
     try:
-        dst.map(one, list(zip(manifest["objects"], _content_hashes(manifest), strict=True)))
+        dst.map(one, list(zip(manifest["objects"], content_hashes(manifest), strict=True)))
         dst.barrier()
     except (_Vanished, CorruptCheckpointError):
         discard_if_uncommitted(dst, manifest["data"])
@@ -687,7 +644,7 @@ def _run_jobs(
     base: BaseObjects | None = None
     for job in jobs:
         if job.base is not None:
-            base = _open_base(job.dst, job.base)
+            base = open_base(job.dst, job.base)
         try:
             _run_job(job, base, report, counter, budget, verify_existing, piece)
         except _Vanished:
@@ -699,7 +656,7 @@ def _run_jobs(
             report.vanished.append(job.src.url)
             continue
         if job.dst.can_copy_from(job.dst):
-            base = _index(job.dst, job.manifest)  # what the next checkpoint may copy: this one, just committed
+            base = open_base(job.dst, job.dst)  # what the next checkpoint may copy: this one, just committed
 
 
 def _write_state_file(s: Storage, d: Storage, plan: _DirectoryPlan, report: CopyReport) -> None:
