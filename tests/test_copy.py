@@ -265,8 +265,13 @@ def test_interrupt_halfway_and_resume(locs):
     writes: list[str] = []
     lock = threading.Lock()
 
+    def places(op: str) -> bool:
+        """A request that places an object: a write, or a copy inside the store (the
+        zarr documents of ckpt-2 and ckpt-3 are ckpt-1's, byte for byte)."""
+        return op.startswith("write") or op == "copy"
+
     def crash_hook(op, url):
-        if op.startswith("write"):
+        if places(op):
             with lock:
                 if len(writes) >= crash_after:
                     raise Crash(url)
@@ -306,12 +311,13 @@ def test_interrupt_halfway_and_resume(locs):
     assert report.skipped == [dst.url("ckpt-1")]
     assert report.copied == [dst.url("ckpt-2"), dst.url("ckpt-3")]
     assert report.objects_present == len(half)
-    assert report.objects_copied == (n_obj[2] - len(half)) + n_obj[3] + 2  # + 2 manifests
+    # + 2 manifests; what is not sent is copied inside the destination
+    assert report.objects_copied + report.objects_deduplicated == (n_obj[2] - len(half)) + n_obj[3] + 2
     # nothing of the committed checkpoint was read or written again
     assert not [u for op, u in ops["src"] if "/ckpt-1/" in u and not u.endswith("/manifest.json")]
-    assert not [u for op, u in ops["dst"] if op.startswith("write") and "/ckpt-1/" in u]
+    assert not [u for op, u in ops["dst"] if places(op) and "/ckpt-1/" in u]
     # objects of ckpt-2 already there were not written again
-    rewritten = {u for op, u in ops["dst"] if op.startswith("write") and "/ckpt-2/" in u}
+    rewritten = {u for op, u in ops["dst"] if places(op) and "/ckpt-2/" in u}
     assert not rewritten & {dst.url("ckpt-2", manifests[2]["data"], k) for k in half}
     assert len(rewritten) == n_obj[2] - len(half) + 1
     for i in (1, 2, 3):
@@ -324,7 +330,7 @@ def test_interrupt_halfway_and_resume(locs):
         src.root, dst.root, src_storage_options=src.options, dst_storage_options=dst.options, _on_open=counting
     )
     assert again.copied == [] and len(again.skipped) == 3 and again.bytes_copied == 0
-    assert not [op for op, _ in ops["dst"] if op.startswith("write")]
+    assert not [op for op, _ in ops["dst"] if places(op)]
     assert not [u for op, u in ops["src"] if "/data-" in u]
 
 
@@ -472,3 +478,242 @@ def test_single_checkpoint_into_a_directory(locs):
     # an empty destination is the checkpoint's own path
     fresh = locs("memory")
     assert cloudckpt.copy(url, fresh.url("renamed-1")).copied == [fresh.url("renamed-1")]
+
+
+# -- only what the destination lacks is sent -------------------------------------------------------
+
+DEDUPE = cloudckpt.StoreOptions(pack_threshold=4096, chunk_bytes=256 * 1024)
+FROZEN = np.random.default_rng(123).standard_normal((1024, 512)).astype(np.float32)  # 2 MiB: 8 chunks
+
+
+def _finetune_state(i: int) -> dict:
+    """A fine-tuning step: the frozen base model never changes, the small head does."""
+    head = np.random.default_rng(1000 + i).standard_normal((64, 64)).astype(np.float32)  # 16 KiB: one chunk
+    return {"base": {"w": FROZEN}, "head": {"w": head}, "step": i}
+
+
+def _finetune_run(loc: Loc, numbers, *, old_format: bool = False) -> dict[int, dict]:
+    """Committed checkpoints ckpt-<i> of a fine-tuning run at ``loc``; ``old_format``: their
+    manifests rewritten as a release before content hashes made them."""
+    from cloudckpt.format.manifest import encode_manifest, parse_manifest
+
+    states = {}
+    for i in numbers:
+        states[i] = _finetune_state(i)
+        url = cloudckpt.save(loc.url(f"ckpt-{i}"), states[i], storage_options=loc.options, options=DEDUPE)
+        if old_format:
+            s = loc.storage()
+            m = parse_manifest(s.read(f"ckpt-{i}/{MANIFEST_KEY}"), url)
+            m.pop("content_hashes", None)
+            for o in m["objects"]:
+                o.pop("xxh3", None)
+            m["format_version"] = min(m["format_version"], 1)
+            s.delete([f"ckpt-{i}/{MANIFEST_KEY}"])
+            s.write(f"ckpt-{i}/{MANIFEST_KEY}", encode_manifest(m))
+    return states
+
+
+def _manifest(loc: Loc, name: str) -> tuple[dict, int]:
+    raw = read_raw(loc, name, MANIFEST_KEY)
+    return json.loads(raw), len(raw)
+
+
+def _contents(m: dict) -> list[tuple[int, str | None]]:
+    """(size, content hash) of each object of the manifest ``m``."""
+    table = m.get("content_hashes")
+    hashes = table["objects"] if table else [o.get("xxh3") for o in m["objects"]]
+    return [(o["size"], h) for o, h in zip(m["objects"], hashes, strict=True)]
+
+
+def _lacking_bytes(loc: Loc, names: list[str]) -> int:
+    """What a copy of ``names`` (in this order) must send: the first checkpoint whole, then
+    for each later one the objects whose content the one before lacks, and every manifest."""
+    total, before = 0, set()
+    for name in names:
+        m, raw = _manifest(loc, name)
+        have = set(_contents(m))
+        assert all(h is not None for _, h in have)
+        total += raw + sum(size for size, h in _contents(m) if (size, h) not in before)
+        before = have
+    return total
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [("memory", "memory"), ("local", "local"), ("memory", "local"), ("local", "memory"), ("s3", "gcs")],
+    ids=lambda p: "-to-".join(p),
+)
+def test_directory_copy_sends_the_frozen_model_once(locs, pair):
+    src, dst = locs(pair[0]), locs(pair[1])
+    states = _finetune_run(src, range(1, 6))
+    names = [f"ckpt-{i}" for i in range(1, 6)]
+    full = [sum(o["size"] for o in _manifest(src, n)[0]["objects"]) + _manifest(src, n)[1] for n in names]
+    frozen_bytes = FROZEN.nbytes
+    assert all(f > frozen_bytes for f in full)
+    # what must be sent: one whole checkpoint, then the head, its pack and the manifest of each later one
+    lacking = _lacking_bytes(src, names)
+    assert lacking < full[0] + 4 * (full[0] - frozen_bytes)
+    assert lacking < 0.4 * sum(full)  # (the bound below means something)
+
+    stores = {}
+    report = cloudckpt.copy(
+        src.root,
+        dst.root,
+        src_storage_options=src.options,
+        dst_storage_options=dst.options,
+        _on_open=lambda s, d: stores.update(src=s, dst=d, s0=s.stats.snapshot(), d0=d.stats.snapshot()),
+    )
+    assert report.copied == [dst.url(n) for n in names]
+    sent_read = stores["src"].stats.snapshot()["bytes_read"] - stores["s0"]["bytes_read"]
+    sent_written = stores["dst"].stats.snapshot()["bytes_written"] - stores["d0"]["bytes_written"]
+    assert sent_read <= 1.2 * lacking, (sent_read, lacking)
+    assert sent_written <= 1.2 * lacking, (sent_written, lacking)
+    assert report.bytes_copied <= 1.2 * lacking
+    # the frozen model went once; each later checkpoint copied it inside the destination
+    assert report.bytes_deduplicated >= 4 * frozen_bytes
+    assert report.objects_deduplicated >= 4 * 8
+    assert report.bytes_copied + report.bytes_deduplicated == sum(full)
+    assert report.to_dict()["bytes_deduplicated"] == report.bytes_deduplicated
+    for i, n in zip(range(1, 6), names, strict=True):
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(n), storage_options=dst.options))
+        assert read_raw(dst, n, MANIFEST_KEY) == read_raw(src, n, MANIFEST_KEY)
+
+    # a later checkpoint copied alone into the directory copies from the newest one there
+    states[6] = _finetune_run(src, [6])[6]
+    one = cloudckpt.copy(src.url("ckpt-6"), dst.root, src_storage_options=src.options, dst_storage_options=dst.options)
+    assert one.copied == [dst.url("ckpt-6")]
+    assert one.bytes_deduplicated >= frozen_bytes
+    assert one.bytes_copied <= 1.2 * _lacking_bytes(src, ["ckpt-5", "ckpt-6"]) - _manifest(src, "ckpt-5")[1]
+
+    # every copied checkpoint is whole: deleting the first (whose objects the others copied) leaves them loadable
+    d = dst.storage()
+    d.delete([f"ckpt-1/{MANIFEST_KEY}"])
+    d.delete_prefix("ckpt-1")
+    assert d.list_all("ckpt-1") == {}
+    for i in range(2, 7):
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url(f"ckpt-{i}"), storage_options=dst.options).ok
+
+
+def _damage(loc: Loc, key: str, how: str) -> None:
+    """Change an object at ``loc`` behind the library's back: ``truncate`` drops its last
+    byte, ``flip`` changes one byte and keeps its size (in place on local disk)."""
+    if loc.name == "local":
+        import os
+
+        path = os.path.join(loc.root, key)
+        with open(path, "r+b") as f:
+            if how == "truncate":
+                f.truncate(os.path.getsize(path) - 1)
+            else:
+                f.seek(100)
+                b = f.read(1)
+                f.seek(100)
+                f.write(bytes([b[0] ^ 0xFF]))
+        return
+    fs = loc.fs()
+    data = bytearray(fs.cat_file(loc.url(key)))
+    if how == "truncate":
+        data = data[:-1]
+    else:
+        data[100] ^= 0xFF
+    fs.pipe_file(loc.url(key), bytes(data))
+
+
+@pytest.mark.parametrize(
+    "pair", [("memory", "local"), ("local", "memory"), ("local", "gcs"), ("gcs", "s3")], ids=lambda p: "-to-".join(p)
+)
+def test_damaged_destination_object_is_not_propagated(locs, pair, caplog):
+    src, dst = locs(pair[0]), locs(pair[1])
+    states = _finetune_run(src, range(1, 4))
+    # ckpt-1 alone first; then two of its frozen chunks at the destination get damaged
+    cloudckpt.copy(
+        src.url("ckpt-1"), dst.url("ckpt-1"), src_storage_options=src.options, dst_storage_options=dst.options
+    )
+    m1, _ = _manifest(dst, "ckpt-1")
+    chunks = sorted(o["key"] for o in m1["objects"] if "/base/w/c/" in o["key"])
+    assert len(chunks) == 8
+    truncated, flipped = chunks[2], chunks[5]
+    _damage(dst, f"ckpt-1/{truncated}", "truncate")  # caught by the copy's size (or store's crc32c) check
+    _damage(dst, f"ckpt-1/{flipped}", "flip")  # same size: caught by the store's crc32c, or re-reading the copy
+    assert not cloudckpt.verify(dst.url("ckpt-1"), storage_options=dst.options).ok
+
+    with caplog.at_level("WARNING", logger="cloudckpt"):
+        report = cloudckpt.copy(
+            src.root, dst.root, src_storage_options=src.options, dst_storage_options=dst.options
+        )  # resumes: ckpt-1 is there, the rest copies from it
+    assert report.skipped == [dst.url("ckpt-1")]
+    assert report.copied == [dst.url("ckpt-2"), dst.url("ckpt-3")]
+    warned = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert dst.url("ckpt-1", truncated) in warned and dst.url("ckpt-1", flipped) in warned
+    # ckpt-2 got those two chunks from the source, the six good ones inside the destination; ckpt-3 all
+    # eight from ckpt-2
+    assert report.objects_deduplicated >= 6 + 8
+    for i in (2, 3):
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url(f"ckpt-{i}"), storage_options=dst.options).ok
+        data = _manifest(src, f"ckpt-{i}")[0]["data"]
+        for key in (truncated, flipped):
+            same = f"{data}/{key.split('/', 1)[1]}"  # the same chunk under this checkpoint's data prefix
+            assert read_raw(dst, f"ckpt-{i}", same) == read_raw(src, f"ckpt-{i}", same)
+    # nothing was written into the damaged objects (a hard link would share them): ckpt-1 is as damaged as before
+    damaged = sorted(d.url for d in cloudckpt.verify(dst.url("ckpt-1"), storage_options=dst.options).damaged)
+    assert damaged == sorted([dst.url("ckpt-1", truncated), dst.url("ckpt-1", flipped)])
+
+
+def test_old_format_checkpoints_are_sent_whole(locs):
+    """Checkpoints whose objects record no content hash are copied as before: every object sent."""
+    src, dst = locs("memory"), locs("local")
+    states = _finetune_run(src, range(1, 4), old_format=True)
+    assert all(h is None for _, h in _contents(_manifest(src, "ckpt-2")[0]))
+    report = cloudckpt.copy(src.root, dst.root)
+    assert report.objects_deduplicated == 0 and report.bytes_deduplicated == 0
+    assert report.bytes_copied == sum(
+        sum(o["size"] for o in _manifest(src, f"ckpt-{i}")[0]["objects"]) + _manifest(src, f"ckpt-{i}")[1]
+        for i in (1, 2, 3)
+    )
+    # a current checkpoint copied into a directory whose newest is of the old format: no index, all sent
+    states[4] = _finetune_run(src, [4])[4]
+    one = cloudckpt.copy(src.url("ckpt-4"), dst.root + "/")
+    assert one.copied == [dst.url("ckpt-4")] and one.objects_deduplicated == 0
+    for i in range(1, 5):
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}")))
+
+
+@pytest.mark.parametrize("pair", [("memory", "local"), ("local", "gcs")], ids=lambda p: "-to-".join(p))
+def test_interrupted_deduplicating_copy_resumes(locs, pair):
+    """A copy killed after placing some of ckpt-2's objects inside the destination resumes: those
+    are found there (re-read on local disk) and not placed again; the rest is copied or sent."""
+    src, dst = locs(pair[0]), locs(pair[1])
+    states = _finetune_run(src, range(1, 4))
+    copies: list[str] = []
+
+    def on_open(s, d):
+        def hook(op, url):
+            if op == "copy" and "/ckpt-2/" in url:
+                if len(copies) >= 4:
+                    raise Crash(url)
+                copies.append(url)
+
+        d.add_hook(hook)
+
+    with pytest.raises(Crash):
+        cloudckpt.copy(
+            src.root,
+            dst.root,
+            src_storage_options=src.options,
+            dst_storage_options=dst.options,
+            max_concurrency=1,
+            _on_open=on_open,
+        )
+    assert len(copies) == 4
+    d = dst.storage()
+    assert d.exists(f"ckpt-1/{MANIFEST_KEY}") and not d.exists(f"ckpt-2/{MANIFEST_KEY}")
+    report = cloudckpt.copy(src.root, dst.root, src_storage_options=src.options, dst_storage_options=dst.options)
+    assert report.skipped == [dst.url("ckpt-1")]
+    assert report.copied == [dst.url("ckpt-2"), dst.url("ckpt-3")]
+    assert report.objects_present >= 4
+    assert report.objects_deduplicated >= 8  # (ckpt-3's frozen chunks at least, from ckpt-2)
+    for i in (1, 2, 3):
+        assert_bit_exact(states[i], cloudckpt.load(dst.url(f"ckpt-{i}"), storage_options=dst.options))
+        assert cloudckpt.verify(dst.url(f"ckpt-{i}"), storage_options=dst.options).ok

@@ -121,8 +121,8 @@ def test_local_incremental_saves_hard_link_unchanged_objects(local_backend):
     second = cloudckpt.save(local_backend.url("ckpt-2"), state, options=OPTS, base=first)
     info = cloudckpt.info(second)
     m1, m2 = (manifest_of(u) for u in (first, second))
-    shared = {o["xxh3"] for o in m1["objects"]} & {o["xxh3"] for o in m2["objects"]}
-    linked = [o for o in m2["objects"] if o["xxh3"] in shared and o["size"] >= OPTS.chunk_bytes]
+    shared = set(m1["content_hashes"]["objects"]) & set(m2["content_hashes"]["objects"])
+    linked = [o for o, h in zip(m2["objects"], m2["content_hashes"]["objects"], strict=True) if h in shared and o["size"] >= OPTS.chunk_bytes]
     assert len(linked) >= 5  # embed (4 chunks) and proj
     for o in linked:
         st = os.stat(os.path.join(second, o["key"]))
@@ -164,7 +164,7 @@ def test_a_damaged_base_manifest_makes_a_full_write(memory_backend_url, caplog):
     first = cloudckpt.save(f"{memory_backend_url}/ckpt-1", state, options=OPTS)
     open_storage(first).write("manifest.json", b"{not json")
     train(state, 1)
-    with caplog.at_level(logging.INFO, logger="cloudckpt"):
+    with caplog.at_level(logging.WARNING, logger="cloudckpt"):
         second = cloudckpt.save(f"{memory_backend_url}/ckpt-2", state, options=OPTS, base=first)
     assert "cannot be used" in caplog.text
     assert same(cloudckpt.load(second), state)
@@ -193,7 +193,7 @@ def test_a_damaged_or_deleted_base_object_is_written_not_propagated(backend, dam
     else:
         s1.delete([key])
     train(state, 1)
-    with caplog.at_level(logging.INFO, logger="cloudckpt"):
+    with caplog.at_level(logging.DEBUG, logger="cloudckpt"):
         second = cloudckpt.save(backend.url("ckpt-2"), state, storage_options=so, options=OPTS, base=first)
     assert same(cloudckpt.load(second, storage_options=so), state)  # the new checkpoint holds the right bytes
     caps = s1.capabilities
@@ -211,7 +211,7 @@ def test_a_damaged_or_deleted_base_object_is_written_not_propagated(backend, dam
 def test_a_base_on_another_store_makes_a_full_write(tmp_path, memory_backend_url, caplog):
     state = frozen_and_trained()
     first = cloudckpt.save(f"{memory_backend_url}/ckpt-1", state, options=OPTS)
-    with caplog.at_level(logging.INFO, logger="cloudckpt"):
+    with caplog.at_level(logging.DEBUG, logger="cloudckpt"):
         second = cloudckpt.save(str(tmp_path / "ckpt-2"), state, options=OPTS, base=first)
     assert "another store" in caplog.text
     assert same(cloudckpt.load(second), state)
@@ -249,12 +249,92 @@ def test_incremental_false_copies_nothing(memory_backend_url):
         cloudckpt.CheckpointManager(cloudckpt.Checkpoint(**state), memory_backend_url, 2, incremental="yes")
 
 
-def test_manifests_record_a_content_hash_per_object_and_format_4(memory_backend_url):
+def test_manifests_record_a_content_hash_per_object_and_stay_readable_by_older_readers(memory_backend_url):
     url = cloudckpt.save(f"{memory_backend_url}/ckpt-1", frozen_and_trained(), options=OPTS)
     m = manifest_of(url)
-    assert m["format_version"] == 4
+    assert m["format_version"] == 1  # an informational field: no newer format version for the hashes
+    assert m["content_hashes"]["algorithm"] == "xxh3-128"
+    assert len(m["content_hashes"]["objects"]) == len(m["objects"])
     s = open_storage(url)
     from cloudckpt.format.checksum import content_hash_many
 
-    for o in m["objects"]:
-        assert o["xxh3"] == content_hash_many([s.read(o["key"])])
+    for o, digest in zip(m["objects"], m["content_hashes"]["objects"], strict=True):
+        assert set(o) == {"key", "size", "crc32c"}
+        assert digest == content_hash_many([s.read(o["key"])])
+
+
+def test_a_base_deleted_between_the_link_and_its_check_is_written_instead(local_backend):
+    state = frozen_and_trained()
+    first = cloudckpt.save(local_backend.url("ckpt-1"), state, options=OPTS)
+    s = open_storage(local_backend.url())
+    gone = []
+
+    def delete_base_at_first_check(op: str, url: str) -> None:
+        if op == "head" and "/ckpt-2/" in url and not gone:
+            gone.append(url)
+            s.delete_prefix("ckpt-1")
+
+    remove = add_global_hook(delete_base_at_first_check)
+    try:
+        train(state, 1)
+        second = cloudckpt.save(local_backend.url("ckpt-2"), state, options=OPTS, base=first)
+    finally:
+        remove()
+    assert gone
+    assert same(cloudckpt.load(second), state)
+
+
+def test_a_remote_store_that_reports_no_crc_of_a_copy_gets_the_bytes(object_backend, monkeypatch, caplog):
+    if not open_storage(object_backend.url(), object_backend.storage_options).capabilities.server_copy:
+        pytest.skip(f"{object_backend.name} has no server-side copy")
+    from cloudckpt.storage.backends.fsspec import FsspecBackend
+
+    # an S3-compatible store that keeps no checksums: the copy is made, but nothing reports its crc32c
+    for cls in FsspecBackend.__subclasses__():
+        if "copy" in vars(cls):
+            real = vars(cls)["copy"]
+            monkeypatch.setattr(cls, "copy", lambda self, src, dst, real=real: (real(self, src, dst), None)[1])
+    so = object_backend.storage_options
+    state = frozen_and_trained()
+    first = cloudckpt.save(object_backend.url("ckpt-1"), state, storage_options=so, options=OPTS)
+    s1 = open_storage(first, so)
+    manifest = manifest_of(first, so)
+    key = manifest["objects"][-1]["key"]  # an array chunk of the frozen base
+    data = s1.read(key)
+    s1.write(key, bytes(len(data)))  # damaged, same size
+    train(state, 1)
+    with caplog.at_level(logging.WARNING, logger="cloudckpt"):
+        second = cloudckpt.save(object_backend.url("ckpt-2"), state, storage_options=so, options=OPTS, base=first)
+    assert "reports no crc32c" in caplog.text
+    assert same(cloudckpt.load(second, storage_options=so), state)
+
+
+def test_content_hashes_are_informational_for_the_reader(memory_backend_url):
+    from cloudckpt.format.manifest import encode_manifest
+
+    url = cloudckpt.save(f"{memory_backend_url}/ckpt-1", frozen_and_trained(), options=OPTS)
+    s = open_storage(url)
+    m = manifest_of(url)
+    for changed in ({"algorithm": "blake3", "objects": ["ab" * 32]}, {"algorithm": "xxh3-128", "objects": []}):
+        s.delete(["manifest.json"])
+        s.write("manifest.json", encode_manifest({**m, "content_hashes": changed}))
+        assert same(cloudckpt.load(url), frozen_and_trained())  # a future or odd table does not stop a load
+        train_state = frozen_and_trained()
+        train(train_state, 1)
+        n = len(changed["objects"])
+        second = cloudckpt.save(f"{memory_backend_url}/ckpt-{n + 2}", train_state, options=OPTS, base=url)
+        assert same(cloudckpt.load(second), train_state)  # nothing usable to copy from: written in full
+
+
+def test_a_manifest_near_the_size_limit_leaves_out_its_hashes(memory_backend_url, monkeypatch, caplog):
+    state = {f"t{i}": np.full(300, i, "<f4") for i in range(40)}
+    opts = cloudckpt.StoreOptions(pack_threshold=0, chunk_bytes=256)  # many objects: a long hash list
+    probe = cloudckpt.save(f"{memory_backend_url}/probe", state, options=opts)
+    raw = open_storage(probe).read("manifest.json")
+    hashes = json.dumps(manifest_of(probe)["content_hashes"])
+    monkeypatch.setenv("CLOUDCKPT_MAX_MANIFEST_BYTES", str(len(raw) - len(hashes) + 1000))
+    with caplog.at_level(logging.WARNING, logger="cloudckpt"):
+        url = cloudckpt.save(f"{memory_backend_url}/ckpt-1", state, options=opts)
+    assert "leaves out its content hashes" in caplog.text
+    assert "content_hashes" not in manifest_of(url)
+    assert same(cloudckpt.load(url), state)

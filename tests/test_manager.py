@@ -349,7 +349,7 @@ def test_info_logging_is_saves_restores_and_retention_only(backend, caplog):
     retention = [s for s in info if s.startswith("retention: ")]
     assert sorted(saved + restored + retention) == sorted(info)  # nothing else at INFO
     assert len(saved) == 2 and len(restored) == 1
-    line = re.compile(r"^(saved|restored) (\S+): (\d+) bytes in \d+ arrays, [0-9.]+ s, (\d+) requests$")
+    line = re.compile(r"^(saved|restored) (\S+): (\d+) bytes in \d+ arrays, [0-9.]+ s, (\d+) requests(, \d+ bytes copied from \S+)?$")
     for s in saved + restored:
         match = line.match(s)
         assert match, s

@@ -324,7 +324,8 @@ def test_export_to_and_import_from_every_backend(st, backend, tmp_path) -> None:
 
 def test_memory_is_bounded_by_the_largest_shard(st, tmp_path) -> None:
     """A 48 MiB state (24 tensors of 2 MiB) exported from memory:// in 4 MiB files,
-    and imported back from memory://: the peak of fresh allocations stays near one shard."""
+    and imported back from memory://: the peak of fresh allocations stays near one shard
+    (or one pack object, read whole, if that is larger)."""
     rng = np.random.default_rng(7)
     state = {"model": {f"l{i}.w": rng.standard_normal(1 << 19).astype("f4") for i in range(24)}}
     root = f"memory://st-mem-{uuid.uuid4().hex[:8]}"
@@ -339,7 +340,9 @@ def test_memory_is_bounded_by_the_largest_shard(st, tmp_path) -> None:
     finally:
         tracemalloc.stop()
     assert r.nbytes == total == 48 << 20 and len(r.files) == 12 and r.largest_shard == shard
-    assert export_peak < shard + (2 << 20), export_peak
+    # memory:// reads a pack object needed for at least half of it whole, into one temporary bytes:
+    # at most one pack object (8 MiB) beside the shard
+    assert export_peak < max(shard, 8 << 20) + (2 << 20), export_peak
     export_safetensors(ckpt, f"{root}/hf", prefix="model", max_shard_size=shard)
     tracemalloc.start()
     try:

@@ -18,6 +18,7 @@ from cloudckpt.storage import RetryPolicy, open_storage
 NO_WAIT = RetryPolicy(attempts=4, base_delay=0, max_delay=0)
 #: the backends that copy within the store, and whether the store (or its emulator) reports a CRC-32C
 COPIES = {"local": False, "memory": False, "s3": True, "gcs": True, "azure": False}
+# Azure: its backend can copy (tested below) but declares no server_copy: it reports no CRC-32C to check a copy by
 SERVER_COPY = {"local", "memory", "s3", "gcs"}
 
 DATA = bytes(range(256)) * 37 + b"tail"
@@ -171,14 +172,17 @@ def test_memory_and_local_are_different_stores(tmp_path):
     assert not mem.can_copy_from(disk) and not disk.can_copy_from(mem)
 
 
-def test_s3_and_gcs_of_other_endpoints_are_different_stores(object_backend):
+def test_object_stores_of_other_endpoints_are_different_stores(object_backend):
     if object_backend.name not in SERVER_COPY:
         pytest.skip(f"{object_backend.name} has no server-side copy")
     opts = dict(object_backend.storage_options)
+    here = object_backend.server.endpoint_url
+    # the same bucket at another endpoint (nothing listens there: no request is made)
+    elsewhere = {k: v.replace(here, "http://127.0.0.1:9") if isinstance(v, str) else v for k, v in opts.items()}
+    assert elsewhere != opts
     a = open_storage(object_backend.url("a"), opts)
-    b = open_storage(object_backend.url("b"), {**opts, "endpoint_url": opts["endpoint_url"] + "/"})
     assert a.can_copy_from(open_storage(object_backend.url("c"), dict(opts)))
-    assert not a.can_copy_from(b)
+    assert not a.can_copy_from(open_storage(object_backend.url("b"), elsewhere))
 
 
 # ---------------------------------------------------------------- local disk
@@ -271,3 +275,49 @@ def test_local_copy_of_a_directory_is_refused(disk_pair):
     old.write("d/k", b"x")
     with pytest.raises(cloudckpt.StorageError):
         new.copy_from(old, "d", "d")
+
+
+def test_copy_of_an_object_onto_itself_keeps_it(backend, pair):
+    _needs_copy(backend)
+    old, _ = pair
+    old.write("same", DATA)
+    crc = old.copy_from(old, "same", "same")
+    assert old.read("same") == DATA and old.list_all() == {"same": len(DATA)}
+    if backend.name == "gcs":  # a rewrite onto itself; S3 stores no CRC-32C of an upload by default
+        assert crc is not None
+    assert crc is None or crc == crc32c_of(DATA)
+
+
+def test_azure_backend_copies_without_declaring_it(object_backend):
+    """Copy Blob works on Azurite (overwrite, missing source), but Azure reports
+    no CRC-32C of the copy, so the backend does not declare server_copy."""
+    if object_backend.name != "azure":
+        pytest.skip("the Azure backend's own copy verb")
+    storage = open_storage(object_backend.url("run"), object_backend.storage_options, retry=NO_WAIT)
+    b = storage._s.backend
+    assert not storage.capabilities.server_copy
+    storage.write("a", DATA)
+    storage.write("b", b"older")
+    assert b.copy(b.path_of(storage.url_for("a")), b.path_of(storage.url_for("b"))) is None
+    assert storage.read("b") == DATA and storage.read("a") == DATA
+    with pytest.raises(FileNotFoundError):
+        b.copy(b.path_of(storage.url_for("nope")), b.path_of(storage.url_for("c")))
+    assert not storage.exists("c")
+
+
+def test_a_local_byte_copy_that_copy_file_range_leaves_short_is_completed(tmp_path, monkeypatch):
+    import errno as errno_
+
+    from cloudckpt.storage.backends.local import LocalBackend
+
+    b = LocalBackend(fsync=False)
+    src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+    b.put(src, [b"x" * 100_000])
+
+    def no_link(*_a, **_k):
+        raise OSError(errno_.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "copy_file_range", lambda *_a, **_k: 0, raising=False)  # a filesystem that answers 0 at once
+    b.copy(src, dst)
+    assert b.get(dst) == b"x" * 100_000

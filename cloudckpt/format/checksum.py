@@ -32,10 +32,10 @@ from typing import Any
 
 import xxhash
 
-__all__ = ["crc32c_of", "crc32c_many", "checksums_many", "content_hash_many", "CONTENT_HASH"]
+__all__ = ["crc32c_of", "crc32c_many", "checksums_many", "content_hash_many", "CONTENT_HASH_ALGORITHM"]
 
-#: The name of the content hash, the field of a manifest's object entries that holds it.
-CONTENT_HASH = "xxh3"
+#: The name of the content hash in a manifest's ``content_hashes``.
+CONTENT_HASH_ALGORITHM = "xxh3-128"
 
 Buffer = bytes | bytearray | memoryview
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudckpt import __about__
 from cloudckpt.errors import CorruptCheckpointError, FormatVersionError
-from cloudckpt.format.checksum import crc32c_of
+from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, crc32c_of
 from cloudckpt.format.manifest_check import (
     FORMAT_VERSION,
     Invalid,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT_VERSION",
     "version_for",
+    "split_hashes",
     "MANIFEST_KEY",
     "build_manifest",
     "encode_manifest",
@@ -83,25 +84,42 @@ def build_manifest(
     The typed records become the JSON they stand for (:meth:`to_json`).
     """
     arrays_json = [a.to_json() for a in arrays]
+    entries, hashes = split_hashes(objects)
     created = time.time() if created is None else float(created)
     writer = {"library": f"cloudckpt {__about__.__version__}", "attempt": attempt, "epoch": epoch}
     writer.update(writer_extra or {})
     return {
         "format": "cloudckpt",
-        "format_version": version_for(tree, arrays_json, objects),
+        "format_version": version_for(tree, arrays_json),
         "created": created,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         "writer": writer,
         "checkpoint_number": checkpoint_number,
         "data": data,
         "nbytes": sum(a.nbytes for a in arrays),
-        "stored": {"objects": len(objects) + 1, "bytes": sum(int(o["size"]) for o in objects)},
+        "stored": {"objects": len(entries) + 1, "bytes": sum(int(o["size"]) for o in entries)},
         "metadata": dict(metadata or {}),
         "tree": tree,
         "arrays": arrays_json,
         "pack": None if pack is None else pack.to_json(),
-        "objects": list(objects),
+        "objects": entries,
+        **({"content_hashes": {"algorithm": CONTENT_HASH_ALGORITHM, "objects": hashes}} if hashes else {}),
     }
+
+
+def split_hashes(objects: Sequence[Mapping[str, Any]]) -> tuple[list[ObjectEntry], list[str] | None]:
+    """The manifest's object entries, and their content hashes where every
+    entry as written carries one (``"xxh3"``, :meth:`cloudckpt.format.reuse.ObjectSink.put`), else None.
+
+    Example:
+        >>> split_hashes([{"key": "d/a", "size": 1, "crc32c": 2, "xxh3": "f" * 32}])
+        ([{'key': 'd/a', 'size': 1, 'crc32c': 2}], ['ffffffffffffffffffffffffffffffff'])
+        >>> split_hashes([{"key": "d/a", "size": 1, "crc32c": 2}])[1] is None
+        True
+    """
+    entries: list[ObjectEntry] = [{"key": o["key"], "size": o["size"], "crc32c": o["crc32c"]} for o in objects]
+    hashes = [o.get("xxh3") for o in objects]
+    return entries, ([str(h) for h in hashes] if hashes and all(h is not None for h in hashes) else None)
 
 
 

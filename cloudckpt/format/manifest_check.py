@@ -13,7 +13,7 @@ Example:
     >>> validate_header({"format": "cloudckpt", "format_version": 9})
     Traceback (most recent call last):
     ...
-    cloudckpt.errors.FormatVersionError: format version 9 is newer than this cloudckpt ... reads (up to 4); upgrade cloudckpt to read it
+    cloudckpt.errors.FormatVersionError: format version 9 is newer than this cloudckpt ... reads (up to 3); upgrade cloudckpt to read it
 """
 
 from __future__ import annotations
@@ -42,20 +42,17 @@ __all__ = [
     "validate_manifest",
 ]
 
-FORMAT_VERSION = 4  # the newest version this library reads; it writes the oldest that holds the tree
+FORMAT_VERSION = 3  # the newest version this library reads; it writes the oldest that holds the tree
 _MAX_DEPTH = 500  # the deepest a tree may nest
 NODE_TYPES = {"dict", "list", "tuple", "none", "bool", "int", "float", "str", "array", "scalar", "alias", "per_rank"}
 _V2_NODE_TYPES = {"alias"}  # node types that format version 1 lacks
 
 
 
-def version_for(
-    tree: Mapping[str, Any], arrays: Sequence[Mapping[str, Any]] | None = None, objects: Sequence[Mapping[str, Any]] | None = None
-) -> int:
-    """The oldest format version that can hold ``tree``, ``arrays`` and ``objects``.
+def version_for(tree: Mapping[str, Any], arrays: Sequence[Mapping[str, Any]] | None = None) -> int:
+    """The oldest format version that can hold ``tree`` and ``arrays``.
 
-    4 if an object entry has a content hash (``xxh3``);
-    else 3 if it has ``per_rank`` nodes (``PerRank`` values) or sharded arrays
+    3 if it has ``per_rank`` nodes (``PerRank`` values) or sharded arrays
     (a chunk grid that is not a contiguous split, or one array per shard);
     2 if it has ``alias`` nodes (tied tensors) or NamedTuples (tuple nodes
     with ``namedtuple``); else 1: a state without them stays readable by
@@ -66,11 +63,7 @@ def version_for(
         2
         >>> version_for({"t": "per_rank", "r": [{"t": "none"}]})
         3
-        >>> version_for({"t": "none"}, [], [{"key": "d/zarr.json", "size": 2, "crc32c": 0, "xxh3": "0" * 32}])
-        4
     """
-    if any("xxh3" in o for o in objects or []):
-        return 4
     if any("shards" in a or ("chunked" in a and a["chunked"].get("axis") is None) for a in arrays or []):
         return 3
     version = 1
@@ -279,7 +272,7 @@ def validate_manifest(m: Any) -> dict[str, Any]:
     sharded = False
     for n, a in enumerate(arrays):
         sharded = _check_array(a, n, pack, objects) or sharded
-    _check_tree_of(m, arrays, sharded, hashed=any("xxh3" in o for o in objects))
+    _check_tree_of(m, arrays, sharded)
     return m
 
 
@@ -398,18 +391,18 @@ def _check_shards(a: Mapping[str, Any], where: str, dt: Any, shape: list[int], o
     _check_partition(boxes, shape, where)
 
 
-def _check_tree_of(m: Mapping[str, Any], arrays: list[Any], sharded: bool, hashed: bool = False) -> None:
+def _check_tree_of(m: Mapping[str, Any], arrays: list[Any], sharded: bool) -> None:
     version = int(m["format_version"])
     tree = m["tree"]
     used: set[int] = set()
     aliases: list[int] = []
     features: set[str] = set()
     _check_tree(tree, len(arrays), used, 0, aliases, features)
-    needed = 4 if hashed else 3 if sharded or "per_rank" in features else 2 if aliases or features else 1  # (as version_for)
+    needed = 3 if sharded or "per_rank" in features else 2 if aliases or features else 1  # (as version_for)
     if version < needed:
         raise Invalid(
             f"tree: format_version {needed} is needed for what it holds (2: alias nodes, namedtuple fields; "
-            f"3: per_rank nodes, sharded arrays; 4: content hashes of objects), the manifest says {version}"
+            f"3: per_rank nodes, sharded arrays), the manifest says {version}"
         )
     for a in aliases:
         if a not in used:

@@ -12,8 +12,8 @@ A TypedDict's docstring is its description in the schema; a TypedDict is
 closed (no other fields) unless it is in :data:`OPEN`.
 
 Example:
-    >>> sorted(ObjectEntry.__annotations__)
-    ['crc32c', 'key', 'size', 'xxh3']
+    >>> sorted(ObjectEntry.__required_keys__)
+    ['crc32c', 'key', 'size']
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cloudckpt.format.dtypes import ML_DTYPE_NAMES
 __all__ = ["Def", "S", "Manifest", "ArrayJson", "ObjectEntry", "Node", "DEFS", "OPEN", "EXACTLY_ONE_OF", "FORMAT_VERSIONS", "MAX_SIZE"]
 
 MAX_SIZE = 1 << 56  # the largest byte count, offset or element count a manifest may hold
-FORMAT_VERSIONS = (1, 2, 3, 4)  # the format versions this library reads (the newest last)
+FORMAT_VERSIONS = (1, 2, 3)  # the format versions this library reads (the newest last)
 
 
 @dataclass(frozen=True)
@@ -177,21 +177,25 @@ class PackJson(TypedDict):
     objects: Annotated[Range, S("The pack's chunk objects: objects[start:stop].")]
 
 
-Xxh3 = Annotated[
-    str,
-    Def("xxh3"),
-    S("XXH3-128 of all the object's bytes, as 32 lowercase hex digits (format version 4).", pattern="^[0-9a-f]{32}$"),
-]
-
-
 class ObjectEntry(TypedDict):
-    """One stored object: its key relative to the checkpoint directory, its size in bytes, the crc32c of all its bytes
-    and (format version 4) their XXH3-128, by which a later save or a copy recognises an object it already holds."""
+    """One stored object: its key relative to the checkpoint directory, its size in bytes and the crc32c of all its bytes."""
 
     key: Key
     size: Size
     crc32c: Crc32c
-    xxh3: NotRequired[Xxh3]
+
+
+class ContentHashes(TypedDict):
+    """The content hash of every object: by it a later save of the same store copies an object the checkpoint already
+    holds instead of sending it, and a copy sends only what the destination lacks. Informational: a reader needs none of
+    it (the crc32c in 'objects' protects the bytes), and one that does not know the algorithm, or finds a list that does
+    not match 'objects', ignores it. Absent in manifests of earlier releases."""
+
+    algorithm: Annotated[str, S("The hash function: 'xxh3-128' (XXH3 with 128-bit output) in this release.", maxLength=64)]
+    objects: Annotated[
+        list[Annotated[str, S(maxLength=256)]],
+        S("One per entry of 'objects', in the same order: the hash of all the object's bytes (xxh3-128: 32 lowercase hex digits)."),
+    ]
 
 
 # -- the tree ------------------------------------------------------------------
@@ -350,7 +354,7 @@ class Manifest(TypedDict):
 
     format: Annotated[Literal["cloudckpt"], S("Always the string 'cloudckpt'.")]
     format_version: Annotated[
-        Literal[1, 2, 3, 4],  # FORMAT_VERSIONS (tests/test_format_schema.py checks that they agree)
+        Literal[1, 2, 3],  # FORMAT_VERSIONS (tests/test_format_schema.py checks that they agree)
         S(
             "Version of the on-storage format, the oldest that holds the checkpoint: 3 if the tree has a 'per_rank' node "
             "or an array is stored as a sharded array (a 'chunked' record with a null 'axis', or a 'shards' record); else 2 "
@@ -399,6 +403,7 @@ class Manifest(TypedDict):
         ),
     ]
     stored: NotRequired[Stored]
+    content_hashes: NotRequired[ContentHashes]
     header_crc32c: NotRequired[
         Annotated[
             Crc32c,
@@ -415,7 +420,6 @@ class Manifest(TypedDict):
 DEFS: dict[str, Any] = {
     "size": Size,
     "crc32c": Crc32c,
-    "xxh3": Xxh3,
     "key": Key,
     "range": Range,
     "dtype": Dtype,
@@ -424,6 +428,7 @@ DEFS: dict[str, Any] = {
     "shard": ShardJson,
     "pack": PackJson,
     "object": ObjectEntry,
+    "content_hashes": ContentHashes,
     "node": Node,
     "dict": DictNode,
     "list": ListNode,
@@ -441,7 +446,7 @@ DEFS: dict[str, Any] = {
 }
 
 #: The objects that allow fields beyond their own (forward compatibility).
-OPEN = (Manifest, Writer)
+OPEN = (Manifest, Writer, ContentHashes)
 
 #: Objects that hold exactly one of some of their optional fields.
 EXACTLY_ONE_OF: dict[Any, tuple[str, ...]] = {ArrayJson: ("packed", "chunked", "shards")}

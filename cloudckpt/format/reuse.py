@@ -27,7 +27,8 @@ Example:
     >>> from cloudckpt.storage import open_storage
     >>> s = open_storage("memory://doc-reuse")
     >>> first = ObjectSink(s.child("ckpt-1"), None).put("d1/c/0", [b"frozen bytes"])
-    >>> sink = ObjectSink(s.child("ckpt-2"), BaseObjects.from_manifest(s.child("ckpt-1"), {"objects": [first]}))
+    >>> base = BaseObjects(s.child("ckpt-1"), {(first["size"], first["xxh3"]): (first["key"], first["crc32c"])})
+    >>> sink = ObjectSink(s.child("ckpt-2"), base)
     >>> _ = sink.put("d2/c/0", [b"frozen bytes"]); sink.copied_objects, s.read("ckpt-2/d2/c/0")
     (1, b'frozen bytes')
 """
@@ -35,21 +36,35 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypedDict
 
-from cloudckpt.errors import ObjectNotFoundError
-from cloudckpt.format.checksum import CONTENT_HASH, checksums_many
+from cloudckpt.errors import ObjectNotFoundError, StorageError
+from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, checksums_many
 from cloudckpt.storage import Storage
 
-if TYPE_CHECKING:
-    from cloudckpt.format.manifest_types import ObjectEntry
-
-__all__ = ["BaseObjects", "ObjectSink", "copy_verified"]
+__all__ = ["BaseObjects", "ObjectSink", "WrittenObject", "copy_verified", "content_hashes"]
 
 log = logging.getLogger("cloudckpt")
+
+
+class WrittenObject(TypedDict):
+    """An object's manifest entry as a save places it, with its content hash
+    (``xxh3``), which :func:`cloudckpt.format.manifest.build_manifest` moves to
+    the manifest's ``content_hashes``.
+
+    Example:
+        >>> WrittenObject(key="d/c/0", size=3, crc32c=7, xxh3="ab" * 16)["size"]
+        3
+    """
+
+    key: str
+    size: int
+    crc32c: int
+    xxh3: str
 
 
 @dataclass
@@ -63,8 +78,9 @@ class BaseObjects:
 
     Example:
         >>> from cloudckpt.storage import open_storage
-        >>> b = BaseObjects.from_manifest(open_storage("memory://doc-base"), {"objects": [
-        ...     {"key": "d/c/0", "size": 3, "crc32c": 7, "xxh3": "ab" * 16}]})
+        >>> b = BaseObjects.from_manifest(open_storage("memory://doc-base"), {
+        ...     "objects": [{"key": "d/c/0", "size": 3, "crc32c": 7}],
+        ...     "content_hashes": {"algorithm": "xxh3-128", "objects": ["ab" * 16]}})
         >>> b.by_content[(3, "ab" * 16)]
         ('d/c/0', 7)
     """
@@ -77,10 +93,9 @@ class BaseObjects:
     def from_manifest(cls, storage: Storage, manifest: Mapping[str, Any], committed_at: float | None = None) -> BaseObjects:
         """The index of a parsed manifest's objects that have a content hash (see the class example)."""
         index: dict[tuple[int, str], tuple[str, int]] = {}
-        for o in manifest.get("objects") or []:
-            digest = o.get(CONTENT_HASH)
+        for o, digest in zip(manifest.get("objects") or [], content_hashes(manifest), strict=True):
             if digest is not None:
-                index.setdefault((int(o["size"]), str(digest)), (str(o["key"]), int(o["crc32c"])))
+                index.setdefault((int(o["size"]), digest), (str(o["key"]), int(o["crc32c"])))
         return cls(storage, index, committed_at)
 
 
@@ -108,7 +123,7 @@ class ObjectSink:
         if self.base is not None and not self.storage.can_copy_from(self.base.storage):
             self.base = None  # (nothing can be copied from there: every object is written)
 
-    def put(self, key: str, buffers: Sequence[Any], *, reuse: bool = True) -> ObjectEntry:
+    def put(self, key: str, buffers: Sequence[Any], *, reuse: bool = True) -> WrittenObject:
         """Place the object ``key`` holding ``buffers`` back to back (see the
         class example); ``reuse=False`` always writes it (the small zarr
         documents: a copy costs a request as a write does)."""
@@ -128,13 +143,37 @@ class ObjectSink:
         return True
 
 
+def content_hashes(manifest: Mapping[str, Any]) -> list[str | None]:
+    """The content hash of each of a parsed manifest's objects, in order;
+    None for all where the manifest records none this release can use (an
+    earlier release's, another algorithm, a list that does not match).
+
+    Example:
+        >>> content_hashes({"objects": [{}, {}], "content_hashes": {"algorithm": "xxh3-128", "objects": ["ab" * 16, "cd" * 16]}})[1]
+        'cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd'
+        >>> content_hashes({"objects": [{}], "content_hashes": {"algorithm": "blake3", "objects": ["ab" * 32]}})
+        [None]
+    """
+    objects = manifest.get("objects") or []
+    table = manifest.get("content_hashes") or {}
+    hashes = table.get("objects")
+    if table.get("algorithm") != CONTENT_HASH_ALGORITHM or not isinstance(hashes, list) or len(hashes) != len(objects):
+        return [None] * len(objects)
+    return [h if isinstance(h, str) and _HEX32.fullmatch(h) else None for h in hashes]
+
+
+_HEX32 = re.compile("[0-9a-f]{32}")
+
+
 def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc: int, digest: str) -> bool:
     """Place the object ``key`` of ``storage`` (``size`` bytes with this
     crc32c and content hash) by a copy of the base's object with the same
     content, if it has one; whether it did. The copy is checked: the
     crc32c the store reports (S3, GCS, memory://), else (local disk) the
-    source's size and that it was not written after the base's commit
-    (the crc32c of its bytes is checked when it is read); a failed check removes it and
+    copy's size and that its source was not written after the base's commit
+    (the crc32c of its bytes is checked when it is read). A remote store
+    that reports no crc32c, or refuses a copy, ends the copies from this base
+    for the save (logged once at WARNING); a failed check removes it and
     logs a warning naming the damaged source, and a source that is gone is
     logged: either way False, and the caller writes the bytes.
 
@@ -157,23 +196,45 @@ def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc:
     src_url = base.storage.url_for(src_key)
     try:
         reported = storage.copy_from(base.storage, src_key, key, size=size)
+        if reported is None and storage.capabilities.remote:
+            # a remote store that reports no CRC-32C of the copy (an S3-compatible store without
+            # checksums): nothing checks the copy short of reading it back; write instead
+            _stop(base, f"{storage.backend_name} reports no crc32c of a copy to check it by")
+            storage.delete([key])
+            return False
+        problem = _local_copy_problem(storage, base, key, src_key, size) if reported is None else (
+            None if reported == crc else f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
+        )
     except ObjectNotFoundError:
-        log.info("incremental copy: %s is gone (deleted meanwhile); writing %s instead", src_url, storage.url_for(key))
+        log.debug("incremental copy: %s is gone (deleted meanwhile); writing %s instead", src_url, storage.url_for(key))
+        storage.delete([key])
         return False
     except NotImplementedError as exc:  # (an object the store cannot copy in one request)
         log.debug("incremental copy: %s", exc)
         return False
-    if reported is None:  # (local disk): the source's size, and no write to it since its commit
-        seen, written = base.storage.stat(src_key)
-        changed = written is not None and base.committed_at is not None and written > base.committed_at
-        ok = seen == size and not changed
-        problem = (
-            f"it holds {seen} bytes, the base recorded {size}" if seen != size else "it was written after the base was committed"
-        )
-    else:
-        ok = reported == crc
-        problem = f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
-    if not ok:
+    except StorageError as exc:  # (a store that refuses the copy: permissions, archived objects, ...)
+        _stop(base, f"a copy failed: {exc}")
+        return False
+    if problem is not None:
         log.warning("incremental copy: %s is damaged (%s); writing %s from the original bytes instead", src_url, problem, storage.url_for(key))
         storage.delete([key])  # (a hard link shares the damaged file: never write into it)
-    return ok
+    return problem is None
+
+
+def _local_copy_problem(storage: Storage, base: BaseObjects, key: str, src_key: str, size: int) -> str | None:
+    """What is wrong with a copy on a store that reports no checksum (local disk), or None:
+    the copy must hold ``size`` bytes, and its source must not have been written after the base committed."""
+    seen, _ = storage.stat(key)
+    _, written = base.storage.stat(src_key)
+    if seen != size:
+        return f"the copy holds {seen} bytes, the base recorded {size}"
+    if written is not None and base.committed_at is not None and written > base.committed_at:
+        return "it was written after the base was committed"
+    return None
+
+
+def _stop(base: BaseObjects, why: str) -> None:
+    """No more copies from ``base`` in this save (logged once): every later object is written."""
+    if base.by_content:
+        log.warning("incremental copy from %s stopped, the objects are written instead: %s", base.storage.url, why)
+        base.by_content.clear()

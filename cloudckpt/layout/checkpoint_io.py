@@ -155,15 +155,19 @@ def write_checkpoint(
         outcome = group.broadcast_json(outcome if rank == 0 else None)
         if "error" in outcome:
             raise_remote(outcome["error"], 0)
-    seconds = time.perf_counter() - t0
-    requests = storage.stats.requests - requests0
-    where = f" (rank {rank} of {world})" if world > 1 else ""
-    copied = f", {written.copied_bytes} of them copied from {base.storage.url}" if base is not None else ""
-    log.info(
-        "saved %s%s: %d bytes%s in %d arrays, %.3f s, %d requests",
-        storage.url, where, written.nbytes, copied, len(leaves), seconds, requests,
-    )
+    seconds, requests = time.perf_counter() - t0, storage.stats.requests - requests0
+    _log_saved(storage, group, written, base, len(leaves), seconds, requests)
     return WriteResult(storage.url, manifest, written.nbytes, seconds, requests, outcome.get("extra") or {}, written.copied_bytes)
+
+
+def _log_saved(
+    storage: Storage, group: Any, written: WrittenArrays, base: BaseObjects | None, arrays: int, seconds: float, requests: int
+) -> None:
+    where = f" (rank {group.rank} of {group.size})" if group.size > 1 else ""
+    copied = f", {written.copied_bytes} bytes copied from {base.storage.url}" if base is not None else ""
+    log.info(
+        "saved %s%s: %d bytes in %d arrays, %.3f s, %d requests%s", storage.url, where, written.nbytes, arrays, seconds, requests, copied
+    )
 
 
 def _prepare(
@@ -371,6 +375,11 @@ def _commit(storage: Storage, manifest: dict[str, Any], prefix: str) -> None:
     """Write the manifest create-only (:func:`cloudckpt.layout.commit.commit`);
     the attempt's data is removed when it certainly did not commit."""
     payload = encode_manifest(manifest)
+    if len(payload) > max_manifest_bytes() and "content_hashes" in manifest:
+        # informational: a checkpoint without it is whole, only its successors copy nothing from it
+        log.warning("%s: the manifest leaves out its content hashes to stay within the size limit", storage.url)
+        del manifest["content_hashes"]
+        payload = encode_manifest(manifest)
     if len(payload) > max_manifest_bytes():
         discard_attempt(storage, prefix)
         raise ValueError(_too_large(storage, len(payload)))

@@ -31,27 +31,31 @@ log = logging.getLogger("cloudckpt")
 
 def open_base(storage: Storage, base: Storage) -> BaseObjects | None:
     """The reusable objects of the checkpoint at ``base`` for a save into
-    ``storage``, or None (logged at INFO: the save then writes everything)
+    ``storage``, or None (the save then writes everything)
     when there is nothing usable: another store, no server-side copy on this
     one, no committed checkpoint there, a damaged manifest, or one of a format
-    without content hashes. See the module example.
+    without content hashes. See the module example. A base whose manifest
+    cannot be read is logged at WARNING; the rest at DEBUG (a store without
+    copies is no news at every save).
     """
 
     if not storage.can_copy_from(base):
         why = "this store cannot copy objects" if not storage.capabilities.server_copy else "it is on another store"
-        log.info("incremental save to %s: writing everything, %s (base %s)", storage.url, why, base.url)
+        log.debug("nothing is copied into %s from %s: %s; every object is written", storage.url, base.url, why)
         return None
     try:
         manifest = read_manifest(base)
     except CheckpointError as exc:
-        log.info("incremental save to %s: writing everything, the base %s cannot be used: %s", storage.url, base.url, exc)
+        log.warning("nothing is copied into %s from %s, its manifest cannot be used: %s; every object is written", storage.url, base.url, exc)
         return None
-    try:
-        committed_at = base.stat(MANIFEST_KEY)[1]
-    except CheckpointError:  # (gone since it was read: its copies will find their sources gone too)
-        committed_at = None
+    committed_at = None
+    if not base.capabilities.remote:  # (a store that reports no checksum of a copy: local disk)
+        try:
+            committed_at = base.stat(MANIFEST_KEY)[1]
+        except CheckpointError:  # (gone since it was read: its copies will find their sources gone too)
+            pass
     found = BaseObjects.from_manifest(base, manifest, committed_at)
     if not found.by_content:
-        log.info("incremental save to %s: writing everything, the base %s records no content hashes", storage.url, base.url)
+        log.debug("nothing is copied into %s from %s: it records no content hashes (an older release)", storage.url, base.url)
         return None
     return found

@@ -44,23 +44,23 @@ from typing import Any
 
 from cloudckpt.checkpoint import Checkpoint
 from cloudckpt.distributed.group import agree, resolve_group
-from cloudckpt.errors import CheckpointError, CheckpointExistsError, CorruptCheckpointError, FormatVersionError
+from cloudckpt.errors import CheckpointExistsError
 from cloudckpt.format import adapters
 from cloudckpt.format.tensor_store import StoreOptions
 from cloudckpt.format.tree import Leaf, flatten
 from cloudckpt.layout.handle import open_directory
 from cloudckpt.layout.names import attempt_id, data_prefix, parse_name
 from cloudckpt.manager.background import AsyncSaves, host_copy
-from cloudckpt.manager.leader import LeaderProtocol
-from cloudckpt.manager.options import DEFAULT_MAX_TO_KEEP, Settings, as_int, evaluate_step, json_metrics
+from cloudckpt.manager.options import DEFAULT_MAX_TO_KEEP, Settings, as_int, json_metrics
 from cloudckpt.manager.owner import exists_message
+from cloudckpt.manager.restoring import Restoring
 
 __all__ = ["CheckpointManager", "latest_checkpoint"]
 
 log = logging.getLogger("cloudckpt")
 
 
-class CheckpointManager(LeaderProtocol):
+class CheckpointManager(Restoring):
     """Manages a directory of numbered checkpoints, as ``tf.train.CheckpointManager``.
 
     Args:
@@ -471,16 +471,18 @@ class CheckpointManager(LeaderProtocol):
         self._apply_view(result.extra)
 
     def _base_name(self, number: int) -> str | None:
-        """The checkpoint an incremental save of ``number`` copies from: this
-        manager's newest, else the directory's newest; None when not incremental."""
+        """The checkpoint an incremental save of ``number`` copies from: the
+        directory's latest if it is of this manager's name (after a rollback,
+        the restored one), else this manager's newest; None when not incremental."""
         if not self._incremental:
             return None
         with self._lock:
             own = [n for n in self._maybe_delete if n != number]
             latest = self._latest_name
-        if own:
-            return self._dirname(own[-1])
-        return latest if latest != self._dirname(number) else None
+        parsed = parse_name(latest) if latest else None
+        if parsed is not None and parsed[0] == self._name and parsed[1] != number:
+            return latest
+        return self._dirname(own[-1]) if own else None
 
     def sync(self) -> None:
         """Wait for an in-flight async save; re-raise its failure, if any.
@@ -492,116 +494,6 @@ class CheckpointManager(LeaderProtocol):
             True
         """
         self._saves.raise_pending(wait=True)
-
-    # -- restoring -----------------------------------------------------------
-    def restore_or_initialize(self, *, partial: bool = False, fallback: bool = False) -> str | None:
-        """Restore the latest checkpoint of the directory and return its URL; else call ``init_fn`` and return None.
-
-        Claims the directory for this manager. The latest checkpoint is that
-        of :attr:`latest_checkpoint`, whatever its name. Restore is strict
-        unless ``partial``. A damaged latest checkpoint raises
-        :class:`~cloudckpt.CorruptCheckpointError`; with ``fallback=True`` the
-        newest checkpoint that restores is used instead (logged as an error).
-        ``save_counter`` is restored as it was saved.
-
-        Example:
-            >>> import numpy as np, cloudckpt, tempfile
-            >>> d = tempfile.mkdtemp(); w = np.zeros(2)
-            >>> m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=w), d, 2, init_fn=lambda: w.fill(7))
-            >>> m.restore_or_initialize(), w
-            (None, array([7., 7.]))
-        """
-        self.sync()
-        plan = self._restore_candidates()
-        return self._restore_first(list(plan["names"]), dict(plan["damaged"]), partial=partial, fallback=fallback)
-
-    def restore(self, checkpoint: Any, *, partial: bool = False) -> str:
-        """Restore a chosen checkpoint of the directory — a number of this
-        manager's name or a URL — and make it the one the next save follows.
-        Returns its URL.
-
-        This is a rollback when the checkpoint is older than the latest: the
-        checkpoints committed after it become *abandoned* when the next save
-        commits — never again latest, first to retire, and a save that reaches
-        the number of an abandoned checkpoint replaces it (logged at
-        WARNING). Until the next save commits nothing on storage changes.
-        (TF's ``checkpoint.restore(path)``; Orbax's ``restore(step)``.)
-
-        Example:
-            >>> import numpy as np, cloudckpt, tempfile
-            >>> w = np.zeros(1); m = cloudckpt.CheckpointManager(cloudckpt.Checkpoint(w=w), tempfile.mkdtemp(), 5)
-            >>> for step in (100, 200, 300):
-            ...     w[:] = step; _ = m.save(checkpoint_number=step)
-            >>> m.restore(100).endswith("ckpt-100"), w
-            (True, array([100.]))
-            >>> _ = m.save(checkpoint_number=200)            # replaces the abandoned ckpt-200
-            >>> m.latest_step(), m.all_steps()               # ckpt-300 is abandoned: retires first
-            (200, [300, 100, 200])
-        """
-        self.sync()
-        if isinstance(checkpoint, (str, os.PathLike)):
-            text = os.fspath(checkpoint).rstrip("/")
-            name = text.rsplit("/", 1)[-1]
-            if "/" in text and not self._layout.contains(text):
-                raise ValueError(
-                    f"{text} is not a checkpoint of {self._layout.url}: a manager restores its own directory's "
-                    "checkpoints (read another one with Checkpoint.read(url))"
-                )
-        else:
-            name = self._dirname(as_int(checkpoint, "checkpoint"))
-
-        p = self._restore_plan(name)
-        url = self._restore_first(list(p["names"]), dict(p["damaged"]), partial=partial, fallback=False)
-        assert url is not None
-        return url
-
-    def _restore_first(
-        self, names: list[str], damaged: dict[str, list[Any]], *, partial: bool, fallback: bool
-    ) -> str | None:
-        """Restore the first of ``names`` that restores (all ranks); None (after
-        ``init_fn``) if there is none."""
-        skipped: list[str] = []
-        for name in names:
-            url = self._layout.url_for(name)
-            if name in damaged:
-                status, error = damaged[name]
-                exc: CheckpointError = (
-                    FormatVersionError(f"the latest checkpoint {url} was written by a newer cloudckpt: {error}")
-                    if status == "newer"
-                    else CorruptCheckpointError(f"the latest checkpoint {url} is damaged: {error}")
-                )
-                if not fallback:
-                    raise exc
-                log.error("cannot restore %s (%s); falling back to the previous checkpoint", url, exc)
-                skipped.append(name)
-                continue
-            try:
-                self._checkpoint.restore_from(self._layout.checkpoint(name), self._group, partial=partial)
-            except CorruptCheckpointError as exc:
-                if not fallback:
-                    raise
-                log.error("cannot restore %s (%s); falling back to the previous checkpoint", url, exc)
-                skipped.append(name)
-                continue
-            except ValueError as exc:
-                parsed = parse_name(name)
-                if parsed is None or parsed[0] == self._name:
-                    raise
-                raise ValueError(
-                    f"{exc}. The latest checkpoint of {self._layout.url} is {url}, of another checkpoint_name "
-                    f"than this manager's ({self._name!r}): one directory is meant for one run — give this job "
-                    "its own directory, or restore with partial=True if the states overlap"
-                ) from None
-            if self._group.rank == 0:
-                self._restored(name, skipped)
-            if self._settings.checkpoint_interval is not None:
-                self._last_checkpoint_step = evaluate_step(self._settings.step_counter)
-            return url
-        if names and fallback:
-            raise CorruptCheckpointError(f"no checkpoint of {self._layout.url} restores: all are damaged")
-        if self._settings.init_fn is not None:
-            self._settings.init_fn()
-        return None
 
 
 def latest_checkpoint(directory: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> str | None:

@@ -34,8 +34,9 @@ from cloudckpt.errors import (
 )
 from cloudckpt.storage.concurrency import bounded_map
 from cloudckpt.storage.hooks import Hook
+from cloudckpt.storage.leftovers import Leftovers
 from cloudckpt.storage.mapped import MappedReads
-from cloudckpt.storage.protocol import TEMP_MIN_AGE, Buffer, Capabilities, IncompleteUpload, WriteMode, scatter_runs
+from cloudckpt.storage.protocol import Buffer, Capabilities, WriteMode, scatter_runs
 from cloudckpt.storage.session import Session
 from cloudckpt.storage.stats import RequestStats
 from cloudckpt.storage.urls import join_url, parent_of, validate_key
@@ -47,7 +48,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Storage(MappedReads):
+class Storage(MappedReads, Leftovers):
     """A directory on a backend, addressed by relative keys.
 
     Create one with :func:`~cloudckpt.storage.open_storage`. ``url`` is the
@@ -534,86 +535,6 @@ class Storage(MappedReads):
         validate_key(prefix)
         path = self._path(prefix)
         self._request("delete", prefix, lambda: self._s.backend.delete_prefix(path))
-
-    # -- what a killed writer leaves ------------------------------------
-    def list_incomplete_uploads(self, prefix: str = "") -> list[IncompleteUpload]:
-        """Uploads under ``prefix`` that were started and never completed (S3
-        multipart uploads of a killed writer). ``[]`` on backends without the
-        concept (local disk, memory, GCS through gcsfs, ...).
-
-        Example:
-            >>> from cloudckpt.storage import open_storage
-            >>> open_storage("memory://doc-uploads").list_incomplete_uploads()
-            []
-        """
-        path = self._dir_path(prefix)
-        backend = self._s.backend
-        if not backend.capabilities.lists_uploads:
-            return []
-        found = self._request("list_uploads", prefix, lambda: backend.list_uploads(path))
-        base = self._root.rstrip("/") + "/"
-        out = [IncompleteUpload(full[len(base) :], uid, at) for full, uid, at in found if full.startswith(base)]
-        return sorted(out, key=lambda u: (u.key, u.upload_id))
-
-    def abort_uploads(self, uploads: Iterable[IncompleteUpload]) -> int:
-        """Abort incomplete uploads (as listed by :meth:`list_incomplete_uploads`);
-        ones already gone are ignored. Returns how many were asked to abort.
-
-        Example:
-            >>> from cloudckpt.storage import open_storage
-            >>> open_storage("memory://doc-abort").abort_uploads([])
-            0
-        """
-        uploads = list(uploads)
-        for u in uploads:
-            validate_key(u.key)
-        backend = self._s.backend
-        if not backend.capabilities.lists_uploads or not uploads:
-            return 0
-
-        def one(u: IncompleteUpload) -> None:
-            path = self._path(u.key)
-            self._request("abort_upload", u.key, lambda: backend.abort_upload(path, u.upload_id))
-
-        self.map(one, uploads)
-        return len(uploads)
-
-    def temporaries(self, prefix: str = "") -> list[tuple[str, int, float]]:
-        """The temp files of killed or running writes in the directory ``prefix``
-        (local disk; object stores have none): ``(key, size, age in seconds)``.
-
-        Example:
-            >>> from cloudckpt.storage import open_storage
-            >>> open_storage("memory://doc-temps-list").temporaries()
-            []
-        """
-        path = self._dir_path(prefix)
-        backend = self._s.backend
-        if not backend.capabilities.temporaries:
-            return []
-        found = self._request("list", prefix, lambda: backend.list_temps(path))
-        return [(f"{prefix}/{n}" if prefix else n, size, age) for n, size, age in found]
-
-    def collect_temporaries(self, prefix: str = "", min_age: float = TEMP_MIN_AGE) -> list[str]:
-        """Remove what a killed write left in the directory ``prefix`` (local disk:
-        the temp file of a write-then-rename; object stores: nothing). Returns
-        the URLs removed. Only temp files last modified ``min_age`` seconds ago
-        or earlier go: a younger one may be the write of a live process (a
-        manager that has not yet learnt it lost the directory), which must
-        not fail because its temp file vanished before its rename.
-
-        Example:
-            >>> from cloudckpt.storage import open_storage
-            >>> open_storage("memory://doc-temps").collect_temporaries()
-            []
-        """
-        path = self._dir_path(prefix)
-        backend = self._s.backend
-        if not backend.capabilities.temporaries:
-            return []
-        removed: list[str] = self._request("delete", prefix, lambda: backend.clean_temps(path, min_age))
-        base = self._path("")
-        return [self.url_for(p[len(base) + 1 :]) if p.startswith(base + "/") else p for p in removed]
 
     # -- concurrency ----------------------------------------------------
     def map(self, fn: Callable[[T], R], items: Iterable[T], *, limit: int | None = None) -> list[R]:

@@ -171,7 +171,7 @@ class Backend(Protocol):
 
     ``name`` is the short name used in messages (``"s3"``, ``"local"``);
     ``capabilities`` says which optional behaviour it has. Verbs a backend
-    lacks by its capabilities (mappings, uploads, temporaries) are still
+    lacks by its capabilities (mappings, uploads, temporaries, copies) are still
     callable: they do nothing, return nothing or raise ``NotImplementedError``.
 
     Example:

@@ -19,6 +19,33 @@
   (``data-<attempt>/``) first, then a barrier (fsync on local disk), then
   ``manifest.json`` create-only, byte for byte the source's. A crash at
   any point leaves the destination checkpoint invisible, never half there.
+* **Only what the destination lacks.** A checkpoint of a current release
+  records the content hash (XXH3-128) of every object beside its crc32c.
+  Before a checkpoint is copied, the objects of one checkpoint already
+  committed at the destination are indexed by (size, content hash)
+  (:class:`~cloudckpt.format.reuse.BaseObjects`): the checkpoint this call
+  committed just before (a directory is copied oldest first), else the
+  newest checkpoint committed in the destination directory before the call
+  (a single checkpoint copied into a directory, or a directory copy resumed
+  or extended; a damaged manifest there, or one without content hashes,
+  gives no index). A source object whose size, content hash and crc32c match one of
+  them is **not sent**: it is copied *inside the destination store* (S3
+  ``CopyObject``, GCS ``rewrite``, a hard link on local disk:
+  :func:`~cloudckpt.format.reuse.copy_verified`) and the copy is checked:
+  the crc32c the store reports for it (S3, GCS), else its size, and where
+  objects found at the destination are re-read (``verify_existing``: local
+  disk and ``memory://`` by default) its crc32c too. A copy that fails its
+  check is removed (a warning names the damaged object) and the object is
+  sent from the source as usual, so damage at the destination is never
+  propagated. Objects without a content hash (checkpoints of older
+  releases), and every object where the destination store cannot copy
+  within itself, are sent. What is sent is read from the source, checked
+  and written as above; each copied checkpoint is whole (deleting the one
+  its objects were copied from never affects it). Syncing a directory of
+  fine-tuning checkpoints thus sends a frozen base model once.
+  ``CopyReport.objects_deduplicated``/``bytes_deduplicated`` count what was
+  copied inside the destination, ``objects_copied``/``bytes_copied`` what
+  was sent.
 * **Resumable.** A checkpoint already committed at the destination with
   the same manifest is skipped (a committed checkpoint with a *different*
   manifest is never overwritten: :class:`~cloudckpt.CheckpointExistsError`).
@@ -29,6 +56,8 @@
   content); on local disk and ``memory://``, where re-reading is cheap and
   a write interrupted mid-file can leave a file of the right size, it is
   re-read and its crc32c checked (``verify_existing`` overrides this).
+  Objects an interrupted copy placed by a copy inside the destination are
+  found the same way.
 
 For a managed directory, every committed checkpoint of the source is
 copied (oldest first, with its ``preserved.json`` marker), then the
@@ -48,6 +77,13 @@ Example:
     (['memory://doc-copy-dst/ckpt-1'], array([0., 1., 2.]))
     >>> cloudckpt.copy(url, "memory://doc-copy-dst/ckpt-1").skipped   # already there
     ['memory://doc-copy-dst/ckpt-1']
+
+    A later checkpoint holding the same array is copied inside the destination, not sent:
+
+    >>> url2 = cloudckpt.save("memory://doc-copy-src/ckpt-2", {"w": np.arange(3.0), "step": 2})
+    >>> report = cloudckpt.copy(url2, "memory://doc-copy-dst/")
+    >>> report.copied, report.objects_deduplicated > 0
+    (['memory://doc-copy-dst/ckpt-2'], True)
 """
 
 from __future__ import annotations
@@ -67,9 +103,11 @@ from cloudckpt.errors import (
     ObjectNotFoundError,
 )
 from cloudckpt.format.manifest import header_of, max_manifest_bytes, parse_manifest
+from cloudckpt.format.reuse import BaseObjects, content_hashes, copy_verified
 from cloudckpt.layout import catalog, ownership
 from cloudckpt.layout import directory as directory_model
 from cloudckpt.layout.commit import commit, discard_if_uncommitted, preserve, read_preserved
+from cloudckpt.layout.incremental import open_base
 from cloudckpt.layout.names import MANIFEST_KEY, STATE_KEY, parse_name
 from cloudckpt.layout.statefile import CheckpointState, format_state, parse_state, read_state_file
 from cloudckpt.storage import Storage, open_storage
@@ -91,8 +129,13 @@ class CopyReport:
     ``vanished``: source checkpoints deleted while they were being copied
     (by the source's retention, say), so not committed at the destination;
     ``warnings``: source entries deliberately not copied, and why.
-    ``objects_present``/``bytes_present`` count objects found already at the
-    destination (an earlier, interrupted copy) and not copied again.
+    ``objects_copied``/``bytes_copied`` count the objects (manifests included)
+    sent: read from the source and written to the destination;
+    ``objects_present``/``bytes_present`` objects found already at the
+    destination (an earlier, interrupted copy) and not copied again;
+    ``objects_deduplicated``/``bytes_deduplicated`` objects copied inside the
+    destination from a checkpoint already there that holds the same bytes,
+    instead of being sent.
 
     Example:
         >>> CopyReport("memory://a", "memory://b", "checkpoint").bytes_copied
@@ -110,6 +153,8 @@ class CopyReport:
     bytes_copied: int = 0
     objects_present: int = 0
     bytes_present: int = 0
+    objects_deduplicated: int = 0
+    bytes_deduplicated: int = 0
     state_file: str | None = None
     seconds: float = 0.0
     src_requests: int = 0
@@ -120,7 +165,7 @@ class CopyReport:
 
         Example:
             >>> sorted(CopyReport("memory://a", "memory://b", "checkpoint").to_dict())[:3]
-            ['bytes_copied', 'bytes_present', 'copied']
+            ['bytes_copied', 'bytes_deduplicated', 'bytes_present']
         """
         d = asdict(self)
         d["seconds"] = round(self.seconds, 3)
@@ -141,6 +186,9 @@ class _Job:
     manifest: dict[str, Any]
     present: dict[str, int]
     marker: bytes | None = None  # preserved.json of the source, to copy after the commit
+    # a checkpoint committed at the destination before this call whose objects this copy
+    # (and the ones after it) may copy inside the destination; None: the previous job's
+    base: Storage | None = None
 
 
 def _into_directory(src: Storage, dst: Storage, given: str) -> Storage:
@@ -251,8 +299,34 @@ class _Counter:
                 self.progress(self.done, self.total)
 
 
+def _newest_beside(d: Storage) -> Storage | None:
+    """The newest checkpoint committed in the directory holding the checkpoint
+    ``d`` (same name first, then by number), if ``d`` is a ``<name>-<N>``
+    checkpoint of such a directory and its store can copy within itself."""
+    name = d.url.rstrip("/").rsplit("/", 1)[-1]
+    mine = parse_name(name)
+    parent = d.parent()
+    if mine is None or parent is None or not d.can_copy_from(d):
+        return None
+    _, dirs = parent.list_dir()
+    found = []
+    for x in dirs:
+        parsed = parse_name(x)
+        if parsed is not None and x != name:
+            found.append(((parsed[0] == mine[0], parsed[1]), x))
+    for _, x in sorted(found, reverse=True)[:_BASE_CANDIDATES]:
+        sub = parent.child(x)
+        if sub.exists(MANIFEST_KEY):  # (no manifest: a save in progress or a crashed one; try the one before)
+            return sub
+    return None
+
+
+_BASE_CANDIDATES = 4  # uncommitted checkpoint directories tried past, newest first, for a base
+
+
 def _run_job(
     job: _Job,
+    base: BaseObjects | None,
     report: CopyReport,
     counter: _Counter,
     budget: ByteBudget,
@@ -262,26 +336,58 @@ def _run_job(
     src, dst, manifest = job.src, job.dst, job.manifest
     lock = threading.Lock()
 
-    def one(obj: dict[str, Any]) -> None:
+    def check_at_dst(obj: dict[str, Any]) -> str | None:
+        """Re-read an object at the destination: its problem, or None if its size and crc32c are right."""
+        n = budget.acquire(min(int(obj["size"]), piece_bytes))
+        try:
+            return read_checked(dst, obj, piece_bytes=piece_bytes, keep=False)[1]
+        finally:
+            budget.release(n)
+
+    def from_base(obj: dict[str, Any], digest: str | None) -> bool:
+        """Place ``obj`` (content hash ``digest``) by a checked copy inside the destination, if the base holds its bytes."""
+        if base is None or digest is None:
+            return False
+        key, size, crc = obj["key"], int(obj["size"]), int(obj["crc32c"])
+        try:
+            if not copy_verified(dst, base, key, size, crc, digest):
+                return False
+        except NotImplementedError:  # not copyable within the store (S3: an object over 5 GiB)
+            return False
+        if verify_existing:
+            problem = check_at_dst(obj)
+            if problem is not None:
+                source = base.storage.url_for(base.by_content[(size, digest)][0])
+                log.warning(
+                    "copy: %s at the destination is damaged (its copy %s: %s); sending the object from %s instead",
+                    source,
+                    dst.url_for(key),
+                    problem,
+                    src.url_for(key),
+                )
+                dst.delete([key])  # (a hard link shares the damaged file: never write into it)
+                return False
+        return True
+
+    def one(item: tuple[dict[str, Any], str | None]) -> None:
+        obj, digest = item
         key, size = obj["key"], int(obj["size"])
         if job.present.get(key) == size:
-            if not verify_existing:
-                ok = True
-            else:
-                n = budget.acquire(min(size, piece_bytes))
-                try:
-                    _, problem = read_checked(dst, obj, piece_bytes=piece_bytes, keep=False)
-                finally:
-                    budget.release(n)
-                ok = problem is None
-                if not ok:
-                    log.info("copy: %s at the destination is damaged (%s); copying it again", dst.url_for(key), problem)
-            if ok:
+            problem = check_at_dst(obj) if verify_existing else None
+            if problem is None:
                 with lock:
                     report.objects_present += 1
                     report.bytes_present += size
                 counter.add(size)
                 return
+            log.info("copy: %s at the destination is damaged (%s); copying it again", dst.url_for(key), problem)
+            dst.delete([key])  # (it may be a hard link of another checkpoint's object: never write into it)
+        if from_base(obj, digest):
+            with lock:
+                report.objects_deduplicated += 1
+                report.bytes_deduplicated += size
+            counter.add(size)
+            return
         n = budget.acquire(size)
         try:
             data, problem = read_checked(src, obj, piece_bytes=max(piece_bytes, size))
@@ -303,7 +409,7 @@ def _run_job(
         counter.add(size)
 
     try:
-        dst.map(one, manifest["objects"])
+        dst.map(one, list(zip(manifest["objects"], content_hashes(manifest), strict=True)))
         dst.barrier()
     except (_Vanished, CorruptCheckpointError):
         discard_if_uncommitted(dst, manifest["data"])
@@ -373,13 +479,18 @@ def copy(
     ``cp file dir/`` does. Both are any fsspec URL or local path, each with its own storage options. See the module docstring for the guarantees:
     bounded memory (``buffer_bytes``), concurrency (``max_concurrency``),
     crc32c checked on the way, data first and the manifest create-only
-    last, resumable after an interruption.
+    last, resumable after an interruption; and only what the destination
+    lacks is sent: an object that a checkpoint already committed there holds
+    (same size, content hash and crc32c) is copied inside the destination
+    store instead, and checked.
 
     ``progress(bytes_done, bytes_total)`` is called as objects complete
     (from worker threads, one call at a time); bytes found already at the
-    destination count as done. ``verify_existing``: re-read objects found
-    at the destination and check their crc32c (True), trust their size
-    (False), or decide by backend (None: re-read on local disk and memory).
+    destination, or copied inside it, count as done. ``verify_existing``:
+    re-read objects found at the destination, and objects copied inside it,
+    and check their crc32c (True), trust their size and the store's check
+    of a copy (False), or decide by backend (None: re-read on local disk and
+    memory).
 
     Returns a :class:`CopyReport`. Raises
     :class:`~cloudckpt.CheckpointNotFoundError` when ``src`` holds no
@@ -420,14 +531,16 @@ def copy(
     report.src_requests = s.stats.requests - s0
     report.dst_requests = d.stats.requests - d0
     log.info(
-        "copied %s to %s: %d checkpoints committed, %d already there, %d objects (%d bytes) copied, "
-        "%d found at the destination, %.3f s",
+        "copied %s to %s: %d checkpoints committed, %d already there, %d objects (%d bytes) sent, "
+        "%d (%d bytes) copied inside the destination, %d found at the destination, %.3f s",
         s.url,
         d.url,
         len(report.copied),
         len(report.skipped),
         report.objects_copied,
         report.bytes_copied,
+        report.objects_deduplicated,
+        report.bytes_deduplicated,
         report.objects_present,
         report.seconds,
     )
@@ -448,7 +561,10 @@ def _plan_one(s: Storage, d: Storage, report: CopyReport) -> list[_Job]:
         preserved=False,
         report=report,
     )
-    return [job] if job is not None else []
+    if job is None:
+        return []
+    job.base = _newest_beside(d)
+    return [job]
 
 
 @dataclass
@@ -504,6 +620,8 @@ def _plan_directory(s: Storage, d: Storage, report: CopyReport) -> _DirectoryPla
             continue
         if job is not None:
             jobs.append(job)
+    if jobs and dst_view.valid and d.can_copy_from(d):
+        jobs[0].base = d.child(dst_view.valid[-1].name)  # the newest checkpoint already at the destination
     return _DirectoryPlan(jobs, src_entries, src_state, STATE_KEY in src_files, dst_view)
 
 
@@ -515,14 +633,20 @@ def _run_jobs(
     verify_existing: bool,
     piece: int,
 ) -> None:
-    """Copy and commit each planned checkpoint in turn; one deleted at the source meanwhile is skipped."""
+    """Copy and commit each planned checkpoint in turn; one deleted at the source meanwhile is skipped.
+
+    Each copy may copy objects inside the destination from the checkpoint
+    committed just before it (or from its job's ``base``, one committed there before this call)."""
     total = sum(sum(int(o["size"]) for o in j.manifest["objects"]) + len(j.raw) for j in jobs)
     counter = _Counter(total, progress)
     if progress is not None:
         progress(0, total)
+    base: BaseObjects | None = None
     for job in jobs:
+        if job.base is not None:
+            base = open_base(job.dst, job.base)
         try:
-            _run_job(job, report, counter, budget, verify_existing, piece)
+            _run_job(job, base, report, counter, budget, verify_existing, piece)
         except _Vanished:
             if report.kind == "checkpoint":
                 raise CheckpointNotFoundError(
@@ -530,6 +654,9 @@ def _run_jobs(
                 ) from None
             log.warning("copy: %s was deleted during the copy; not copied", job.src.url)
             report.vanished.append(job.src.url)
+            continue
+        if job.dst.can_copy_from(job.dst):
+            base = open_base(job.dst, job.dst)  # what the next checkpoint may copy: this one, just committed
 
 
 def _write_state_file(s: Storage, d: Storage, plan: _DirectoryPlan, report: CopyReport) -> None:

@@ -1,9 +1,12 @@
 """Deterministic training state shared by the reliability child scripts and tests.
 
 The state of step ``s`` depends only on ``s``: a checkpoint numbered ``n``
-(saved at step ``n``) must restore to exactly ``make_state(n)``. One array
-is large enough to be stored chunked (``STORE_OPTIONS``), the others are
-packed, so both paths of the tensor store are exercised.
+(saved at step ``n``) must restore to exactly ``make_state(n)``. Two arrays
+are large enough to be stored chunked (``STORE_OPTIONS``), the others are
+packed, so both paths of the tensor store are exercised. One of the chunked
+arrays (``model/frozen``, a frozen base) is the same at every step: a
+manager's incremental saves (the default) copy its chunks from the previous
+checkpoint, so every crash and fault test exercises those copies too.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import numpy as np
 import cloudckpt
 from cloudckpt.storage import open_storage
 
-# w (32x16 float32 = 2048 B) is chunked into 2 objects of 1024 B; the rest is packed.
+# w and frozen (32x16 float32 = 2048 B each) are chunked into 2 objects of 1024 B; the rest is packed.
 STORE_OPTIONS = cloudckpt.StoreOptions(pack_threshold=1024, chunk_bytes=1024)
+
+
+FROZEN = np.random.default_rng(7).standard_normal((32, 16)).astype("<f4")  # the same at every step
 
 
 def make_state(step: int) -> dict[str, Any]:
@@ -28,6 +34,7 @@ def make_state(step: int) -> dict[str, Any]:
             "w": rng.standard_normal((32, 16)).astype("<f4"),
             "b": rng.standard_normal(16).astype("<f4"),
             "h": rng.standard_normal(10).astype("<f2"),
+            "frozen": FROZEN.copy(),
         },
         "optimizer": {
             "m": rng.standard_normal((8, 16)).astype("<f4"),

@@ -319,11 +319,14 @@ class LocalBackend(BackendBase):
         try:
             with open(src, "rb", buffering=0) as fin, open(dst, "xb", buffering=0) as fout:
                 done = False
+                size = os.fstat(fin.fileno()).st_size
                 if hasattr(os, "copy_file_range"):
                     try:
-                        while os.copy_file_range(fin.fileno(), fout.fileno(), _COPY_PIECE):
-                            pass
-                        done = True
+                        copied = 0
+                        while n := os.copy_file_range(fin.fileno(), fout.fileno(), _COPY_PIECE):
+                            copied += n
+                        # (some filesystems answer 0 at once: copy through user space then)
+                        done = copied == size
                     except OSError as exc:
                         if exc.errno not in _NO_COPY_RANGE:
                             raise
@@ -332,6 +335,8 @@ class LocalBackend(BackendBase):
                     fout.seek(0)
                     fout.truncate()
                     shutil.copyfileobj(fin, fout, 8 << 20)
+                if os.fstat(fout.fileno()).st_size != size:
+                    raise OSError(errno.EIO, f"copied {os.fstat(fout.fileno()).st_size} of {size} bytes", src)
                 if self.fsync:
                     os.fsync(fout.fileno())
         except BaseException:

@@ -197,7 +197,9 @@ class S3Backend(FsspecBackend):
         """One CopyObject asking S3 for the new object's CRC-32C
         (``ChecksumAlgorithm="CRC32C"``), returned from ``CopyObjectResult``
         (moto's server returns it too). None if the store returns none (an
-        S3-compatible store that ignores checksums). A source over 5 GiB,
+        S3-compatible store that ignores checksums). A copy onto itself is a
+        HEAD (S3 refuses it), returning the CRC-32C stored with the object if
+        any (uploads send a CRC-32 by default: then None). A source over 5 GiB,
         which one CopyObject cannot copy, raises ``NotImplementedError``: the
         caller writes the bytes instead.
 
@@ -210,6 +212,10 @@ class S3Backend(FsspecBackend):
         src_bucket, src_key, version = self.fs.split_path(src)
         bucket, key, _ = self.fs.split_path(dst)
         source = {"Bucket": src_bucket, "Key": src_key, **({"VersionId": version} if version else {})}
+        if (src_bucket, src_key) == (bucket, key) and not version:
+            # S3 refuses to copy an object onto itself unchanged; it is there already
+            head = self.fs.call_s3("head_object", **source, ChecksumMode="ENABLED", **self._kw())
+            return crc32c_of_base64(head.get("ChecksumCRC32C"))
         try:
             resp = self.fs.call_s3(
                 "copy_object", Bucket=bucket, Key=key, CopySource=source, ChecksumAlgorithm="CRC32C", **self._kw()

@@ -69,7 +69,11 @@ def cp_cmd(
     writes data first and each manifest create-only last, and rebuilds the
     directory's state file at DST (ownership records are not copied). Run it
     again after an interruption: committed checkpoints are skipped and
-    objects already at DST are not copied again. A progress bar (bytes,
+    objects already at DST are not copied again. Only what DST lacks is
+    sent: an object that a checkpoint already committed at DST holds (same
+    content hash; the one copied just before, or the newest one there) is
+    copied inside DST's store and checked, so syncing a run's checkpoints
+    sends a frozen base model once. A progress bar (bytes,
     rate, ETA) is drawn on a terminal; otherwise progress is logged to
     stderr as plain lines. --option applies to both sides, --src-option and
     --dst-option to one.
@@ -98,7 +102,14 @@ def cp_cmd(
 
 
 def _print_report(report: CopyReport) -> None:
-    """What was copied, what was already there, the totals and the state file."""
+    """What was copied, what was already there, the totals and the state file.
+
+    Example:
+        >>> r = CopyReport("memory://a", "memory://b", "directory", objects_copied=3, bytes_copied=2048,
+        ...                objects_deduplicated=2, bytes_deduplicated=1 << 30, seconds=1.0)
+        >>> _print_report(r)
+        copied 0 checkpoints (0 already at the destination): 3 objects, 2.0 KiB in 1.00 s (2.0 KiB/s); 2 objects (1.0 GiB) copied inside the destination, not sent
+    """
     for w in report.warnings:
         out(f"warning: {w}")
     for u in report.vanished:
@@ -113,6 +124,11 @@ def _print_report(report: CopyReport) -> None:
         f"{plural(report.objects_copied, 'object')}, {human(report.bytes_copied)} in {report.seconds:.2f} s "
         f"({human(rate)}/s)"
     )
+    if report.objects_deduplicated:
+        line += (
+            f"; {plural(report.objects_deduplicated, 'object')} ({human(report.bytes_deduplicated)}) "
+            "copied inside the destination, not sent"
+        )
     if report.objects_present:
         line += f"; {plural(report.objects_present, 'object')} ({human(report.bytes_present)}) were already there"
     out(line)
