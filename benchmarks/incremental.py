@@ -963,7 +963,8 @@ def markdown(doc: dict[str, Any]) -> str:
         w(f"cp, {variant} layout ({cp['source']} -> {cp['destination']}, scale {cp['scale']}): sent "
           f"{cp['sent'] / mb:.1f} MB in {cp['copy']['seconds']:.1f} s; limit {cp['limit'] / mb:.1f} MB = 1.2 x (first "
           f"checkpoint {cp['base_bytes'] / mb:.1f} MB + 10 x changed {cp['changed_bytes'] / mb:.2f} MB); the 10 "
-          f"saves wrote {cp['source_bytes_written_by_10_saves'] / mb:.1f} MB.")
+          f"saves wrote {cp['source_bytes_written_by_10_saves'] / mb:.1f} MB; copied inside the destination "
+          f"(deduplicated) {cp['copy']['report'].get('bytes_deduplicated', 0) / mb:.1f} MB.")
         w("")
     if doc.get("targets"):
         w("| target | measured | limit | met |")
