@@ -6,7 +6,7 @@
 
 Workloads:
 
-* ``finetune``: a LoRA fine-tuning state (:func:`finetune_spec`): a frozen
+* ``finetune`` (benchmarks/incremental_workload.py): a LoRA fine-tuning state: a frozen
   base model shaped like a small Llama (d_model 1280, 9 layers, MLP 3456,
   vocabulary 32,000, untied head; q/k/v biases), a rank-8 adapter pair
   (``lora_A`` ``[8, in]``, ``lora_B`` ``[out, 8]``) on every attention and MLP
@@ -24,8 +24,8 @@ full interleaved, their order alternating):
 1. ``finetune``: one manager per series (``CheckpointManager(..., incremental=
    True|False)``), a first save and ``--saves`` later ones, the adapters and
    moments updated between saves; per save: seconds, bytes sent to the server
-   (s3-lat: request heads + bodies counted by this module's shaping proxy,
-   ``--serve-proxy``, which wraps benchmarks/proxy.py), bytes the storage layer
+   (s3-lat: request heads + bodies counted by a shaping proxy that wraps
+   benchmarks/proxy.py: benchmarks/incremental_proxy.py), bytes the storage layer
    wrote and copied (``storage.stats``); on local disk the disk bytes of each
    run's directory (``st_blocks`` of every inode once: hard links count once).
 2. ``loads``: the latest checkpoint of each series, loaded by a new process:
@@ -39,6 +39,8 @@ full interleaved, their order alternating):
    checkpoints (local disk) to GCS (fake-gcs-server behind the counting proxy;
    local disk with ``--smoke``): bytes sent to the destination.
 
+Each measurement runs in a new process (benchmarks/incremental_child.py);
+the tables and the smoke checks are benchmarks/incremental_report.py.
 Results (machine, command, every raw figure, the targets) go to ``--out``
 (default benchmarks/results_incremental.json), a markdown table to
 ``--markdown``.
@@ -48,535 +50,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import zlib
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks.incremental_child import run_series, spawn
+from benchmarks.incremental_proxy import counting_target
+from benchmarks.incremental_report import later, markdown, median, sent_bytes, smoke_checks, spread
+from benchmarks.incremental_workload import D_MODEL, FFN, LAYERS, RANK, VOCAB
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results_incremental.json"
-
-# the finetune model at scale 1
-D_MODEL, FFN, LAYERS, VOCAB, RANK = 1280, 3456, 9, 32000, 8
-
-Spec = list[tuple[str, tuple[int, ...], str, str]]  # name, shape, dtype, kind
-
-
-# --------------------------------------------------------------------------- workloads
-
-
-def _lead(shape: tuple[int, ...], scale: float) -> tuple[int, ...]:
-    if not shape or scale == 1.0:
-        return shape
-    return (max(1, round(shape[0] * scale)), *shape[1:])
-
-
-def finetune_spec(scale: float = 1.0) -> Spec:
-    """The tensors of the finetune state: (name, shape, dtype, kind), kind one of
-    ``frozen``, ``adapter``, ``exp_avg``, ``exp_avg_sq``, ``adam_step``, ``step``.
-
-    Example:
-        >>> spec = finetune_spec(1.0)
-        >>> total = sum(math.prod(s) * 4 for _, s, _, _ in spec if s)
-        >>> changed = sum(math.prod(s) * 4 for _, s, _, k in spec if k != "frozen")
-        >>> round(total / 1e9, 2), round(100 * changed / total, 1)
-        (1.06, 2.0)
-    """
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    d, f = D_MODEL, FFN
-    model: Spec = [("model.embed_tokens.weight", _lead((VOCAB, d), scale), "float32", "frozen")]
-    adapters: list[tuple[str, tuple[int, ...]]] = []
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        model.append((p + "input_layernorm.weight", _lead((d,), scale), "float32", "frozen"))
-        mats = [("self_attn.q_proj", (d, d), True), ("self_attn.k_proj", (d, d), True),
-                ("self_attn.v_proj", (d, d), True), ("self_attn.o_proj", (d, d), False),
-                ("post_attention_layernorm", None, False),
-                ("mlp.gate_proj", (f, d), False), ("mlp.up_proj", (f, d), False), ("mlp.down_proj", (d, f), False)]
-        for name, shape, bias in mats:
-            if shape is None:
-                model.append((p + name + ".weight", _lead((d,), scale), "float32", "frozen"))
-                continue
-            w = _lead(shape, scale)
-            model.append((p + name + ".base_layer.weight", w, "float32", "frozen"))
-            if bias:
-                model.append((p + name + ".base_layer.bias", (w[0],), "float32", "frozen"))
-            a, b = (RANK, w[1]), (w[0], RANK)
-            model.append((p + name + ".lora_A.default.weight", a, "float32", "adapter"))
-            model.append((p + name + ".lora_B.default.weight", b, "float32", "adapter"))
-            adapters += [(p + name + ".lora_A.default.weight", a), (p + name + ".lora_B.default.weight", b)]
-    model.append(("model.norm.weight", _lead((d,), scale), "float32", "frozen"))
-    model.append(("lm_head.weight", _lead((VOCAB, d), scale), "float32", "frozen"))
-    optim: Spec = []
-    for name, shape in adapters:
-        optim.append((f"optimizer.state.{name}.exp_avg", shape, "float32", "exp_avg"))
-        optim.append((f"optimizer.state.{name}.exp_avg_sq", shape, "float32", "exp_avg_sq"))
-        optim.append((f"optimizer.state.{name}.step", (), "float32", "adam_step"))
-    return [*model, *optim, ("step", (), "int64", "step")]
-
-
-def _rand(name: str, shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    n = math.prod(shape)
-    if np.dtype(dtype).kind == "i":
-        return np.zeros(shape, dtype)
-    return rng.standard_normal(n, dtype=np.float32).astype(dtype, copy=False).reshape(shape)
-
-
-def make_workload(name: str, scale: float, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the Checkpoint's keyword arguments, facts: bytes, changed bytes per save, tensors)."""
-    if name == "finetune":
-        spec = finetune_spec(scale)
-        model: dict[str, np.ndarray] = {}
-        state: dict[str, dict[str, np.ndarray]] = {}
-        step = np.zeros((), np.int64)
-        for tname, shape, dt, kind in spec:
-            if kind in ("frozen", "adapter"):
-                model[tname] = _rand(tname, shape, dt, seed)
-            elif kind in ("exp_avg", "exp_avg_sq", "adam_step"):
-                pname, field = tname[len("optimizer.state."):].rsplit(".", 1)
-                arr = np.zeros((), np.float32) if kind == "adam_step" else np.abs(_rand(tname, shape, dt, seed)) * 1e-3
-                state.setdefault(pname, {})[field] = arr
-        groups = [{"lr": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "params": list(state)}]
-        tree = {"model": model, "optimizer": {"state": state, "param_groups": groups}, "step": step}
-        nbytes = sum(a.nbytes for a in _arrays(tree))
-        changed = sum(math.prod(s) * np.dtype(dt).itemsize for _, s, dt, k in spec if k != "frozen")
-        return tree, {"bytes": nbytes, "changed_bytes": changed, "tensors": len(spec),
-                      "changed_tensors": sum(1 for *_, k in spec if k != "frozen")}
-    if name == "llm-like":
-        from benchmarks.workloads import make_state, workload_spec
-
-        flat = make_state(workload_spec("llm-like", scale), seed)
-        nbytes = sum(a.nbytes for a in flat.values())
-        return {"state": flat}, {"bytes": nbytes, "changed_bytes": nbytes, "tensors": len(flat), "changed_tensors": len(flat)}
-    raise ValueError(f"unknown workload {name!r}: finetune or llm-like")
-
-
-def _arrays(tree: Any) -> list[np.ndarray]:
-    return [a for _, a in _leaves(tree)]
-
-
-def _leaves(tree: Any, prefix: str = "") -> list[tuple[str, np.ndarray]]:
-    """(path, array) of every numpy array / scalar in a tree of dicts and lists, in tree order."""
-    out: list[tuple[str, np.ndarray]] = []
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            out += _leaves(v, f"{prefix}/{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            out += _leaves(v, f"{prefix}/{i}")
-    elif isinstance(tree, (np.ndarray, np.generic)):
-        out.append((prefix, np.asarray(tree)))
-    return out
-
-
-def state_digest(tree: Any) -> str:
-    """crc32c of every array's name, dtype, shape and bytes (``save_counter`` left out): equal iff bit-equal."""
-    from benchmarks.workloads import digest
-
-    if isinstance(tree, dict):
-        tree = {k: v for k, v in tree.items() if k != "save_counter"}
-    return digest(_leaves(tree))
-
-
-def mutate(name: str, tree: dict[str, Any], t: int) -> None:
-    """One training step's change, in place: the adapters, their moments and the counters (finetune),
-    every tensor (llm-like)."""
-    if name == "llm-like":
-        for a in tree["state"].values():
-            np.add(a, 1, out=a, casting="unsafe")
-        return
-    rng = np.random.default_rng([99, t])
-    model, state = tree["model"], tree["optimizer"]["state"]
-    for pname, s in state.items():
-        p = model[pname]
-        g = rng.standard_normal(p.size, dtype=np.float32).reshape(p.shape) * np.float32(1e-3)
-        s["exp_avg"] *= np.float32(0.9)
-        s["exp_avg"] += np.float32(0.1) * g
-        s["exp_avg_sq"] *= np.float32(0.999)
-        s["exp_avg_sq"] += np.float32(0.001) * g * g
-        s["step"] += np.float32(1)
-        p -= np.float32(1e-4) * s["exp_avg"] / (np.sqrt(s["exp_avg_sq"]) + np.float32(1e-8))
-    tree["step"] += 1
-
-
-# --------------------------------------------------------------------------- counting proxy
-
-
-def read_counts(path: str | None) -> dict[str, int] | None:
-    """The counting proxy's tallies so far (bytes ``up``/``down``, ``requests``, ``req_<METHOD>``)."""
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            return {k: int(v) for k, v in json.load(f).items()}
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def counts_between(a: dict[str, int] | None, b: dict[str, int] | None) -> dict[str, int] | None:
-    if a is None or b is None:
-        return None
-    return {k: b.get(k, 0) - a.get(k, 0) for k in sorted(set(a) | set(b)) if b.get(k, 0) - a.get(k, 0)}
-
-
-def settled_counts(path: str | None) -> dict[str, int] | None:
-    """The tallies once the proxy has written its last change (it writes every 20 ms)."""
-    if not path:
-        return None
-    time.sleep(0.08)
-    last = read_counts(path)
-    for _ in range(20):
-        time.sleep(0.03)
-        now = read_counts(path)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-def serve_proxy(argv: list[str]) -> None:
-    """benchmarks/proxy.py's shaper (latency per request, bandwidth per connection and direction) that also
-    counts the bytes it forwards each way and the requests by method, into a JSON file (``--counts``)."""
-    import asyncio
-    import contextlib
-
-    from benchmarks import proxy as P
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--upstream", required=True)
-    p.add_argument("--latency-ms", default="0")
-    p.add_argument("--bandwidth-mbs", type=float, default=0.0)
-    p.add_argument("--log", default=None)
-    p.add_argument("--counts", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    tally: Counter[str] = Counter()
-
-    class CountingShaper(P.Shaper):
-        def record(self, method: str, path: str) -> None:
-            tally["requests"] += 1
-            tally["req_" + method] += 1
-            super().record(method, path)
-
-    class Counting(P.Throttle):
-        def __init__(self, rate: float | None, key: str) -> None:
-            super().__init__(rate)
-            self.key = key
-
-        async def take(self, n: int) -> None:
-            tally[self.key] += n
-            await super().take(n)
-
-    async def handle(shaper: P.Shaper, upstream: tuple[str, int], cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection(*upstream)
-        except OSError:
-            cw.close()
-            return
-        up = asyncio.create_task(P._requests(shaper, cr, uw, Counting(shaper.bandwidth, "up")))
-        down = asyncio.create_task(P._responses(ur, cw, Counting(shaper.bandwidth, "down")))
-        try:
-            await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (up, down):
-                t.cancel()
-            for w in (uw, cw):
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    async def dump() -> None:
-        last: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(0.02)
-            snap = dict(tally)
-            if snap != last:
-                tmp = args.counts + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(snap, f)
-                os.replace(tmp, args.counts)
-                last = snap
-
-    async def serve() -> None:
-        host, port = args.upstream.rsplit(":", 1)
-        lo, _, hi = args.latency_ms.partition(",")
-        shaper = CountingShaper((float(lo) / 1000, float(hi or lo) / 1000),
-                                args.bandwidth_mbs * 1e6 if args.bandwidth_mbs else None, args.seed, args.log)
-        server = await asyncio.start_server(lambda r, w: handle(shaper, (host, int(port)), r, w), "127.0.0.1", 0,
-                                            limit=1 << 20)
-        task = asyncio.create_task(dump())
-        print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
-        async with server:
-            await server.serve_forever()
-        task.cancel()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-
-
-class CountingProxy:
-    """A :func:`serve_proxy` subprocess in front of ``upstream`` (host:port)."""
-
-    def __init__(self, upstream: str, latency_ms: str, bandwidth_mbs: float, tmpdir: str) -> None:
-        self.log = Path(tmpdir) / "proxy.log"
-        self.counts = str(Path(tmpdir) / "proxy-counts.json")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.incremental", "--serve-proxy", "--upstream", upstream,
-             "--latency-ms", latency_ms, "--bandwidth-mbs", str(bandwidth_mbs), "--log", str(self.log),
-             "--counts", self.counts],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
-            self.proc.kill()
-            raise RuntimeError(f"counting proxy did not start: {line!r}")
-        self.endpoint_url = f"http://127.0.0.1:{int(line.split()[1])}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def counting_target(name: str, latency_ms: str = "20,50", bandwidth_mbs: float = 25.0) -> Any:
-    """``s3-lat`` (moto behind the shaping proxy) or ``gcs`` (fake-gcs-server behind an unshaped one), both
-    proxies counting bytes: the target's ``counts`` is the path of the proxy's tallies."""
-    from benchmarks import targets as T
-
-    if name == "s3-lat":
-        class CountingS3(T.S3Target):
-            counts: str | None = None
-
-            def start(self) -> None:
-                servers = T._servers()
-                self.srv = servers.start_moto_server()
-                servers.make_s3_bucket(self.srv.endpoint_url, T.BUCKET)
-                self.proxy = CountingProxy(self.srv.endpoint_url.split("//", 1)[1], self.latency_ms,  # type: ignore[assignment]
-                                           self.bandwidth_mbs, self.srv.tmpdir)
-                self.counts = self.proxy.counts  # type: ignore[attr-defined]
-                self._count = T._LogCounter(self.proxy.log, moto=False)  # type: ignore[attr-defined]
-
-        return CountingS3(shaped=True, latency_ms=latency_ms, bandwidth_mbs=bandwidth_mbs)
-    if name == "gcs":
-        class CountingGCS(T.GCSTarget):
-            counts: str | None = None
-
-            def start(self) -> None:
-                servers = T._servers()
-                self.srv = servers.start_fake_gcs_server()
-                servers.make_gcs_bucket(self.srv.endpoint_url, T.BUCKET)
-                self.proxy = CountingProxy(self.srv.endpoint_url.split("//", 1)[1], "0", 0, self.srv.tmpdir)  # type: ignore[assignment]
-                self.counts = self.proxy.counts  # type: ignore[attr-defined]
-                self._count = T._LogCounter(self.proxy.log, moto=False)  # type: ignore[attr-defined]
-
-        return CountingGCS()
-    raise ValueError(name)
-
-
-# --------------------------------------------------------------------------- measurements (child side)
-
-
-def _open_manager(spec: dict[str, Any], tree: dict[str, Any]) -> Any:
-    import cloudckpt
-
-    options = None
-    if spec.get("pack_threshold") is not None:
-        options = cloudckpt.StoreOptions(pack_threshold=int(spec["pack_threshold"]))
-    return cloudckpt.CheckpointManager(cloudckpt.Checkpoint(**tree), spec["dir"], max_to_keep=spec.get("keep"),
-                                       storage_options=spec.get("storage_options") or None,
-                                       incremental=spec["incremental"], options=options)
-
-
-def run_series(spec: dict[str, Any]) -> dict[str, Any]:
-    """One manager, ``spec["saves"]`` saves, the state changed between them (untimed); per save what it cost."""
-    t = time.perf_counter()
-    tree, facts = make_workload(spec["workload"], spec["scale"], spec.get("seed", 0))
-    gen_s = time.perf_counter() - t
-    manager = _open_manager(spec, tree)
-    stats = manager._storage.stats
-    counts = spec.get("counts")
-    saves = []
-    url = None
-    for i in range(spec["saves"]):
-        if i:
-            mutate(spec["workload"], tree, i)
-        c0, s0 = read_counts(counts), stats.snapshot()
-        t0 = time.perf_counter()
-        url = manager.save()
-        seconds = time.perf_counter() - t0
-        c1, s1 = settled_counts(counts), stats.snapshot()
-        ops = {k: s1[k] - s0.get(k, 0) for k in s1 if isinstance(s1[k], int) and s1[k] - s0.get(k, 0)}
-        saves.append({"i": i, "url": url, "seconds": seconds, "bytes_written": ops.get("bytes_written", 0),
-                      "bytes_copied": ops.get("bytes_copied", 0), "ops": ops, "proxy": counts_between(c0, c1)})
-    out = {"workload": spec["workload"], "scale": spec["scale"], "incremental": spec["incremental"], "gen_s": gen_s,
-           **facts, "saves": saves, "latest": url, "digest": state_digest(tree)}
-    if spec.get("verify_load"):  # memory://: the load must be this process's
-        import cloudckpt
-
-        t0 = time.perf_counter()
-        loaded = cloudckpt.load(url, storage_options=spec.get("storage_options") or None)
-        out["load_s"] = time.perf_counter() - t0
-        out["verified"] = state_digest(loaded) == out["digest"]
-    manager.close()
-    return out
-
-
-def run_load(spec: dict[str, Any]) -> dict[str, Any]:
-    """The first load of this (new) process: import, then ``cloudckpt.load`` of the checkpoint, then its digest."""
-    t_start = time.clock_gettime(time.CLOCK_MONOTONIC)
-    import cloudckpt
-
-    t_imported = time.clock_gettime(time.CLOCK_MONOTONIC)
-    loaded = cloudckpt.load(spec["url"], storage_options=spec.get("storage_options") or None)
-    t_loaded = time.clock_gettime(time.CLOCK_MONOTONIC)
-    ok = state_digest(loaded) == spec["digest"]
-    return {"import_s": t_imported - t_start, "load_s": t_loaded - t_imported,
-            "first_load_s": t_loaded - spec["t_spawn"], "verified": ok}
-
-
-def run_hash(spec: dict[str, Any]) -> dict[str, Any]:
-    """GB/s of crc32c alone, XXH3-128 alone and ``checksums_many`` (both, one pass) over the workload's tensors,
-    one buffer per tensor, best of ``reps``, this thread."""
-    from cloudckpt.format.checksum import checksums_many, content_hash_many, crc32c_of
-
-    tree, _facts = make_workload(spec["workload"], spec["scale"])
-    bufs = [memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)) for a in _arrays(tree)]
-    nbytes = sum(b.nbytes for b in bufs)
-    fns = {"crc32c": lambda b: crc32c_of(b), "xxh3": lambda b: content_hash_many([b]),
-           "checksums_many": lambda b: checksums_many([b])}
-    out: dict[str, Any] = {"bytes": nbytes, "tensors": len(bufs), "reps": spec.get("reps", 3), "seconds": {}}
-    for name, fn in fns.items():
-        times = []
-        for _ in range(out["reps"]):
-            t = time.perf_counter()
-            for b in bufs:
-                fn(b)
-            times.append(time.perf_counter() - t)
-        out["seconds"][name] = times
-    out["gbps"] = {k: nbytes / min(v) / 1e9 for k, v in out["seconds"].items()}
-    return out
-
-
-def run_copy(spec: dict[str, Any]) -> dict[str, Any]:
-    """``cloudckpt.copy`` of a directory; what the destination was sent; the latest copied checkpoint verified."""
-    import cloudckpt
-
-    seen: dict[str, Any] = {}
-    c0 = read_counts(spec.get("counts"))
-    t = time.perf_counter()
-    report = cloudckpt.copy(spec["src"], spec["dst"], dst_storage_options=spec.get("dst_storage_options") or None,
-                            _on_open=lambda s, d: seen.update(dst=d))
-    seconds = time.perf_counter() - t
-    c1 = settled_counts(spec.get("counts"))
-    stats = seen["dst"].stats.snapshot()
-    latest = cloudckpt.latest_checkpoint(spec["dst"], storage_options=spec.get("dst_storage_options") or None)
-    loaded = cloudckpt.load(latest, storage_options=spec.get("dst_storage_options") or None)
-    return {"seconds": seconds, "report": report.to_dict(), "dst_stats": stats, "proxy": counts_between(c0, c1),
-            "latest": latest, "verified": state_digest(loaded) == spec["digest"]}
-
-
-def run_copy_probe(spec: dict[str, Any]) -> dict[str, Any]:
-    """What one server-side copy costs on this store, against a write of the same object: one 32 MiB object
-    written, copied once alone and ``n`` times concurrently (as a save's copies run), written ``n`` times
-    concurrently; seconds each."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cloudckpt.storage import open_storage
-
-    s = open_storage(spec["dir"], spec.get("storage_options") or None)
-    size, n = spec.get("size", 32 << 20), spec.get("n", 8)
-    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
-    out: dict[str, Any] = {"object_bytes": size, "concurrent": n}
-    t = time.perf_counter()
-    s.write("probe/src", [data])
-    out["write_one_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    s.copy_from(s, "probe/src", "probe/copy-one", size=size)
-    out["copy_one_s"] = time.perf_counter() - t
-    with ThreadPoolExecutor(n) as pool:
-        t = time.perf_counter()
-        list(pool.map(lambda i: s.copy_from(s, "probe/src", f"probe/copy-{i}", size=size), range(n)))
-        out["copy_concurrent_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        list(pool.map(lambda i: s.write(f"probe/write-{i}", [data]), range(n)))
-        out["write_concurrent_s"] = time.perf_counter() - t
-    out["copy_mbps_concurrent"] = n * size / out["copy_concurrent_s"] / 1e6
-    out["write_mbps_concurrent"] = n * size / out["write_concurrent_s"] / 1e6
-    return out
-
-
-def run_ablation(spec: dict[str, Any]) -> dict[str, Any]:
-    """The wall-clock cost of the XXH3-128 in a save: non-incremental ``cloudckpt.save`` of the workload with
-    ``checksums_many`` as shipped, and with it replaced (in this process only) by crc32c alone (a constant in
-    place of the hash), interleaved, ``reps`` each; seconds of every save. The first pair (rep 0) warms the
-    process up (imports, thread pools) and is left out of the summary."""
-    import cloudckpt
-    from cloudckpt.format import checksum, reuse
-
-    tree, facts = make_workload(spec["workload"], spec["scale"])
-    shipped = reuse.checksums_many
-
-    def crc_only(buffers: Any) -> tuple[int, str]:
-        return checksum.crc32c_many(buffers), "0" * 32
-
-    times: dict[str, list[float]] = {"crc32c+xxh3": [], "crc32c only": []}
-    for rep in range(spec["reps"]):
-        for i, variant in enumerate(times if rep % 2 == 0 else reversed(list(times))):
-            reuse.checksums_many = shipped if variant == "crc32c+xxh3" else crc_only  # type: ignore[assignment]
-            url = f"{spec['dir']}/abl-{rep}-{i}"
-            os.sync()  # (the previous save's removal written back first: both variants start alike)
-            t = time.perf_counter()
-            cloudckpt.save(url, tree)
-            times[variant].append(time.perf_counter() - t)
-            reuse.checksums_many = shipped  # type: ignore[assignment]
-            if url.startswith("memory://"):
-                import fsspec
-
-                fsspec.filesystem("memory").rm(url[len("memory://"):], recursive=True)
-            else:
-                shutil.rmtree(url, ignore_errors=True)
-    return {"bytes": facts["bytes"], "reps": spec["reps"], "seconds": times}
-
-
-PHASES = {"ablation": run_ablation, "copyprobe": run_copy_probe, "series": run_series, "load": run_load, "hash": run_hash, "copy": run_copy}
-
-
-def child_main(arg: str) -> None:
-    spec = json.loads(arg)
-    result = PHASES[spec["phase"]](spec)
-    print("RESULT " + json.dumps(result), flush=True)
-    sys.stdout.flush()
-    os._exit(0)
-
-
-# --------------------------------------------------------------------------- parent side
-
-
-def spawn(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    """Run one phase in a new process; its result."""
-    spec = {**spec, "t_spawn": time.clock_gettime(time.CLOCK_MONOTONIC)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.incremental", "--child", json.dumps(spec)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT "):]))
-    raise RuntimeError(f"{spec['phase']} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
 
 
 def disk_usage(path: str) -> dict[str, int]:
@@ -593,27 +81,6 @@ def disk_usage(path: str) -> dict[str, int]:
                 seen.add((st.st_dev, st.st_ino))
                 disk += st.st_blocks * 512
     return {"disk_bytes": disk, "apparent_bytes": apparent, "files": files, "inodes": len(seen)}
-
-
-def _med(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-def _later(series: list[dict[str, Any]], key: str) -> list[float]:
-    return [s[key] for r in series for s in r["saves"][1:]]
-
-
-def _sent(save: dict[str, Any]) -> int:
-    """Bytes sent to the server by one save: the proxy's count where there is one, else the bytes written."""
-    proxy = save.get("proxy")
-    return int(proxy.get("up", 0)) if proxy is not None else int(save["bytes_written"])
-
-
-def _spread(xs: list[float]) -> dict[str, float]:
-    if not xs:
-        return {}
-    return {"n": len(xs), "median": _med(xs), "min": min(xs), "max": max(xs),
-            "spread_pct": 100 * (max(xs) - min(xs)) / _med(xs) if _med(xs) else float("nan")}
 
 
 class Run:
@@ -688,7 +155,7 @@ class Run:
                     r["disk"] = disk_usage(spec["dir"])
                     r["disk_latest"] = disk_usage(r["latest"])
                 secs = [round(s["seconds"], 3) for s in r["saves"]]
-                self.log(f"  seconds {secs}; sent {[_sent(s) for s in r['saves']]}; "
+                self.log(f"  seconds {secs}; sent {[sent_bytes(s) for s in r['saves']]}; "
                          f"copied {[s['bytes_copied'] for s in r['saves']]}")
                 series[mode].append(r)
                 dirs[mode] = r
@@ -735,16 +202,16 @@ class Run:
         if not inc or not full:
             return
         changed = inc[0]["changed_bytes"]
-        inc_s, full_s = _med(_later(inc, "seconds")), _med(_later(full, "seconds"))
-        sent_inc = _med([_sent(s) for r in inc for s in r["saves"][1:]])
-        sent_full = _med([_sent(s) for r in full for s in r["saves"][1:]])
+        inc_s, full_s = median(later(inc, "seconds")), median(later(full, "seconds"))
+        sent_inc = median([sent_bytes(s) for r in inc for s in r["saves"][1:]])
+        sent_full = median([sent_bytes(s) for r in full for s in r["saves"][1:]])
         summary = {"changed_bytes": changed, "state_bytes": inc[0]["bytes"],
-                   "later_save_s": {"incremental": _spread(_later(inc, "seconds")), "full": _spread(_later(full, "seconds"))},
+                   "later_save_s": {"incremental": spread(later(inc, "seconds")), "full": spread(later(full, "seconds"))},
                    "sent_per_later_save": {"incremental": sent_inc, "full": sent_full},
-                   "copied_per_later_save": {"incremental": _med(_later(inc, "bytes_copied")),
-                                             "full": _med(_later(full, "bytes_copied"))},
-                   "first_save_s": {"incremental": _med([r["saves"][0]["seconds"] for r in inc]),
-                                    "full": _med([r["saves"][0]["seconds"] for r in full])},
+                   "copied_per_later_save": {"incremental": median(later(inc, "bytes_copied")),
+                                             "full": median(later(full, "bytes_copied"))},
+                   "first_save_s": {"incremental": median([r["saves"][0]["seconds"] for r in inc]),
+                                    "full": median([r["saves"][0]["seconds"] for r in full])},
                    "speedup": full_s / inc_s}
         sent_what = "proxy: request heads + bodies" if inc[0]["saves"][0].get("proxy") is not None else "storage stats bytes_written"
         self.target(f"finetune {tname}: sent", f"median bytes sent per later incremental save ({sent_what}) / changed bytes",
@@ -752,13 +219,13 @@ class Run:
         self.target(f"finetune {tname}: speed", "median full later-save seconds / incremental", full_s / inc_s, 10, ">=",
                     full_s / inc_s >= 10)
         if "disk" in inc[0]:
-            d_inc, d_full = _med([r["disk"]["disk_bytes"] for r in inc]), _med([r["disk"]["disk_bytes"] for r in full])
-            one = _med([r["disk_latest"]["disk_bytes"] for r in full])
+            d_inc, d_full = median([r["disk"]["disk_bytes"] for r in inc]), median([r["disk"]["disk_bytes"] for r in full])
+            one = median([r["disk_latest"]["disk_bytes"] for r in full])
             n_later = len(inc[0]["saves"]) - 1
             limit = one + n_later * 1.5 * changed
             summary["disk"] = {"incremental_dir": d_inc, "full_dir": d_full, "one_full_checkpoint": one,
                                "checkpoints": len(inc[0]["saves"]),
-                               "apparent_incremental_dir": _med([r["disk"]["apparent_bytes"] for r in inc])}
+                               "apparent_incremental_dir": median([r["disk"]["apparent_bytes"] for r in inc])}
             self.target(f"finetune {tname}: disk", f"disk bytes of the incremental run's directory ({len(inc[0]['saves'])} "
                         "checkpoints, hard links once) vs one full checkpoint + later saves x 1.5 x changed",
                         d_inc, limit, "<=", d_inc <= limit)
@@ -773,8 +240,8 @@ class Run:
             full = [r["load_s"] for r in loads if r["cache"] == cache and r["mode"] == "full"]
             if not inc or not full:
                 continue
-            ratio = _med(inc) / _med(full)
-            summary[cache] = {"incremental": _spread(inc), "full": _spread(full), "ratio": ratio}
+            ratio = median(inc) / median(full)
+            summary[cache] = {"incremental": spread(inc), "full": spread(full), "ratio": ratio}
             self.target(f"loads {tname} {cache}: level", "median incremental load s / full load s (level: 0.9..1.1)",
                         ratio, 1.1, "<=", 0.9 <= ratio <= 1.1)
         ok = all(r["verified"] for r in loads)
@@ -813,27 +280,27 @@ class Run:
             self.log(f"llm-like {where}: save seconds with / without XXH3: "
                      f"{json.dumps({k: [round(x, 3) for x in v] for k, v in abl[where]['seconds'].items()})}")
         target.stop()
-        full_s, inc_s = _later(series["full"], "seconds"), _later(series["incremental"], "seconds")
+        full_s, inc_s = later(series["full"], "seconds"), later(series["incremental"], "seconds")
         all_full = [s["seconds"] for r in series["full"] for s in r["saves"]]
         first_full = [r["saves"][0]["seconds"] for r in series["full"]]
         nbytes = h["bytes"]
-        save_gbps = nbytes / _med(all_full) / 1e9
+        save_gbps = nbytes / median(all_full) / 1e9
         t = {k: min(v) for k, v in h["seconds"].items()}
         added = t["checksums_many"] - t["crc32c"]
         ablation = {}
         for where, res in abl.items():
             w_h, wo = res["seconds"]["crc32c+xxh3"][1:], res["seconds"]["crc32c only"][1:]  # rep 0: warm-up
-            ablation[where] = {"with_xxh3_s": _spread(w_h), "crc32c_only_s": _spread(wo),
-                               "added_pct": 100 * (_med(w_h) - _med(wo)) / _med(wo)}
+            ablation[where] = {"with_xxh3_s": spread(w_h), "crc32c_only_s": spread(wo),
+                               "added_pct": 100 * (median(w_h) - median(wo)) / median(wo)}
         summary = {"state_bytes": nbytes, "hash_gbps": h["gbps"], "save_gbps_full": save_gbps,
-                   "full_save_s_all": _spread(all_full), "full_first_save_s": _spread(first_full),
-                   "full_later_save_s": _spread(full_s), "incremental_later_save_s": _spread(inc_s),
+                   "full_save_s_all": spread(all_full), "full_first_save_s": spread(first_full),
+                   "full_later_save_s": spread(full_s), "incremental_later_save_s": spread(inc_s),
                    "checksums_many_s": t["checksums_many"], "crc32c_s": t["crc32c"], "xxh3_s": t["xxh3"],
-                   "xxh3_added_s": added, "xxh3_added_pct_of_save": 100 * added / _med(all_full),
-                   "xxh3_added_pct_of_first_save": 100 * added / _med(first_full),
-                   "checksums_many_pct_of_save": 100 * t["checksums_many"] / _med(all_full),
+                   "xxh3_added_s": added, "xxh3_added_pct_of_save": 100 * added / median(all_full),
+                   "xxh3_added_pct_of_first_save": 100 * added / median(first_full),
+                   "checksums_many_pct_of_save": 100 * t["checksums_many"] / median(all_full),
                    "ablation": ablation,
-                   "ratio_incremental_over_full": _med(inc_s) / _med(full_s)}
+                   "ratio_incremental_over_full": median(inc_s) / median(full_s)}
         self.results["llm"] = {"hash": h, "series": series, "ablation": abl, "summary": summary}
         self.target("llm-like: hash cost", "seconds checksums_many adds to crc32c alone over the state (one thread), "
                     "% of the median non-incremental save on local disk (all saves of the full series)",
@@ -847,9 +314,9 @@ class Run:
         for k in range(1, a.llm_saves + 1):
             i_k = [r["saves"][k]["seconds"] for r in series["incremental"]]
             f_k = [r["saves"][k]["seconds"] for r in series["full"]]
-            spread = max(_spread(i_k)["spread_pct"], _spread(f_k)["spread_pct"]) / 100
-            level.append({"later_save": k, "incremental": _spread(i_k), "full": _spread(f_k),
-                          "ratio": _med(i_k) / _med(f_k), "noise": max(0.1, spread)})
+            noise = max(spread(i_k)["spread_pct"], spread(f_k)["spread_pct"]) / 100
+            level.append({"later_save": k, "incremental": spread(i_k), "full": spread(f_k),
+                          "ratio": median(i_k) / median(f_k), "noise": max(0.1, noise)})
         summary["level_by_save"] = level
         for lv in level:
             self.target(f"llm-like: incremental level, later save {lv['later_save']}",
@@ -906,93 +373,8 @@ class Run:
             src.stop()
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    """The tables of the docs section, from a results document."""
-    lines: list[str] = []
-    w = lines.append
-    mb = 1e6
-    ft = doc.get("finetune", {})
-    if ft:
-        w("| target | mode | first save s | later save s (median, min-max) | sent per later save MB | "
-          "copied per later save MB | speedup |")
-        w("|---|---|---|---|---|---|---|")
-        for tname, d in ft.items():
-            s = d.get("summary")
-            if not s:
-                continue
-            for mode in ("full", "incremental"):
-                ls = s["later_save_s"][mode]
-                w(f"| {tname} | {mode} | {s['first_save_s'][mode]:.2f} | {ls['median']:.3f} ({ls['min']:.3f}-"
-                  f"{ls['max']:.3f}, n={ls['n']}) | {s['sent_per_later_save'][mode] / mb:.1f} | "
-                  f"{s['copied_per_later_save'][mode] / mb:.1f} | {s['speedup'] if mode == 'incremental' else 1:.1f}x |")
-        w("")
-        loc = ft.get("local", {}).get("summary", {}).get("disk")
-        if loc:
-            w(f"Disk (local, {loc['checkpoints']} checkpoints per run): incremental run {loc['incremental_dir'] / mb:.1f} MB "
-              f"on disk ({loc['apparent_incremental_dir'] / mb:.1f} MB apparent), full run {loc['full_dir'] / mb:.1f} MB, "
-              f"one full checkpoint {loc['one_full_checkpoint'] / mb:.1f} MB.")
-            w("")
-    ld = doc.get("loads", {})
-    if ld:
-        w("| target | cache | incremental load s (median, min-max) | full load s | ratio |")
-        w("|---|---|---|---|---|")
-        for key, summ in ld.items():
-            if not key.endswith("_summary"):
-                continue
-            for cache, v in summ.items():
-                i, f = v["incremental"], v["full"]
-                w(f"| {key[:-8]} | {cache} | {i['median']:.3f} ({i['min']:.3f}-{i['max']:.3f}, n={i['n']}) | "
-                  f"{f['median']:.3f} ({f['min']:.3f}-{f['max']:.3f}, n={f['n']}) | {v['ratio']:.2f} |")
-        w("")
-    llm = doc.get("llm", {}).get("summary")
-    if llm:
-        g = llm["hash_gbps"]
-        fa, ff = llm["full_save_s_all"], llm["full_first_save_s"]
-        w("| crc32c GB/s | XXH3-128 GB/s | checksums_many GB/s | full save GB/s (local) | checksums_many % of save | "
-          "added by XXH3 % of save (of a first save) |")
-        w("|---|---|---|---|---|---|")
-        w(f"| {g['crc32c']:.1f} | {g['xxh3']:.1f} | {g['checksums_many']:.1f} | {llm['save_gbps_full']:.2f} (median "
-          f"{fa['median']:.2f} s, {fa['min']:.2f}-{fa['max']:.2f}, n={fa['n']}) | {llm['checksums_many_pct_of_save']:.1f} | "
-          f"{llm['xxh3_added_pct_of_save']:.1f} ({llm['xxh3_added_pct_of_first_save']:.1f}: median {ff['median']:.2f} s) |")
-        w("")
-        w("| where | save s with XXH3 (median, min-max) | save s, crc32c only | added |")
-        w("|---|---|---|---|")
-        for where, ab in llm.get("ablation", {}).items():
-            a, b = ab["with_xxh3_s"], ab["crc32c_only_s"]
-            w(f"| {where} | {a['median']:.3f} ({a['min']:.3f}-{a['max']:.3f}, n={a['n']}) | {b['median']:.3f} "
-              f"({b['min']:.3f}-{b['max']:.3f}, n={b['n']}) | {ab['added_pct']:+.1f} % |")
-        w("")
-        w("| llm-like, local | full s (median, min-max) | incremental s, everything changed | ratio |")
-        w("|---|---|---|---|")
-        for lv in llm.get("level_by_save", []):
-            f, i = lv["full"], lv["incremental"]
-            w(f"| later save {lv['later_save']} | {f['median']:.3f} ({f['min']:.3f}-{f['max']:.3f}, n={f['n']}) | "
-              f"{i['median']:.3f} ({i['min']:.3f}-{i['max']:.3f}, n={i['n']}) | {lv['ratio']:.3f} |")
-        w("")
-    for variant, cp in doc.get("cp", {}).items():
-        w(f"cp, {variant} layout ({cp['source']} -> {cp['destination']}, scale {cp['scale']}): sent "
-          f"{cp['sent'] / mb:.1f} MB in {cp['copy']['seconds']:.1f} s; limit {cp['limit'] / mb:.1f} MB = 1.2 x (first "
-          f"checkpoint {cp['base_bytes'] / mb:.1f} MB + 10 x changed {cp['changed_bytes'] / mb:.2f} MB); the 10 "
-          f"saves wrote {cp['source_bytes_written_by_10_saves'] / mb:.1f} MB; copied inside the destination "
-          f"(deduplicated) {cp['copy']['report'].get('bytes_deduplicated', 0) / mb:.1f} MB.")
-        w("")
-    if doc.get("targets"):
-        w("| target | measured | limit | met |")
-        w("|---|---|---|---|")
-        for t in doc["targets"]:
-            w(f"| {t['name']}: {t['what']} | {t['value']:.4g} | {t['op']} {t['limit']:.4g} | "
-              f"{'yes' if t['met'] else 'no'}{' (' + t['note'] + ')' if t['note'] else ''} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        child_main(argv[1])
-        return
-    if argv[:1] == ["--serve-proxy"]:
-        serve_proxy(argv[1:])
-        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny scale on local + memory, checks, ~1 min")
     p.add_argument("--only", default="finetune,loads,llm,cp", help="sections: finetune,loads,llm,cp")
@@ -1054,30 +436,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         smoke_checks(doc)
         print("smoke ok")
-
-
-def smoke_checks(doc: dict[str, Any]) -> None:
-    """What ``--smoke`` asserts: every incremental later save sent fewer bytes than the full one of the same
-    rank in the series (with ``split``, where the frozen tensors are objects of their own; the default layout
-    packs every tensor of the tiny state with the adapters: there it must not send more), and copied the rest;
-    every load (another process's, or memory://'s own) returned the saved state bit-exactly."""
-    for name, d in doc.get("finetune", {}).items():
-        inc, full = d["series"]["incremental"], d["series"]["full"]
-        assert inc and full, name
-        for r_inc, r_full in zip(inc, full, strict=True):
-            for s_i, s_f in zip(r_inc["saves"][1:], r_full["saves"][1:], strict=True):
-                if d["variant"] == "split":
-                    assert _sent(s_i) < _sent(s_f) and s_i["bytes_copied"] > 0, (name, s_i, s_f)
-                else:
-                    assert _sent(s_i) <= _sent(s_f) * 1.01, (name, s_i, s_f)
-                assert s_f["bytes_copied"] == 0, (name, s_f)
-            if "verified" in r_inc:
-                assert r_inc["verified"] is True and r_full["verified"] is True, name
-    for name, loads in doc.get("loads", {}).items():
-        if not name.endswith("_summary"):
-            assert loads and all(r["verified"] is True for r in loads), name
-    for variant, cp in doc.get("cp", {}).items():
-        assert cp["copy"]["verified"] is True, variant
 
 
 if __name__ == "__main__":
