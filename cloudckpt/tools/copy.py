@@ -89,106 +89,30 @@ Example:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cloudckpt.errors import (
-    CheckpointError,
     CheckpointExistsError,
     CheckpointNotFoundError,
-    CorruptCheckpointError,
     ObjectNotFoundError,
 )
 from cloudckpt.format.manifest import header_of, max_manifest_bytes, parse_manifest
-from cloudckpt.format.reuse import BaseObjects, content_hashes, copy_verified
 from cloudckpt.layout import catalog, ownership
 from cloudckpt.layout import directory as directory_model
-from cloudckpt.layout.commit import commit, discard_if_uncommitted, preserve, read_preserved
-from cloudckpt.layout.incremental import open_base
+from cloudckpt.layout.commit import preserve, read_preserved
 from cloudckpt.layout.names import MANIFEST_KEY, STATE_KEY, parse_name
 from cloudckpt.layout.statefile import CheckpointState, format_state, parse_state, read_state_file
 from cloudckpt.storage import Storage, open_storage
-from cloudckpt.tools.verify import BUFFER_BYTES, ByteBudget, read_checked
+from cloudckpt.tools.copy_transfer import CopyJob, CopyReport, Progress, newest_beside, run_jobs, same_manifest
+from cloudckpt.tools.verify import BUFFER_BYTES, ByteBudget
 
 __all__ = ["copy", "CopyReport"]
 
 log = logging.getLogger("cloudckpt")
 
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class CopyReport:
-    """What :func:`copy` did.
-
-    ``copied``: destination URLs of the checkpoints this call committed;
-    ``skipped``: those already committed at the destination (same manifest);
-    ``vanished``: source checkpoints deleted while they were being copied
-    (by the source's retention, say), so not committed at the destination;
-    ``warnings``: source entries deliberately not copied, and why.
-    ``objects_copied``/``bytes_copied`` count the objects (manifests included)
-    sent: read from the source and written to the destination;
-    ``objects_present``/``bytes_present`` objects found already at the
-    destination (an earlier, interrupted copy) and not copied again;
-    ``objects_deduplicated``/``bytes_deduplicated`` objects copied inside the
-    destination from a checkpoint already there that holds the same bytes,
-    instead of being sent.
-
-    Example:
-        >>> CopyReport("memory://a", "memory://b", "checkpoint").bytes_copied
-        0
-    """
-
-    src: str
-    dst: str
-    kind: str  # "checkpoint" | "directory"
-    copied: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    vanished: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    objects_copied: int = 0
-    bytes_copied: int = 0
-    objects_present: int = 0
-    bytes_present: int = 0
-    objects_deduplicated: int = 0
-    bytes_deduplicated: int = 0
-    state_file: str | None = None
-    seconds: float = 0.0
-    src_requests: int = 0
-    dst_requests: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (what ``cloudckpt cp --json`` prints).
-
-        Example:
-            >>> sorted(CopyReport("memory://a", "memory://b", "checkpoint").to_dict())[:3]
-            ['bytes_copied', 'bytes_deduplicated', 'bytes_present']
-        """
-        d = asdict(self)
-        d["seconds"] = round(self.seconds, 3)
-        return d
-
-
-class _Vanished(Exception):
-    """The source checkpoint was deleted during the copy."""
-
-
-@dataclass
-class _Job:
-    """One checkpoint to copy."""
-
-    src: Storage
-    dst: Storage
-    raw: bytes
-    manifest: dict[str, Any]
-    present: dict[str, int]
-    marker: bytes | None = None  # preserved.json of the source, to copy after the commit
-    # a checkpoint committed at the destination before this call whose objects this copy
-    # (and the ones after it) may copy inside the destination; None: the previous job's
-    base: Storage | None = None
 
 
 def _into_directory(src: Storage, dst: Storage, given: str) -> Storage:
@@ -203,15 +127,6 @@ def _into_directory(src: Storage, dst: Storage, given: str) -> Storage:
         return dst.child(name)
     except ValueError:
         return dst
-
-
-def _same(a: bytes, b: bytes) -> bool:
-    if a == b:
-        return True
-    try:
-        return parse_manifest(a, "a") == parse_manifest(b, "b")
-    except CheckpointError:
-        return False
 
 
 def _dst_claims(storage: Storage | None) -> list[ownership.Claim]:
@@ -246,7 +161,7 @@ def _plan_checkpoint(
     claims: list[ownership.Claim],
     preserved: bool,
     report: CopyReport,
-) -> _Job | None:
+) -> CopyJob | None:
     """Read the source manifest and decide what is left to copy; None if nothing."""
     murl = src.url_for(MANIFEST_KEY)
     try:
@@ -266,7 +181,7 @@ def _plan_checkpoint(
             existing = None
     marker = read_preserved(src) if preserved else None
     if existing is not None:
-        if not _same(existing, raw):
+        if not same_manifest(existing, raw):
             raise CheckpointExistsError(
                 f"a different checkpoint is already committed at {dst.url}; committed checkpoints are never "
                 "overwritten: copy to another path, or remove it first (cloudckpt rm)"
@@ -282,151 +197,7 @@ def _plan_checkpoint(
         present: dict[str, int] = {}
     else:
         present = {f"{data}/{k}": v for k, v in dst.list_all(data).items()}
-    return _Job(src, dst, raw, manifest, present, marker)
-
-
-class _Counter:
-    def __init__(self, total: int, progress: Progress | None) -> None:
-        self.total = total
-        self.done = 0
-        self.progress = progress
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self.lock:  # one progress call at a time, in order
-            self.done += n
-            if self.progress is not None:
-                self.progress(self.done, self.total)
-
-
-def _newest_beside(d: Storage) -> Storage | None:
-    """The newest checkpoint committed in the directory holding the checkpoint
-    ``d`` (same name first, then by number), if ``d`` is a ``<name>-<N>``
-    checkpoint of such a directory and its store can copy within itself."""
-    name = d.url.rstrip("/").rsplit("/", 1)[-1]
-    mine = parse_name(name)
-    parent = d.parent()
-    if mine is None or parent is None or not d.can_copy_from(d):
-        return None
-    _, dirs = parent.list_dir()
-    found = []
-    for x in dirs:
-        parsed = parse_name(x)
-        if parsed is not None and x != name:
-            found.append(((parsed[0] == mine[0], parsed[1]), x))
-    for _, x in sorted(found, reverse=True)[:_BASE_CANDIDATES]:
-        sub = parent.child(x)
-        if sub.exists(MANIFEST_KEY):  # (no manifest: a save in progress or a crashed one; try the one before)
-            return sub
-    return None
-
-
-_BASE_CANDIDATES = 4  # uncommitted checkpoint directories tried past, newest first, for a base
-
-
-def _run_job(
-    job: _Job,
-    base: BaseObjects | None,
-    report: CopyReport,
-    counter: _Counter,
-    budget: ByteBudget,
-    verify_existing: bool,
-    piece_bytes: int,
-) -> None:
-    src, dst, manifest = job.src, job.dst, job.manifest
-    lock = threading.Lock()
-
-    def check_at_dst(obj: dict[str, Any]) -> str | None:
-        """Re-read an object at the destination: its problem, or None if its size and crc32c are right."""
-        n = budget.acquire(min(int(obj["size"]), piece_bytes))
-        try:
-            return read_checked(dst, obj, piece_bytes=piece_bytes, keep=False)[1]
-        finally:
-            budget.release(n)
-
-    def from_base(obj: dict[str, Any], digest: str | None) -> bool:
-        """Place ``obj`` (content hash ``digest``) by a checked copy inside the destination, if the base holds its bytes."""
-        if base is None or digest is None:
-            return False
-        key, size, crc = obj["key"], int(obj["size"]), int(obj["crc32c"])
-        try:
-            if not copy_verified(dst, base, key, size, crc, digest):
-                return False
-        except NotImplementedError:  # not copyable within the store (S3: an object over 5 GiB)
-            return False
-        if verify_existing:
-            problem = check_at_dst(obj)
-            if problem is not None:
-                source = base.storage.url_for(base.by_content[(size, digest)][0])
-                log.warning(
-                    "copy: %s at the destination is damaged (its copy %s: %s); sending the object from %s instead",
-                    source,
-                    dst.url_for(key),
-                    problem,
-                    src.url_for(key),
-                )
-                dst.delete([key])  # (a hard link shares the damaged file: never write into it)
-                return False
-        return True
-
-    def one(item: tuple[dict[str, Any], str | None]) -> None:
-        obj, digest = item
-        key, size = obj["key"], int(obj["size"])
-        if job.present.get(key) == size:
-            problem = check_at_dst(obj) if verify_existing else None
-            if problem is None:
-                with lock:
-                    report.objects_present += 1
-                    report.bytes_present += size
-                counter.add(size)
-                return
-            log.info("copy: %s at the destination is damaged (%s); copying it again", dst.url_for(key), problem)
-            dst.delete([key])  # (it may be a hard link of another checkpoint's object: never write into it)
-        if from_base(obj, digest):
-            with lock:
-                report.objects_deduplicated += 1
-                report.bytes_deduplicated += size
-            counter.add(size)
-            return
-        n = budget.acquire(size)
-        try:
-            data, problem = read_checked(src, obj, piece_bytes=max(piece_bytes, size))
-            if problem == "missing" and not src.exists(MANIFEST_KEY):
-                raise _Vanished(src.url)
-            if problem is not None:
-                raise CorruptCheckpointError(
-                    f"source object {src.url_for(key)} is damaged: {problem}; the copy of {src.url} was aborted "
-                    f"and nothing was committed at {dst.url}"
-                )
-            assert data is not None
-            dst.write(key, data)
-            del data
-        finally:
-            budget.release(n)
-        with lock:
-            report.objects_copied += 1
-            report.bytes_copied += size
-        counter.add(size)
-
-    try:
-        dst.map(one, list(zip(manifest["objects"], content_hashes(manifest), strict=True)))
-        dst.barrier()
-    except (_Vanished, CorruptCheckpointError):
-        discard_if_uncommitted(dst, manifest["data"])
-        raise
-    if not commit(dst, job.raw):  # create-only, after the data
-        existing = dst.read(MANIFEST_KEY)
-        if not _same(existing, job.raw):
-            raise CheckpointExistsError(
-                f"another writer committed a different checkpoint at {dst.url} during the copy; it was not changed"
-            )
-    report.objects_copied += 1
-    report.bytes_copied += len(job.raw)
-    counter.add(len(job.raw))
-    if job.marker is not None:
-        preserve(dst, job.marker)
-    report.copied.append(dst.url)
-    log.info("copy: committed %s at %s (%d objects)", src.url, dst.url, len(manifest["objects"]))
+    return CopyJob(src, dst, raw, manifest, present, marker)
 
 
 def _state_for(
@@ -524,17 +295,22 @@ def copy(
         report = CopyReport(s.url, d.url, "directory")
         plan = _plan_directory(s, d, report)
         jobs = plan.jobs
-    _run_jobs(jobs, report, progress, ByteBudget(buffer_bytes), verify_existing, max(1, min(buffer_bytes, 64 << 20)))
+    run_jobs(jobs, report, progress, ByteBudget(buffer_bytes), verify_existing, max(1, min(buffer_bytes, 64 << 20)))
     if plan is not None and (plan.src_state is not None or plan.src_has_state):
         _write_state_file(s, d, plan, report)
     report.seconds = time.perf_counter() - t0
     report.src_requests = s.stats.requests - s0
     report.dst_requests = d.stats.requests - d0
+    _log_report(report)
+    return report
+
+
+def _log_report(report: CopyReport) -> None:
     log.info(
         "copied %s to %s: %d checkpoints committed, %d already there, %d objects (%d bytes) sent, "
         "%d (%d bytes) copied inside the destination, %d found at the destination, %.3f s",
-        s.url,
-        d.url,
+        report.src,
+        report.dst,
         len(report.copied),
         len(report.skipped),
         report.objects_copied,
@@ -544,10 +320,9 @@ def copy(
         report.objects_present,
         report.seconds,
     )
-    return report
 
 
-def _plan_one(s: Storage, d: Storage, report: CopyReport) -> list[_Job]:
+def _plan_one(s: Storage, d: Storage, report: CopyReport) -> list[CopyJob]:
     """The copy of the one checkpoint ``s`` to ``d`` (nothing if it is there already)."""
     number = parse_name(d.url.rstrip("/").rsplit("/", 1)[-1])
     claims = _dst_claims(d.parent()) if number else []
@@ -563,7 +338,7 @@ def _plan_one(s: Storage, d: Storage, report: CopyReport) -> list[_Job]:
     )
     if job is None:
         return []
-    job.base = _newest_beside(d)
+    job.base = newest_beside(d)
     return [job]
 
 
@@ -571,7 +346,7 @@ def _plan_one(s: Storage, d: Storage, report: CopyReport) -> list[_Job]:
 class _DirectoryPlan:
     """What a copy of a directory does: the jobs, and what rebuilding the state file needs."""
 
-    jobs: list[_Job]
+    jobs: list[CopyJob]
     src_entries: list[catalog.Entry]
     src_state: CheckpointState | None
     src_has_state: bool
@@ -623,40 +398,6 @@ def _plan_directory(s: Storage, d: Storage, report: CopyReport) -> _DirectoryPla
     if jobs and dst_view.valid and d.can_copy_from(d):
         jobs[0].base = d.child(dst_view.valid[-1].name)  # the newest checkpoint already at the destination
     return _DirectoryPlan(jobs, src_entries, src_state, STATE_KEY in src_files, dst_view)
-
-
-def _run_jobs(
-    jobs: list[_Job],
-    report: CopyReport,
-    progress: Progress | None,
-    budget: ByteBudget,
-    verify_existing: bool,
-    piece: int,
-) -> None:
-    """Copy and commit each planned checkpoint in turn; one deleted at the source meanwhile is skipped.
-
-    Each copy may copy objects inside the destination from the checkpoint
-    committed just before it (or from its job's ``base``, one committed there before this call)."""
-    total = sum(sum(int(o["size"]) for o in j.manifest["objects"]) + len(j.raw) for j in jobs)
-    counter = _Counter(total, progress)
-    if progress is not None:
-        progress(0, total)
-    base: BaseObjects | None = None
-    for job in jobs:
-        if job.base is not None:
-            base = open_base(job.dst, job.base)
-        try:
-            _run_job(job, base, report, counter, budget, verify_existing, piece)
-        except _Vanished:
-            if report.kind == "checkpoint":
-                raise CheckpointNotFoundError(
-                    f"{job.src.url} was deleted while it was being copied; nothing was committed at {job.dst.url}"
-                ) from None
-            log.warning("copy: %s was deleted during the copy; not copied", job.src.url)
-            report.vanished.append(job.src.url)
-            continue
-        if job.dst.can_copy_from(job.dst):
-            base = open_base(job.dst, job.dst)  # what the next checkpoint may copy: this one, just committed
 
 
 def _write_state_file(s: Storage, d: Storage, plan: _DirectoryPlan, report: CopyReport) -> None:

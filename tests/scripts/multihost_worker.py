@@ -205,7 +205,7 @@ def kill(world: int) -> int:
     ckpt.step = 1
     manager.save(checkpoint_number=1)
     if RANK == ARGS["rank"]:
-        injector = FaultInjector(kill_after=ARGS["after"], ops=tuple(ARGS.get("ops", ("write", "write_create"))),
+        injector = FaultInjector(kill_after=ARGS["after"], ops=tuple(ARGS.get("ops", ("write", "write_create", "copy"))),
                                  match=ARGS.get("match"))  # fmt: skip
         add_global_hook(injector)
     ckpt.w.fill_(2.0)
