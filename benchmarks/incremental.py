@@ -275,7 +275,7 @@ class Run:
         abl = {}
         for where in ("memory", "local"):
             d = "memory://bench-ablation" if where == "memory" else target.url("ablation")
-            abl[where] = spawn({"phase": "ablation", "workload": "llm-like", "scale": a.llm_scale, "reps": a.llm_reps + 1,
+            abl[where] = spawn({"phase": "ablation", "workload": "llm-like", "scale": a.llm_scale, "reps": a.ablation_reps + 1,
                                 "dir": d})
             self.log(f"llm-like {where}: save seconds with / without XXH3: "
                      f"{json.dumps({k: [round(x, 3) for x in v] for k, v in abl[where]['seconds'].items()})}")
@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--llm-scale", type=float, default=1.0)
     p.add_argument("--llm-reps", type=int, default=4)
     p.add_argument("--llm-saves", type=int, default=2)
+    p.add_argument("--ablation-reps", type=int, default=8, help="saves with and without XXH3, each, after a warm-up pair")
     p.add_argument("--cp-scale", type=float, default=0.25)
     p.add_argument("--latency-ms", default="20,50")
     p.add_argument("--bandwidth-mbs", type=float, default=25.0)
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.scale, args.llm_scale, args.cp_scale = 0.01, 0.01, 0.01
         args.targets, args.reps, args.local_reps, args.load_reps, args.llm_reps = "local,memory", 1, 1, 1, 1
+        args.ablation_reps = 1
     out = args.out or (None if args.smoke else str(DEFAULT_OUT))
     from benchmarks.environment import machine, versions
 
