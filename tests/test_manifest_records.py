@@ -1,7 +1,9 @@
 """The typed manifest records encode to the very bytes the dict records did.
 
 tests/data/manifests/multi-kind.json was written by the writer before the
-typed records existed (tests/_golden_state.py makes the state: packed,
+typed records existed, and rewritten once since, when the pack began to
+place its tensors largest first (for incremental saves; the records were
+unchanged) (tests/_golden_state.py makes the state: packed,
 chunked, sharded-grid, per-shard, per-rank, aliased, namedtuple, empty, 0-d
 and big-endian leaves); the release-0.1.0 manifests come from that release.
 """

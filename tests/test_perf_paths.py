@@ -493,14 +493,18 @@ def _mapped(a: np.ndarray) -> bool:
 
 
 def _odd_state() -> dict:
-    """Packed tensors at offsets that do and do not suit a view, and one spanning two pack objects."""
+    """Packed tensors at offsets that do and do not suit a view, and one spanning two pack objects.
+
+    The pack holds them largest first: span (0), f4 (24000), f8 (28000), be (28800), scalar (28840), odd (28848),
+    empty; in two objects of 14428 bytes (not whole pages: a full load maps each on its own). f4 lies at 9572 in
+    the second (a multiple of 4: a view), f8 at 13572 (not a multiple of 8: copied), odd anywhere (a view)."""
     rng = np.random.default_rng(5)
-    return {  # packed in this order
-        "f4": rng.random(1000, dtype=np.float32),  # offset 0
-        "odd": np.arange(3, dtype=np.uint8),  # offset 4000; moves every later offset off alignment
-        "f8": rng.random(100),  # offset 4003: not a view
+    return {
+        "f4": rng.random(1000, dtype=np.float32),
+        "odd": np.arange(7, dtype=np.uint8),
+        "f8": rng.random(100),
         "be": np.arange(10, dtype=">i4"),  # stored little-endian: converted, so never a view
-        "span": rng.random(3000),  # 24 KB over 16 KiB pack objects
+        "span": rng.random(3000),  # 24 KB over the two pack objects
         "empty": np.zeros((0, 3), np.float32),
         "scalar": np.float64(2.5),
         "big": rng.random(10_000),  # chunked, not packed: read into fresh memory

@@ -136,7 +136,6 @@ def plan_store(
     if node_paths is None:
         node_paths = [f"a{i}" for i in range(len(leaves))]
     plan = StorePlan()
-    pack_len = 0
     for i, leaf in enumerate(leaves):
         arr = leaf.array
         nbytes = int(arr.nbytes)
@@ -150,16 +149,41 @@ def plan_store(
             plan.counts.append(len(sp.jobs))
             plan.chunks.extend(Job(run, size, cands) for run, size, cands in sp.jobs)
         elif nbytes < opts.pack_threshold and not leaf.per_rank:
-            plan.records.append(PackedRecord(dtype_name(arr.dtype), tuple(arr.shape), nbytes, pack_len, None))
+            plan.records.append(PackedRecord(dtype_name(arr.dtype), tuple(arr.shape), nbytes, 0, None))
             plan.counts.append(0)
-            plan.packed.append((i, pack_len, nbytes))
-            pack_len += nbytes
+            plan.packed.append((i, 0, nbytes))
         else:
             _plan_chunked(plan, i, leaf, node_paths[i], opts.chunk_bytes)
+    pack_len = _place_packed(plan)
     if plan.packed:
         _plan_pack(plan, storage, leaves, pack_len, opts.chunk_bytes)
     _plan_groups(plan)
     return plan
+
+
+def _place_packed(plan: StorePlan) -> int:
+    """Give the packed tensors their offsets in the pack, largest first (ties
+    in leaf order), and return the pack's length.
+
+    The order depends only on the tensors' sizes, never on their values, so
+    every save of a state of the same structure places every tensor at the
+    same offset; and it isolates change: what changes between two saves of a
+    training state is, typically, whole groups of tensors of one shape (the
+    adapters of a fine-tuning run and their optimizer moments, all small),
+    while the frozen tensors of other shapes (large projection matrices,
+    norms, biases) keep their pack objects unchanged, byte for byte.
+    """
+    order = sorted(plan.packed, key=lambda p: (-p[2], p[0]))
+    placed: list[tuple[int, int, int]] = []
+    pos = 0
+    for i, _, nbytes in order:
+        placed.append((i, pos, nbytes))
+        rec = plan.records[i]
+        assert isinstance(rec, PackedRecord)
+        rec.offset = pos
+        pos += nbytes
+    plan.packed = placed
+    return pos
 
 
 def _pack_chunk_bytes(storage: Storage, pack_len: int, chunk_bytes: int) -> int:
