@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from cloudckpt.errors import ObjectNotFoundError, StorageError
-from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, checksums_many
+from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, checksums_many, content_hash_many, crc32c_many
 from cloudckpt.storage import Storage
 
 __all__ = ["BaseObjects", "ObjectSink", "WrittenObject", "copy_verified", "content_hashes"]
@@ -103,7 +103,10 @@ class BaseObjects:
 class ObjectSink:
     """Puts the objects of one save: each is copied from the base when it
     holds the same bytes, else written; returns its manifest entry, and
-    counts what was copied.
+    counts what was copied. Without a base the crc32c and the content hash
+    are computed in one pass; with one, the content hash first, and the
+    crc32c only of an object that is written (a copied one takes the crc32c
+    the base recorded for the same bytes, which the copy is checked against).
 
     Example:
         >>> from cloudckpt.storage import open_storage
@@ -127,10 +130,20 @@ class ObjectSink:
         """Place the object ``key`` holding ``buffers`` back to back (see the
         class example); ``reuse=False`` always writes it (the small zarr
         documents: a copy costs a request as a write does)."""
-        crc, digest = checksums_many(buffers)
         size = sum(memoryview(b).nbytes for b in buffers)
-        if not (reuse and self.base is not None and self._copied(key, size, crc, digest)):
+        base = self.base if reuse else None
+        if base is None or not base.by_content:
+            crc, digest = checksums_many(buffers)  # both in one pass
             self.storage.write(key, buffers)
+            return {"key": key, "size": size, "crc32c": crc, "xxh3": digest}
+        # the content hash first (twice as fast as the crc32c): an object the base holds takes
+        # the crc32c the base's manifest recorded for the same bytes, and the store checks the copy by it
+        digest = content_hash_many(buffers)
+        hit = base.by_content.get((size, digest))
+        if hit is not None and self._copied(key, size, hit[1], digest):
+            return {"key": key, "size": size, "crc32c": hit[1], "xxh3": digest}
+        crc = crc32c_many(buffers)
+        self.storage.write(key, buffers)
         return {"key": key, "size": size, "crc32c": crc, "xxh3": digest}
 
     def _copied(self, key: str, size: int, crc: int, digest: str) -> bool:
