@@ -72,7 +72,7 @@ def save(
         >>> first = cloudckpt.save(os.path.join(d, "ckpt-2"), state)
         >>> state["lora"] += 1
         >>> second = cloudckpt.save(os.path.join(d, "ckpt-3"), state, base=first)
-        >>> cloudckpt.load(second)["lora"][0]
+        >>> float(cloudckpt.load(second)["lora"][0])
         2.0
     """
     group = resolve_group(process_group)
