@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.targets import ShapingProxy
 
 
 def read_counts(path: str | None) -> dict[str, int] | None:
@@ -136,33 +135,14 @@ def serve_proxy(argv: list[str]) -> None:
         asyncio.run(serve())
 
 
-class CountingProxy:
-    """A :func:`serve_proxy` subprocess in front of ``upstream`` (host:port)."""
+class CountingProxy(ShapingProxy):
+    """A :func:`serve_proxy` subprocess in front of ``upstream`` (host:port); ``counts`` is the file of its tallies."""
 
-    def __init__(self, upstream: str, latency_ms: str, bandwidth_mbs: float, tmpdir: str) -> None:
-        self.log = Path(tmpdir) / "proxy.log"
-        self.counts = str(Path(tmpdir) / "proxy-counts.json")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.incremental_proxy", "--upstream", upstream,
-             "--latency-ms", latency_ms, "--bandwidth-mbs", str(bandwidth_mbs), "--log", str(self.log),
-             "--counts", self.counts],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
-            self.proc.kill()
-            raise RuntimeError(f"counting proxy did not start: {line!r}")
-        self.endpoint_url = f"http://127.0.0.1:{int(line.split()[1])}"
+    module = "benchmarks.incremental_proxy"
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def __init__(self, upstream: str, latency_ms: str, bandwidth_mbs: float, log: Path, seed: int = 0) -> None:
+        self.counts = str(log.with_name("proxy-counts.json"))
+        super().__init__(upstream, latency_ms, bandwidth_mbs, log, seed, extra=("--counts", self.counts))
 
 
 def counting_target(name: str, latency_ms: str = "20,50", bandwidth_mbs: float = 25.0) -> Any:
@@ -170,31 +150,22 @@ def counting_target(name: str, latency_ms: str = "20,50", bandwidth_mbs: float =
     proxies counting bytes: the target's ``counts`` is the path of the proxy's tallies."""
     from benchmarks import targets as T
 
-    if name == "s3-lat":
-        class CountingS3(T.S3Target):
-            counts: str | None = None
+    class Counting:
+        proxy_class: type[ShapingProxy] = CountingProxy
 
-            def start(self) -> None:
-                servers = T._servers()
-                self.srv = servers.start_moto_server()
-                servers.make_s3_bucket(self.srv.endpoint_url, T.BUCKET)
-                self.proxy = CountingProxy(self.srv.endpoint_url.split("//", 1)[1], self.latency_ms,  # type: ignore[assignment]
-                                           self.bandwidth_mbs, self.srv.tmpdir)
-                self.counts = self.proxy.counts  # type: ignore[attr-defined]
-                self._count = T._LogCounter(self.proxy.log, moto=False)  # type: ignore[attr-defined]
+        @property
+        def counts(self) -> str | None:
+            proxy = getattr(self, "proxy", None)
+            return proxy.counts if isinstance(proxy, CountingProxy) else None
+
+    if name == "s3-lat":
+        class CountingS3(Counting, T.S3Target):
+            pass
 
         return CountingS3(shaped=True, latency_ms=latency_ms, bandwidth_mbs=bandwidth_mbs)
     if name == "gcs":
-        class CountingGCS(T.GCSTarget):
-            counts: str | None = None
-
-            def start(self) -> None:
-                servers = T._servers()
-                self.srv = servers.start_fake_gcs_server()
-                servers.make_gcs_bucket(self.srv.endpoint_url, T.BUCKET)
-                self.proxy = CountingProxy(self.srv.endpoint_url.split("//", 1)[1], "0", 0, self.srv.tmpdir)  # type: ignore[assignment]
-                self.counts = self.proxy.counts  # type: ignore[attr-defined]
-                self._count = T._LogCounter(self.proxy.log, moto=False)  # type: ignore[attr-defined]
+        class CountingGCS(Counting, T.GCSTarget):
+            pass
 
         return CountingGCS()
     raise ValueError(name)

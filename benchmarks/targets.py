@@ -129,19 +129,25 @@ class MemoryTarget(Target):
         return "memory:// (fsspec MemoryFileSystem; save and load in one process)"
 
 
-class _Proxy:
-    def __init__(self, upstream: str, latency_ms: str, bandwidth_mbs: float, log: Path, seed: int = 0) -> None:
+class ShapingProxy:
+    """A shaping proxy subprocess (``module``: ``benchmarks.proxy`` or one that takes the same options, plus
+    ``extra`` arguments) in front of ``upstream`` (host:port), logging every request to ``log``."""
+
+    module = "benchmarks.proxy"
+
+    def __init__(self, upstream: str, latency_ms: str, bandwidth_mbs: float, log: Path, seed: int = 0,
+                 extra: tuple[str, ...] = ()) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.proxy", "--upstream", upstream, "--latency-ms", latency_ms,
-             "--bandwidth-mbs", str(bandwidth_mbs), "--log", str(log), "--seed", str(seed)],
+            [sys.executable, "-m", self.module, "--upstream", upstream, "--latency-ms", latency_ms,
+             "--bandwidth-mbs", str(bandwidth_mbs), "--log", str(log), "--seed", str(seed), *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("READY"):
             self.proc.kill()
-            raise RuntimeError(f"proxy did not start: {line!r}")
+            raise RuntimeError(f"proxy {self.module} did not start: {line!r}")
         self.port = int(line.split()[1])
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
 
@@ -204,6 +210,7 @@ class S3Target(Target):
     """moto server; with ``shaped`` a latency/bandwidth proxy sits between client and moto."""
 
     object_store = True
+    proxy_class: type[ShapingProxy] = ShapingProxy  # the proxy in front of moto when shaped
 
     def __init__(self, shaped: bool = False, latency_ms: str = "20,50", bandwidth_mbs: float = 25.0) -> None:
         self.shaped = shaped
@@ -211,7 +218,7 @@ class S3Target(Target):
         self.latency_ms = latency_ms
         self.bandwidth_mbs = bandwidth_mbs
         self.srv: Any = None
-        self.proxy: _Proxy | None = None
+        self.proxy: ShapingProxy | None = None
         self._count: _LogCounter | None = None
         self._fs: Any = None
 
@@ -221,7 +228,7 @@ class S3Target(Target):
         servers.make_s3_bucket(self.srv.endpoint_url, BUCKET)
         if self.shaped:
             log = Path(self.srv.tmpdir) / "proxy.log"
-            self.proxy = _Proxy(self.srv.endpoint_url.split("//", 1)[1], self.latency_ms, self.bandwidth_mbs, log)
+            self.proxy = self.proxy_class(self.srv.endpoint_url.split("//", 1)[1], self.latency_ms, self.bandwidth_mbs, log)
             self._count = _LogCounter(log, moto=False)
         else:
             self._count = _LogCounter(Path(self.srv.log_path), moto=True)
@@ -281,10 +288,11 @@ class S3Target(Target):
 class GCSTarget(Target):
     name = "gcs"
     object_store = True
+    proxy_class: type[ShapingProxy] = ShapingProxy  # the (unshaped) proxy in front of fake-gcs-server, which logs no requests
 
     def __init__(self) -> None:
         self.srv: Any = None
-        self.proxy: _Proxy | None = None
+        self.proxy: ShapingProxy | None = None
         self._count: _LogCounter | None = None
 
     def start(self) -> None:
@@ -292,7 +300,7 @@ class GCSTarget(Target):
         self.srv = servers.start_fake_gcs_server()
         servers.make_gcs_bucket(self.srv.endpoint_url, BUCKET)
         log = Path(self.srv.tmpdir) / "proxy.log"
-        self.proxy = _Proxy(self.srv.endpoint_url.split("//", 1)[1], "0", 0, log)
+        self.proxy = self.proxy_class(self.srv.endpoint_url.split("//", 1)[1], "0", 0, log)
         self._count = _LogCounter(log, moto=False)
 
     def stop(self) -> None:
