@@ -15,48 +15,24 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterable
 
+from cloudckpt.storage.facade_parts import FacadeParts
 from cloudckpt.storage.protocol import TEMP_MIN_AGE, IncompleteUpload
 from cloudckpt.storage.urls import validate_key
 
-if TYPE_CHECKING:
-    from cloudckpt.storage.session import Session
-
 __all__ = ["Leftovers"]
 
-T = TypeVar("T")
-R = TypeVar("R")
 
-
-class Leftovers:
+class Leftovers(FacadeParts):
     """The verbs of :class:`~cloudckpt.storage.Storage` for what killed writes leave
-    (the facade supplies ``_s``, ``_root``, ``_path``, ``_dir_path``, ``_request``, ``url_for`` and ``map``).
+    (the facade supplies the members of :class:`~cloudckpt.storage.facade_parts.FacadeParts`).
 
     Example:
         >>> from cloudckpt.storage import Storage
         >>> issubclass(Storage, Leftovers)
         True
     """
-
-    _s: Session
-    _root: str
-
-    def _path(self, key: str) -> str:
-        raise NotImplementedError
-
-    def _dir_path(self, prefix: str) -> str:
-        raise NotImplementedError
-
-    def _request(self, op: str, key: str, fn: Callable[[], T], nbytes: int = 0) -> T:
-        raise NotImplementedError
-
-    def url_for(self, key: str) -> str:
-        raise NotImplementedError
-
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *, limit: int | None = None) -> list[R]:
-        raise NotImplementedError
 
     def list_incomplete_uploads(self, prefix: str = "") -> list[IncompleteUpload]:
         """Uploads under ``prefix`` that were started and never completed (S3

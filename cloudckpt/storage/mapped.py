@@ -16,44 +16,25 @@ Example:
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
 
 from cloudckpt.errors import OversizedObjectError, StorageError, TruncatedObjectError
+from cloudckpt.storage.facade_parts import FacadeParts
 from cloudckpt.storage.mapping import check_size
 from cloudckpt.storage.urls import validate_key
 
-if TYPE_CHECKING:
-    from cloudckpt.storage.session import Session
-
 __all__ = ["MappedReads"]
 
-T = TypeVar("T")
 
-
-class MappedReads:
-    """The memory-mapping verbs of :class:`~cloudckpt.storage.Storage` (which supplies ``_s``,
-    ``_path``, ``_request``, ``url_for`` and ``size``).
+class MappedReads(FacadeParts):
+    """The memory-mapping verbs of :class:`~cloudckpt.storage.Storage` (which supplies the
+    members of :class:`~cloudckpt.storage.facade_parts.FacadeParts`).
 
     Example:
         >>> from cloudckpt.storage import Storage
         >>> issubclass(Storage, MappedReads)
         True
     """
-
-    _s: Session
-
-    def _path(self, key: str) -> str:
-        raise NotImplementedError
-
-    def _request(self, op: str, key: str, fn: Callable[[], T], nbytes: int = 0) -> T:
-        raise NotImplementedError
-
-    def url_for(self, key: str) -> str:
-        raise NotImplementedError
-
-    def size(self, key: str) -> int:
-        raise NotImplementedError
 
     def maps_together(self, sizes: Sequence[int]) -> bool:
         """Whether :meth:`map_objects` can map objects of these sizes back to
