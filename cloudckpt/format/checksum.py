@@ -32,6 +32,8 @@ from typing import Any
 
 import xxhash
 
+from cloudckpt.storage.protocol import byte_view
+
 __all__ = ["crc32c_of", "crc32c_many", "checksums_many", "content_hash_many", "CONTENT_HASH_ALGORITHM"]
 
 #: The name of the content hash in a manifest's ``content_hashes``.
@@ -123,14 +125,9 @@ def checksums_many(buffers: Iterable[Buffer]) -> tuple[int, str]:
     h = xxhash.xxh3_128()
     value = 0
     for b in buffers:
-        n = memoryview(b).nbytes
+        view = byte_view(b)
         # pieces of 4 MiB: the crc of a piece runs while it is still in the cache the hash read it into
-        if n <= _PIECE:
-            value = int(_crc32c(b, value))
-            h.update(b)
-            continue
-        view = memoryview(b).cast("B") if memoryview(b).ndim != 1 or memoryview(b).format != "B" else memoryview(b)
-        for lo in range(0, n, _PIECE):
+        for lo in range(0, view.nbytes, _PIECE):
             piece = view[lo : lo + _PIECE]
             value = int(_crc32c(piece, value))
             h.update(piece)
