@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from cloudckpt.errors import CheckpointError
 from cloudckpt.format.manifest import MANIFEST_KEY
@@ -29,12 +31,14 @@ __all__ = ["open_base"]
 log = logging.getLogger("cloudckpt")
 
 
-def open_base(storage: Storage, base: Storage) -> BaseObjects | None:
+def open_base(storage: Storage, base: Storage, manifest: Mapping[str, Any] | None = None) -> BaseObjects | None:
     """The reusable objects of the checkpoint at ``base`` for a save into
     ``storage``, or None (the save then writes everything)
     when there is nothing usable: another store, no server-side copy on this
     one, no committed checkpoint there, a damaged manifest, or one of a format
-    without content hashes. See the module example. A base whose manifest
+    without content hashes. ``manifest``: the base's parsed manifest where the
+    caller holds it already (a copy that has just committed it), not read again.
+    See the module example. A base whose manifest
     cannot be read is logged at WARNING; the rest at DEBUG (a store without
     copies is no news at every save).
     """
@@ -44,7 +48,8 @@ def open_base(storage: Storage, base: Storage) -> BaseObjects | None:
         log.debug("nothing is copied into %s from %s: %s; every object is written", storage.url, base.url, why)
         return None
     try:
-        manifest = read_manifest(base)
+        if manifest is None:
+            manifest = read_manifest(base)
     except CheckpointError as exc:
         log.warning("nothing is copied into %s from %s, its manifest cannot be used: %s; every object is written", storage.url, base.url, exc)
         return None

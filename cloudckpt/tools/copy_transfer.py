@@ -356,4 +356,4 @@ def run_jobs(
             report.vanished.append(job.src.url)
             continue
         if job.dst.can_copy_from(job.dst):
-            base = open_base(job.dst, job.dst)  # what the next checkpoint may copy: this one, just committed
+            base = open_base(job.dst, job.dst, job.manifest)  # what the next checkpoint may copy: this one, just committed
