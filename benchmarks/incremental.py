@@ -24,8 +24,8 @@ full interleaved, their order alternating):
 1. ``finetune``: one manager per series (``CheckpointManager(..., incremental=
    True|False)``), a first save and ``--saves`` later ones, the adapters and
    moments updated between saves; per save: seconds, bytes sent to the server
-   (s3-lat: request heads + bodies counted by a shaping proxy that wraps
-   benchmarks/proxy.py: benchmarks/incremental_proxy.py), bytes the storage layer
+   (s3-lat: request heads + bodies counted by the shaping proxy,
+   ``benchmarks/proxy.py --counts``), bytes the storage layer
    wrote and copied (``storage.stats``); on local disk the disk bytes of each
    run's directory (``st_blocks`` of every inode once: hard links count once).
 2. ``loads``: the latest checkpoint of each series, loaded by a new process:

@@ -1,7 +1,7 @@
 """A network shaper on loopback: an asyncio TCP proxy in front of an HTTP server.
 
     python -m benchmarks.proxy --upstream 127.0.0.1:9000 [--port 0]
-        [--latency-ms 20,50] [--bandwidth-mbs 25] [--log requests.log] [--seed 0]
+        [--latency-ms 20,50] [--bandwidth-mbs 25] [--log requests.log] [--seed 0] [--counts counts.json]
 
 For every HTTP request on a client connection it waits a per-request latency
 (uniform in the given range, seeded) before forwarding the request head —
@@ -9,7 +9,11 @@ one round trip as a real bucket costs it — and it caps the bytes per second
 of each connection in each direction (a token bucket per connection and
 direction). Bodies are forwarded as they arrive (Content-Length or chunked),
 so ``Expect: 100-continue`` and keep-alive work. Each request is appended to
-``--log`` as ``METHOD PATH`` (the benchmark counts requests there).
+``--log`` as ``METHOD PATH`` (the benchmark counts requests there). With
+``--counts``, the bytes it forwards each way (``up``: request heads and
+bodies, what the server received; ``down``: the responses) and the requests
+by method (``requests``, ``req_<METHOD>``) are kept in that JSON file,
+rewritten at most every 20 ms when they change.
 
 Prints ``READY <port>`` on stdout once listening. Runs until killed.
 """
@@ -19,9 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
 import random
 import sys
 import time
+from collections import Counter
 
 CHUNK = 64 * 1024
 
@@ -33,6 +40,7 @@ class Shaper:
         self.rng = random.Random(seed)
         self.log = open(log_path, "a", buffering=1) if log_path else None
         self.requests = 0
+        self.tally: Counter[str] = Counter()  # bytes "up"/"down", "requests", "req_<METHOD>"
 
     def delay(self) -> float:
         lo, hi = self.latency
@@ -40,19 +48,25 @@ class Shaper:
 
     def record(self, method: str, path: str) -> None:
         self.requests += 1
+        self.tally["requests"] += 1
+        self.tally["req_" + method] += 1
         if self.log is not None:
             self.log.write(f"{method} {path}\n")
 
 
 class Throttle:
-    """Token bucket for one direction of one connection."""
+    """Token bucket for one direction of one connection; counts the bytes in ``tally[key]``."""
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, rate: float | None, tally: Counter[str] | None = None, key: str = "") -> None:
         self.rate = rate
         self.t0 = time.monotonic()
         self.sent = 0.0
+        self.tally = tally
+        self.key = key
 
     async def take(self, n: int) -> None:
+        if self.tally is not None:
+            self.tally[self.key] += n
         if not self.rate:
             return
         now = time.monotonic()
@@ -136,8 +150,8 @@ async def _handle(shaper: Shaper, upstream: tuple[str, int], creader: asyncio.St
     except OSError:
         cwriter.close()
         return
-    up = asyncio.create_task(_requests(shaper, creader, uwriter, Throttle(shaper.bandwidth)))
-    down = asyncio.create_task(_responses(ureader, cwriter, Throttle(shaper.bandwidth)))
+    up = asyncio.create_task(_requests(shaper, creader, uwriter, Throttle(shaper.bandwidth, shaper.tally, "up")))
+    down = asyncio.create_task(_responses(ureader, cwriter, Throttle(shaper.bandwidth, shaper.tally, "down")))
     try:
         await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -157,10 +171,26 @@ async def serve(args: argparse.Namespace) -> None:
     server = await asyncio.start_server(
         lambda r, w: _handle(shaper, (host, int(port)), r, w), "127.0.0.1", args.port, limit=1 << 20
     )
+    dumping = asyncio.create_task(_dump_counts(shaper, args.counts)) if args.counts else None
     bound = server.sockets[0].getsockname()[1]
     print(f"READY {bound}", flush=True)
     async with server:
         await server.serve_forever()
+    if dumping is not None:
+        dumping.cancel()
+
+
+async def _dump_counts(shaper: Shaper, path: str) -> None:
+    """Rewrite ``path`` with the shaper's tallies whenever they changed, every 20 ms."""
+    last: dict[str, int] = {}
+    while True:
+        await asyncio.sleep(0.02)
+        snap = dict(shaper.tally)
+        if snap != last:
+            with open(path + ".tmp", "w") as f:
+                json.dump(snap, f)
+            os.replace(path + ".tmp", path)
+            last = snap
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bandwidth-mbs", type=float, default=0.0, help="cap per connection and direction, MB/s (0 = none)")
     p.add_argument("--log", default=None, help="append 'METHOD PATH' per request here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--counts", default=None, help="keep the bytes forwarded each way and the requests by method here (JSON)")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args))

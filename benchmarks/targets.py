@@ -130,16 +130,14 @@ class MemoryTarget(Target):
 
 
 class ShapingProxy:
-    """A shaping proxy subprocess (``module``: ``benchmarks.proxy`` or one that takes the same options, plus
-    ``extra`` arguments) in front of ``upstream`` (host:port), logging every request to ``log``."""
-
-    module = "benchmarks.proxy"
+    """A benchmarks/proxy.py subprocess (with ``extra`` arguments) in front of ``upstream`` (host:port),
+    logging every request to ``log``."""
 
     def __init__(self, upstream: str, latency_ms: str, bandwidth_mbs: float, log: Path, seed: int = 0,
                  extra: tuple[str, ...] = ()) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--upstream", upstream, "--latency-ms", latency_ms,
+            [sys.executable, "-m", "benchmarks.proxy", "--upstream", upstream, "--latency-ms", latency_ms,
              "--bandwidth-mbs", str(bandwidth_mbs), "--log", str(log), "--seed", str(seed), *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
@@ -147,7 +145,7 @@ class ShapingProxy:
         line = self.proc.stdout.readline()
         if not line.startswith("READY"):
             self.proc.kill()
-            raise RuntimeError(f"proxy {self.module} did not start: {line!r}")
+            raise RuntimeError(f"proxy did not start: {line!r}")
         self.port = int(line.split()[1])
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
 
