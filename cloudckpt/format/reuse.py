@@ -29,8 +29,8 @@ Example:
     >>> first = ObjectSink(s.child("ckpt-1"), None).put("d1/c/0", [b"frozen bytes"])
     >>> base = BaseObjects(s.child("ckpt-1"), {(first["size"], first["xxh3"]): (first["key"], first["crc32c"])})
     >>> sink = ObjectSink(s.child("ckpt-2"), base)
-    >>> _ = sink.put("d2/c/0", [b"frozen bytes"]); sink.copied_objects, s.read("ckpt-2/d2/c/0")
-    (1, b'frozen bytes')
+    >>> _ = sink.put("d2/c/0", [b"frozen bytes"]); sink.copied_bytes, s.read("ckpt-2/d2/c/0")
+    (12, b'frozen bytes')
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class BaseObjects:
 class ObjectSink:
     """Puts the objects of one save: each is copied from the base when it
     holds the same bytes, else written; returns its manifest entry, and
-    counts what was copied. Without a base the crc32c and the content hash
+    counts the bytes it copied. Without a base the crc32c and the content hash
     are computed in one pass; with one, the content hash first, and the
     crc32c only of an object that is written (a copied one takes the crc32c
     the base recorded for the same bytes, which the copy is checked against).
@@ -112,13 +112,12 @@ class ObjectSink:
         >>> from cloudckpt.storage import open_storage
         >>> sink = ObjectSink(open_storage("memory://doc-sink"), None)
         >>> entry = sink.put("d/c/0", [b"abc"])
-        >>> entry["size"], sink.copied_objects
+        >>> entry["size"], sink.copied_bytes
         (3, 0)
     """
 
     storage: Storage
     base: BaseObjects | None
-    copied_objects: int = 0
     copied_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -151,7 +150,6 @@ class ObjectSink:
         if not copy_verified(self.storage, self.base, key, size, crc, digest):
             return False
         with self._lock:
-            self.copied_objects += 1
             self.copied_bytes += size
         return True
 

@@ -56,8 +56,7 @@ class WrittenArrays:
     nbytes: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     tensor_crcs: dict[int, int] = field(default_factory=dict)  # packed tensors whose chunk this process wrote
-    copied_objects: int = 0  # objects placed by a copy from the base (incremental saves), not sent
-    copied_bytes: int = 0
+    copied_bytes: int = 0  # bytes placed by a copy from the base (incremental saves), not sent
 
 
 def write_arrays(
@@ -119,7 +118,7 @@ def write_arrays(
     if world == 1:
         fill_packed_crcs(records, tensor_crc)
     return WrittenArrays(
-        records, pack, objects, plan.nbytes, storage.stats.snapshot(), tensor_crc, sink.copied_objects, sink.copied_bytes
+        records, pack, objects, plan.nbytes, storage.stats.snapshot(), tensor_crc, sink.copied_bytes
     )
 
 
