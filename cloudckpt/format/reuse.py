@@ -121,10 +121,6 @@ class ObjectSink:
     copied_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.base is not None and not self.storage.can_copy_from(self.base.storage):
-            self.base = None  # (nothing can be copied from there: every object is written)
-
     def put(self, key: str, buffers: Sequence[Any], *, reuse: bool = True) -> WrittenObject:
         """Place the object ``key`` holding ``buffers`` back to back (see the
         class example); ``reuse=False`` always writes it (the small zarr
