@@ -338,3 +338,20 @@ def test_a_manifest_near_the_size_limit_leaves_out_its_hashes(memory_backend_url
     assert "leaves out its content hashes" in caplog.text
     assert "content_hashes" not in manifest_of(url)
     assert same(cloudckpt.load(url), state)
+
+
+def test_a_local_base_object_changed_within_the_commits_clock_tick_is_caught(local_backend):
+    # the kernel stamps files from a coarse clock: a change right after the commit may carry the commit's time
+    state = frozen_and_trained()
+    first = cloudckpt.save(local_backend.url("ckpt-1"), state, options=OPTS)
+    manifest = manifest_of(first)
+    embed = next(a for a in manifest["arrays"] if "chunked" in a and a["shape"] == [512, 512])
+    path = os.path.join(first, manifest["objects"][embed["chunked"]["objects"][0]]["key"])
+    committed = os.stat(os.path.join(first, "manifest.json")).st_mtime_ns
+    with open(path, "r+b") as f:  # damaged in place, same size
+        f.seek(100)
+        f.write(b"\xff\xff\xff\xff")
+    os.utime(path, ns=(committed, committed))  # ... and stamped with the commit's time
+    train(state, 1)
+    second = cloudckpt.save(local_backend.url("ckpt-2"), state, options=OPTS, base=first)
+    assert same(cloudckpt.load(second), state)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from cloudckpt.errors import ObjectNotFoundError, StorageError
-from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, checksums_many, content_hash_many, crc32c_many
+from cloudckpt.format.checksum import CONTENT_HASH_ALGORITHM, checksums_many, content_hash_many, crc32c_many, crc32c_of
 from cloudckpt.storage import Storage
 
 __all__ = ["BaseObjects", "ObjectSink", "WrittenObject", "copy_verified", "content_hashes"]
@@ -209,7 +209,7 @@ def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc:
             _stop(base, f"{storage.backend_name} reports no crc32c of a copy to check it by")
             storage.delete([key])
             return False
-        problem = _local_copy_problem(storage, base, key, src_key, size) if reported is None else (
+        problem = _local_copy_problem(storage, base, key, src_key, size, crc) if reported is None else (
             None if reported == crc else f"the store reports crc32c {reported:08x} for the copy, the base recorded {crc:08x}"
         )
     except ObjectNotFoundError:
@@ -228,16 +228,29 @@ def copy_verified(storage: Storage, base: BaseObjects, key: str, size: int, crc:
     return problem is None
 
 
-def _local_copy_problem(storage: Storage, base: BaseObjects, key: str, src_key: str, size: int) -> str | None:
+def _local_copy_problem(storage: Storage, base: BaseObjects, key: str, src_key: str, size: int, crc: int) -> str | None:
     """What is wrong with a copy on a store that reports no checksum (local disk), or None:
-    the copy must hold ``size`` bytes, and its source must not have been written after the base committed."""
+    the copy must hold ``size`` bytes, and its source must not have been written after the base committed.
+    A source written within a timestamp clock tick of the base's manifest (:data:`_MTIME_TICK`) cannot be
+    told apart by time: the copy is read back and its crc32c checked."""
     seen, _ = storage.stat(key)
     _, written = base.storage.stat(src_key)
     if seen != size:
         return f"the copy holds {seen} bytes, the base recorded {size}"
-    if written is not None and base.committed_at is not None and written > base.committed_at:
+    if written is None or base.committed_at is None:
+        return None
+    if written > base.committed_at:
         return "it was written after the base was committed"
+    if written > base.committed_at - _MTIME_TICK:
+        got = crc32c_of(storage.read(key))
+        if got != crc:
+            return f"its crc32c is {got:08x}, the base recorded {crc:08x}"
     return None
+
+
+#: Seconds within which two writes may get the same modification time: the kernel stamps files from a coarse
+#: clock (one tick is 1-10 ms), so a change right after the base's commit can carry the commit's time.
+_MTIME_TICK = 0.05
 
 
 def _stop(base: BaseObjects, why: str) -> None:
